@@ -1,0 +1,251 @@
+//! `EngineBuilder`: collects and validates the engine's configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::backoff::Backoff;
+use crate::entity::{IdentityMapping, LocalEntity, ServerMapping};
+use crate::error::Error;
+use crate::ids::CollectionName;
+use crate::pattern::SyncPattern;
+use crate::store::LocalStore;
+use crate::transport::Transport;
+
+use super::Engine;
+
+/// The name of the sync unit that covers every collection in both directions; it is the
+/// one `sync_now`, the start, reconnect, interval and local-write triggers run.
+pub const ALL_UNIT: &str = "all";
+
+/// Checks that a JSON value deserializes into the collection's entity type.
+pub(crate) type Validator = fn(&Value) -> Result<(), String>;
+
+fn validate_as<E: LocalEntity>(value: &Value) -> Result<(), String> {
+    E::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// One collection's registration: its entity type, pattern and mapping.
+pub struct CollectionSpec {
+    pub(crate) name: String,
+    pub(crate) pattern: Arc<dyn SyncPattern>,
+    pub(crate) mapping: Arc<dyn ServerMapping>,
+    pub(crate) validate: Validator,
+}
+
+impl CollectionSpec {
+    /// Registers entity type `E` with a pattern and the identity mapping.
+    pub fn of<E: LocalEntity>(pattern: impl SyncPattern) -> Self {
+        Self {
+            name: E::COLLECTION.to_owned(),
+            pattern: Arc::new(pattern),
+            mapping: Arc::new(IdentityMapping),
+            validate: validate_as::<E>,
+        }
+    }
+
+    /// Uses `mapping` between the local and the server shape.
+    pub fn mapping(mut self, mapping: impl ServerMapping) -> Self {
+        self.mapping = Arc::new(mapping);
+        self
+    }
+}
+
+/// A registered collection, after validation.
+pub(crate) struct CollectionEntry {
+    pub(crate) name: CollectionName,
+    pub(crate) pattern: Arc<dyn SyncPattern>,
+    pub(crate) mapping: Arc<dyn ServerMapping>,
+    pub(crate) validate: Validator,
+}
+
+/// Which way a sync unit moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Push the outbox only.
+    Push,
+    /// Pull only.
+    Pull,
+    /// Push, then pull.
+    Both,
+}
+
+impl Direction {
+    pub(crate) fn pushes(self) -> bool {
+        matches!(self, Direction::Push | Direction::Both)
+    }
+
+    pub(crate) fn pulls(self) -> bool {
+        matches!(self, Direction::Pull | Direction::Both)
+    }
+}
+
+/// A named subset of collections and a direction, run on its own (e.g. `login` pulls
+/// everything needed offline; `send_visits` only pushes one collection).
+#[derive(Debug, Clone)]
+pub struct SyncUnit {
+    name: String,
+    collections: Vec<String>,
+    direction: Direction,
+}
+
+impl SyncUnit {
+    /// A unit named `name` over `collections`, moving data in `direction`.
+    pub fn new(name: impl Into<String>, direction: Direction, collections: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+            direction,
+        }
+    }
+}
+
+/// A validated sync unit.
+#[derive(Debug, Clone)]
+pub(crate) struct UnitSpec {
+    pub(crate) name: String,
+    pub(crate) collections: Vec<CollectionName>,
+    pub(crate) direction: Direction,
+}
+
+/// Timing and sizing options; the defaults suit a phone on a mobile network.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Quiet time after the last local write before the write trigger syncs.
+    pub debounce: Duration,
+    /// Sync this often while online (None: no periodic trigger).
+    pub interval: Option<Duration>,
+    /// Sync once when the engine starts.
+    pub sync_on_start: bool,
+    /// Whether the app allows the network at start (see `Engine::set_online`).
+    pub start_online: bool,
+    /// The most mutations in one push request.
+    pub push_batch: usize,
+    /// The `limit` sent with each pull.
+    pub pull_limit: u32,
+    /// Retry and probe delays.
+    pub backoff: Backoff,
+    /// How many events a subscriber may fall behind before it loses the oldest.
+    pub event_capacity: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(250),
+            interval: None,
+            sync_on_start: true,
+            start_online: true,
+            push_batch: 500,
+            pull_limit: 1000,
+            backoff: Backoff::default(),
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// Builds an [`Engine`]; `build` checks the configuration.
+#[derive(Default)]
+pub struct EngineBuilder {
+    store: Option<Arc<dyn LocalStore>>,
+    transport: Option<Arc<dyn Transport>>,
+    collections: Vec<CollectionSpec>,
+    units: Vec<SyncUnit>,
+    options: EngineOptions,
+}
+
+impl EngineBuilder {
+    /// The local store (required).
+    pub fn store(mut self, store: Arc<dyn LocalStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The transport to the server (required).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Registers a collection.
+    pub fn collection(mut self, spec: CollectionSpec) -> Self {
+        self.collections.push(spec);
+        self
+    }
+
+    /// Registers a sync unit.
+    pub fn unit(mut self, unit: SyncUnit) -> Self {
+        self.units.push(unit);
+        self
+    }
+
+    /// Replaces the options.
+    pub fn options(mut self, options: EngineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Checks the configuration and starts the engine's background tasks on the current
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a missing store or transport, no collections, duplicate
+    /// collections or units, a unit naming an unregistered collection, or zero batch
+    /// sizes; [`Error::InvalidCollectionName`] for a bad name; [`Error::Storage`] when
+    /// the store cannot give its client id.
+    ///
+    /// # Cancel safety
+    /// Safe: nothing is started until the last await has returned.
+    pub async fn build(self) -> Result<Engine, Error> {
+        let config = |message: &str| Error::Config { message: message.to_owned() };
+        let store = self.store.ok_or_else(|| config("no store: call .store(..)"))?;
+        let transport = self.transport.ok_or_else(|| config("no transport: call .transport(..)"))?;
+        if self.collections.is_empty() {
+            return Err(config("no collections: register at least one with .collection(..)"));
+        }
+        if self.options.push_batch == 0 || self.options.pull_limit == 0 || self.options.event_capacity == 0 {
+            return Err(config("push_batch, pull_limit and event_capacity must be at least 1"));
+        }
+        let mut collections = BTreeMap::new();
+        for spec in self.collections {
+            let name = CollectionName::new(spec.name)?;
+            let entry = CollectionEntry {
+                name: name.clone(),
+                pattern: spec.pattern,
+                mapping: spec.mapping,
+                validate: spec.validate,
+            };
+            if collections.insert(name.clone(), Arc::new(entry)).is_some() {
+                return Err(Error::Config { message: format!("collection {name} is registered twice") });
+            }
+        }
+        let mut units = BTreeMap::new();
+        units.insert(
+            ALL_UNIT.to_owned(),
+            UnitSpec { name: ALL_UNIT.to_owned(), collections: collections.keys().cloned().collect(), direction: Direction::Both },
+        );
+        for unit in self.units {
+            let mut names = BTreeSet::new();
+            for c in &unit.collections {
+                let name = CollectionName::new(c.clone())?;
+                if !collections.contains_key(&name) {
+                    return Err(Error::Config {
+                        message: format!("sync unit {:?} names collection {name}, which is not registered", unit.name),
+                    });
+                }
+                names.insert(name);
+            }
+            if names.is_empty() {
+                return Err(Error::Config { message: format!("sync unit {:?} names no collection", unit.name) });
+            }
+            let spec = UnitSpec { name: unit.name.clone(), collections: names.into_iter().collect(), direction: unit.direction };
+            if units.insert(unit.name.clone(), spec).is_some() {
+                return Err(Error::Config { message: format!("sync unit {:?} is defined twice (or is the reserved {ALL_UNIT:?})", unit.name) });
+            }
+        }
+        let client_id = store.client_id().await?;
+        Ok(Engine::start(store, transport, collections, units, self.options, client_id))
+    }
+}

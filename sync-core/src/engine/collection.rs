@@ -1,0 +1,303 @@
+//! Typed collection handles: local reads and writes, queries and live queries.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::Stream;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::Shared;
+use super::builder::CollectionEntry;
+use crate::entity::LocalEntity;
+use crate::error::Error;
+use crate::ids::{MutationId, RecordId};
+use crate::status::{Origin, SyncEvent};
+use crate::store::{FieldPath, LocalWrite, Order, Query, StoredRecord, WriteKind};
+
+/// A typed handle on one collection. Writes land in the local store first (record and
+/// outbox entry in one transaction) and fire [`SyncEvent::RecordChanged`] at once,
+/// online or not; reads see pending local changes.
+pub struct Collection<E> {
+    shared: Arc<Shared>,
+    entry: Arc<CollectionEntry>,
+    _entity: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for Collection<E> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone(), entry: self.entry.clone(), _entity: PhantomData }
+    }
+}
+
+/// A live query: the current result set, then again after every change to the collection.
+pub type WatchStream<E> = Pin<Box<dyn Stream<Item = Result<Vec<E>, Error>> + Send + 'static>>;
+
+impl<E: LocalEntity> Collection<E> {
+    pub(super) fn new(shared: Arc<Shared>, entry: Arc<CollectionEntry>) -> Self {
+        Self { shared, entry, _entity: PhantomData }
+    }
+
+    fn to_data(&self, entity: &E) -> Result<(RecordId, Value), Error> {
+        let id = RecordId::new(entity.id())?;
+        let data = serde_json::to_value(entity).map_err(|e| self.invalid(&id, e.to_string()))?;
+        if !data.is_object() {
+            return Err(self.invalid(&id, "an entity must serialize to a JSON object".into()));
+        }
+        Ok((id, data))
+    }
+
+    fn invalid(&self, id: &RecordId, message: String) -> Error {
+        Error::InvalidRecord { collection: self.entry.name.clone(), id: id.to_string(), message }
+    }
+
+    fn local_write(&self, record_id: Option<RecordId>, kind: WriteKind) -> Result<LocalWrite, Error> {
+        if !self.entry.pattern.accepts_local_writes() {
+            return Err(Error::ReadOnlyCollection { collection: self.entry.name.clone() });
+        }
+        Ok(LocalWrite {
+            mutation_id: MutationId::generate(),
+            collection: self.entry.name.clone(),
+            record_id,
+            kind,
+            versioned: self.entry.pattern.sends_base_version(),
+            at: Utc::now(),
+        })
+    }
+
+    async fn write(&self, id: RecordId, kind: WriteKind) -> Result<(), Error> {
+        let write = self.local_write(Some(id.clone()), kind)?;
+        self.shared.store.write(write).await?;
+        self.shared.record_changed(&self.entry.name, &id, Origin::Local);
+        self.shared.local_writes.notify_one();
+        Ok(())
+    }
+
+    /// Creates a record.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::ReadOnlyCollection`], [`Error::InvalidRecord`]
+    /// (not a JSON object), [`Error::InvalidRecordId`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: the write commits entirely or not at all; if the future is dropped after it
+    /// committed, the change event may not fire.
+    pub async fn insert(&self, entity: &E) -> Result<(), Error> {
+        let (id, data) = self.to_data(entity)?;
+        self.write(id, WriteKind::Insert { data }).await
+    }
+
+    /// Replaces an existing record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] and as [`Collection::insert`].
+    ///
+    /// # Cancel safety
+    /// As [`Collection::insert`].
+    pub async fn update(&self, entity: &E) -> Result<(), Error> {
+        let (id, data) = self.to_data(entity)?;
+        self.write(id, WriteKind::Update { data }).await
+    }
+
+    /// Deletes a record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::ReadOnlyCollection`], [`Error::InvalidRecordId`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// As [`Collection::insert`].
+    pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        let id = RecordId::new(id)?;
+        self.write(id, WriteKind::Delete).await
+    }
+
+    /// Queues a named custom action (such as "mark read") with JSON arguments, in order
+    /// with the other mutations of `record_id`. The local record is not changed.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnlyCollection`], [`Error::InvalidRecordId`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// As [`Collection::insert`].
+    pub async fn action(&self, name: &str, record_id: Option<&str>, args: Value) -> Result<(), Error> {
+        let record_id = record_id.map(RecordId::new).transpose()?;
+        let write = self.local_write(record_id, WriteKind::Action { name: name.to_owned(), args })?;
+        self.shared.store.write(write).await?;
+        self.shared.local_writes.notify_one();
+        Ok(())
+    }
+
+    /// Creates many records in one transaction: all or none.
+    ///
+    /// # Errors
+    /// As [`Collection::insert`]; on error nothing is written.
+    ///
+    /// # Cancel safety
+    /// As [`Collection::insert`].
+    pub async fn insert_many(&self, entities: &[E]) -> Result<(), Error> {
+        let mut writes = Vec::with_capacity(entities.len());
+        let mut ids = Vec::with_capacity(entities.len());
+        for entity in entities {
+            let (id, data) = self.to_data(entity)?;
+            writes.push(self.local_write(Some(id.clone()), WriteKind::Insert { data })?);
+            ids.push(id);
+        }
+        self.shared.store.write_many(writes).await?;
+        for id in &ids {
+            self.shared.record_changed(&self.entry.name, id, Origin::Local);
+        }
+        self.shared.local_writes.notify_one();
+        Ok(())
+    }
+
+    fn decode(&self, record: StoredRecord) -> Result<E, Error> {
+        serde_json::from_value(record.data).map_err(|e| self.invalid(&record.id, e.to_string()))
+    }
+
+    /// One record, with its pending local changes (None when missing or deleted).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecordId`], [`Error::InvalidRecord`] (stored data that no longer
+    /// fits `E`), [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn get(&self, id: &str) -> Result<Option<E>, Error> {
+        let id = RecordId::new(id)?;
+        match self.shared.store.get(&self.entry.name, &id).await? {
+            Some(record) => self.decode(record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw stored record with its sync metadata (server version, state).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecordId`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn get_stored(&self, id: &str) -> Result<Option<StoredRecord>, Error> {
+        let id = RecordId::new(id)?;
+        self.shared.store.get(&self.entry.name, &id).await
+    }
+
+    /// Every live record, by id.
+    ///
+    /// # Errors
+    /// As [`Collection::get`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn list(&self) -> Result<Vec<E>, Error> {
+        self.query().fetch().await
+    }
+
+    /// Starts a query: filters on field values, one sort key, a limit.
+    pub fn query(&self) -> QueryBuilder<E> {
+        QueryBuilder {
+            collection: self.clone(),
+            query: Ok(Query { collection: self.entry.name.clone(), filters: Vec::new(), order_by: None, limit: None }),
+        }
+    }
+
+    /// A live query of the whole collection (see [`QueryBuilder::watch`]).
+    pub fn watch(&self) -> WatchStream<E> {
+        self.query().watch()
+    }
+}
+
+/// A query under construction; errors in field paths surface when it runs.
+pub struct QueryBuilder<E> {
+    collection: Collection<E>,
+    query: Result<Query, Error>,
+}
+
+impl<E: LocalEntity> QueryBuilder<E> {
+    /// Keeps records whose `field` (a dotted path) equals `value`.
+    pub fn filter_eq(mut self, field: &str, value: impl Into<Value>) -> Self {
+        self.query = self.query.and_then(|mut q| {
+            q.filters.push((FieldPath::new(field)?, value.into()));
+            Ok(q)
+        });
+        self
+    }
+
+    /// Sorts by `field` (a dotted path).
+    pub fn order_by(mut self, field: &str, order: Order) -> Self {
+        self.query = self.query.and_then(|mut q| {
+            q.order_by = Some((FieldPath::new(field)?, order));
+            Ok(q)
+        });
+        self
+    }
+
+    /// Returns at most `limit` records.
+    pub fn limit(mut self, limit: u32) -> Self {
+        if let Ok(q) = &mut self.query {
+            q.limit = Some(limit);
+        }
+        self
+    }
+
+    /// Runs the query once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidQuery`], [`Error::InvalidRecord`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn fetch(self) -> Result<Vec<E>, Error> {
+        let query = self.query?;
+        fetch(&self.collection, &query).await
+    }
+
+    /// A stream that yields the result set now and again after every local or remote
+    /// change to the collection. A subscriber that falls behind skips to the latest
+    /// result; it never slows the engine. The stream ends when the engine shuts down.
+    pub fn watch(self) -> WatchStream<E> {
+        let collection = self.collection;
+        let query = match self.query {
+            Ok(q) => q,
+            Err(e) => return Box::pin(futures::stream::once(async move { Err(e) })),
+        };
+        // Subscribe before the first read so no change between the two is missed.
+        let events = collection.shared.events.subscribe();
+        let shutdown = collection.shared.shutdown.clone();
+        let state = (collection, query, events, shutdown, true);
+        Box::pin(futures::stream::unfold(state, |(collection, query, mut events, mut shutdown, first)| async move {
+            if !first {
+                loop {
+                    let event = tokio::select! {
+                        event = events.recv() => event,
+                        _ = shutdown.wait_for(|stopped| *stopped) => return None,
+                    };
+                    match event {
+                        Ok(SyncEvent::RecordChanged { collection: c, .. }) if c == collection.entry.name => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+                // Fold a burst of changes into one re-read.
+                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+            }
+            let result = fetch(&collection, &query).await;
+            Some((result, (collection, query, events, shutdown, false)))
+        }))
+    }
+}
+
+async fn fetch<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<E>, Error> {
+    let records = collection.shared.store.query(query).await?;
+    records.into_iter().map(|r| collection.decode(r)).collect()
+}
+
+impl<E> Collection<E> {
+    /// The collection's name.
+    pub fn name(&self) -> &str {
+        self.entry.name.as_str()
+    }
+}

@@ -1,0 +1,306 @@
+//! One sync cycle of one unit: push the outbox in order, then pull until `has_more` is false.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Utc;
+
+use super::Shared;
+use super::builder::UnitSpec;
+use crate::error::Error;
+use crate::ids::{CollectionName, Cursor, RecordId};
+use crate::pattern::{LocalRecordState, PullAction};
+use crate::protocol::{Change, MutationOutcome, Op, PullRequest, PushRequest, ServerRecord, WireMutation};
+use crate::status::{Origin, Phase, SyncEvent, SyncReport};
+use crate::store::{CollectionPage, OutboxEntry};
+
+/// Runs one cycle and keeps the status and events true whatever the outcome.
+pub(super) async fn run(shared: &Shared, unit: &UnitSpec) -> Result<SyncReport, Error> {
+    shared.emit(SyncEvent::CycleStarted { unit: unit.name.clone() });
+    let push_total = shared.store.counts().await.map(|c| c.pending).unwrap_or(0);
+    shared.status.send_modify(|s| {
+        s.phase = Phase::Syncing { unit: unit.name.clone(), pushed: 0, push_total, pulled: 0 };
+    });
+    let mut cycle = Cycle { shared, unit, report: SyncReport { unit: unit.name.clone(), ..SyncReport::default() }, push_total, answered: 0 };
+    let result = cycle.run().await;
+    let _ = shared.refresh_counts().await;
+    let now = Utc::now();
+    shared.status.send_modify(|s| {
+        s.phase = Phase::Idle;
+        match &result {
+            Ok(()) => {
+                s.last_success = Some(now);
+                s.last_error = None;
+                if unit.direction.pulls() {
+                    for c in &unit.collections {
+                        s.last_pull.insert(c.clone(), now);
+                    }
+                }
+            }
+            Err(e) => s.last_error = Some(e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => {
+            shared.emit(SyncEvent::CycleCompleted { report: cycle.report.clone() });
+            Ok(cycle.report)
+        }
+        Err(error) => {
+            shared.emit(SyncEvent::CycleFailed { unit: unit.name.clone(), error: error.to_string(), retryable: error.is_retryable() });
+            Err(error)
+        }
+    }
+}
+
+struct Cycle<'a> {
+    shared: &'a Shared,
+    unit: &'a UnitSpec,
+    report: SyncReport,
+    push_total: u64,
+    answered: u64,
+}
+
+impl Cycle<'_> {
+    async fn run(&mut self) -> Result<(), Error> {
+        if self.unit.direction.pushes() {
+            self.push().await?;
+        }
+        if self.unit.direction.pulls() {
+            self.pull().await?;
+        }
+        Ok(())
+    }
+
+    fn progress(&self) {
+        let (pushed, pulled) = (self.answered, self.report.pulled);
+        let push_total = self.push_total.max(pushed);
+        self.shared.status.send_modify(|s| {
+            s.phase = Phase::Syncing { unit: self.unit.name.clone(), pushed, push_total, pulled };
+        });
+        self.shared.emit(SyncEvent::CycleProgress { unit: self.unit.name.clone(), pushed, push_total, pulled });
+    }
+
+    /// Pushes batches until no claimable mutation is left. Each round sends at most one
+    /// mutation per record, so per-record order holds whatever the server does in a batch.
+    async fn push(&mut self) -> Result<(), Error> {
+        loop {
+            let batch = self.shared.store.claim_push_batch(&self.unit.collections, self.shared.options.push_batch).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut sent = Vec::with_capacity(batch.len());
+            let mut wire = Vec::with_capacity(batch.len());
+            for entry in batch {
+                match self.to_wire(&entry) {
+                    Ok(mutation) => {
+                        wire.push(mutation);
+                        sent.push(entry);
+                    }
+                    // A record the mapping refuses is parked like a rejection: it can never
+                    // be sent, and it must not block the others.
+                    Err(error) => outcomes.push((
+                        entry,
+                        MutationOutcome::Rejected {
+                            error: crate::protocol::ErrorDetail { code: "mapping_failed".into(), message: error.to_string() },
+                        },
+                    )),
+                }
+            }
+            if !wire.is_empty() {
+                let request = PushRequest { client_id: self.shared.client_id.clone(), mutations: wire };
+                let response = self.shared.transport.push(&request).await?;
+                if response.results.len() != sent.len() {
+                    return Err(Error::malformed(format!(
+                        "push answered {} results for {} mutations",
+                        response.results.len(),
+                        sent.len()
+                    )));
+                }
+                for (entry, result) in sent.into_iter().zip(response.results) {
+                    if result.mutation_id != entry.mutation_id {
+                        return Err(Error::malformed(format!(
+                            "push result for {} where {} was expected",
+                            result.mutation_id, entry.mutation_id
+                        )));
+                    }
+                    let outcome = self.localize_outcome(&entry, result.outcome)?;
+                    outcomes.push((entry, outcome));
+                }
+            }
+            let answered = outcomes.len() as u64;
+            let applied = self.shared.store.record_push_results(outcomes, Utc::now()).await?;
+            self.report.pushed += applied.applied as u64;
+            self.report.rejected += applied.rejected.len() as u64;
+            for (entry, code, message) in applied.rejected {
+                self.shared.emit(SyncEvent::MutationRejected {
+                    mutation_id: entry.mutation_id,
+                    collection: entry.collection,
+                    record_id: entry.record_id,
+                    code,
+                    message,
+                });
+            }
+            self.conflicts_found(applied.conflicts).await?;
+            self.answered += answered;
+            self.progress();
+        }
+    }
+
+    fn to_wire(&self, entry: &OutboxEntry) -> Result<WireMutation, Error> {
+        let collection = self.shared.collection(entry.collection.as_str())?;
+        let data = match (entry.op, &entry.data) {
+            (Op::Upsert, Some(local)) => Some(
+                collection
+                    .mapping
+                    .to_server(local)
+                    .map_err(|e| Error::Mapping { collection: entry.collection.clone(), message: e.0 })?,
+            ),
+            _ => None,
+        };
+        let (action, args) = match entry.op {
+            Op::Action => (entry.action.clone(), entry.data.clone()),
+            _ => (None, None),
+        };
+        Ok(WireMutation {
+            mutation_id: entry.mutation_id,
+            collection: entry.collection.clone(),
+            record_id: entry.record_id.clone(),
+            op: entry.op,
+            base_version: entry.base_version,
+            data,
+            action,
+            args,
+            owner: None,
+        })
+    }
+
+    /// Brings the server's side of a conflict answer into the local shape.
+    fn localize_outcome(&self, entry: &OutboxEntry, outcome: MutationOutcome) -> Result<MutationOutcome, Error> {
+        let MutationOutcome::Conflict { server: Some(server) } = outcome else {
+            return Ok(outcome);
+        };
+        let data = match (server.deleted, server.data) {
+            (true, _) => None,
+            (false, Some(data)) => Some(self.to_local(&entry.collection, entry.record_id.as_ref(), &data)?),
+            (false, None) => return Err(Error::malformed("a conflict answer's live server record has no data")),
+        };
+        Ok(MutationOutcome::Conflict { server: Some(ServerRecord { version: server.version, deleted: server.deleted, data }) })
+    }
+
+    /// Maps server data to the local shape and checks it fits the entity type.
+    fn to_local(&self, collection: &CollectionName, id: Option<&RecordId>, data: &serde_json::Value) -> Result<serde_json::Value, Error> {
+        let entry = self.shared.collection(collection.as_str())?;
+        let local = entry
+            .mapping
+            .to_local(data)
+            .map_err(|e| Error::Mapping { collection: collection.clone(), message: e.0 })?;
+        (entry.validate)(&local).map_err(|message| Error::InvalidRecord {
+            collection: collection.clone(),
+            id: id.map(|i| i.to_string()).unwrap_or_default(),
+            message,
+        })?;
+        Ok(local)
+    }
+
+    async fn conflicts_found(&mut self, conflicts: Vec<(CollectionName, RecordId)>) -> Result<(), Error> {
+        self.report.conflicts += conflicts.len() as u64;
+        for (collection, id) in conflicts {
+            self.shared.emit(SyncEvent::ConflictDetected { collection: collection.clone(), id: id.clone() });
+            let Some(conflict) = self.shared.store.conflict(&collection, &id).await? else {
+                continue;
+            };
+            let entry = self.shared.collection(collection.as_str())?;
+            let resolution = entry.pattern.resolve(&conflict);
+            self.shared.apply_resolution(&collection, &id, resolution).await?;
+        }
+        Ok(())
+    }
+
+    /// Pulls every collection of the unit from its cursor until the server has no more.
+    async fn pull(&mut self) -> Result<(), Error> {
+        let mut cursors: BTreeMap<CollectionName, Option<Cursor>> = BTreeMap::new();
+        for c in &self.unit.collections {
+            cursors.insert(c.clone(), self.shared.store.cursor(c).await?);
+        }
+        let requested: BTreeSet<CollectionName> = cursors.keys().cloned().collect();
+        loop {
+            let request = PullRequest {
+                client_id: self.shared.client_id.clone(),
+                collections: cursors.clone(),
+                limit: Some(i64::from(self.shared.options.pull_limit)),
+            };
+            let response = self.shared.transport.pull(&request).await?;
+            let mut pages: BTreeMap<CollectionName, CollectionPage> = BTreeMap::new();
+            for c in response.cursors.keys().chain(&response.reset) {
+                if !requested.contains(c) {
+                    return Err(Error::malformed(format!("pull answered for collection {c}, which was not asked for")));
+                }
+            }
+            let change_count = response.changes.len() as u64;
+            for change in response.changes {
+                let change = self.localize_change(&requested, change)?;
+                page_of(&mut pages, &change.collection).changes.push(change);
+            }
+            for c in &response.reset {
+                page_of(&mut pages, c).reset = true;
+            }
+            let mut progressed = change_count > 0 || !response.reset.is_empty();
+            for (c, cursor) in &response.cursors {
+                if cursors.get(c).and_then(Option::as_ref) != Some(cursor) {
+                    progressed = true;
+                }
+                page_of(&mut pages, c).cursor = Some(cursor.clone());
+            }
+            if response.has_more && !progressed {
+                return Err(Error::malformed("pull page has more to come but moved no cursor"));
+            }
+            let collections = &self.shared.collections;
+            let decide = |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
+                Some(entry) => entry.pattern.on_incoming(local, change),
+                None => PullAction::Skip,
+            };
+            let applied = self.shared.store.apply_pull_page(pages.into_values().collect(), &decide, Utc::now()).await?;
+            for c in &response.reset {
+                cursors.insert(c.clone(), None);
+            }
+            for (c, cursor) in response.cursors {
+                cursors.insert(c, Some(cursor));
+            }
+            self.report.pages += 1;
+            self.report.pulled += applied.changed.len() as u64;
+            for (collection, id) in &applied.changed {
+                self.shared.record_changed(collection, id, Origin::Remote);
+            }
+            self.conflicts_found(applied.conflicts).await?;
+            self.progress();
+            if !response.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Checks a pulled change and brings its data into the local shape.
+    fn localize_change(&self, requested: &BTreeSet<CollectionName>, change: Change) -> Result<Change, Error> {
+        if !requested.contains(&change.collection) {
+            return Err(Error::malformed(format!("pull returned a change for collection {}, which was not asked for", change.collection)));
+        }
+        if change.version.0 == 0 {
+            return Err(Error::malformed(format!("change {}/{} has version 0", change.collection, change.record_id)));
+        }
+        let data = match (change.deleted, &change.data) {
+            (true, None) => None,
+            (false, Some(data)) if data.is_object() => Some(self.to_local(&change.collection, Some(&change.record_id), data)?),
+            _ => {
+                return Err(Error::malformed(format!(
+                    "change {}/{}: data must be an object for a live record and null for a tombstone",
+                    change.collection, change.record_id
+                )));
+            }
+        };
+        Ok(Change { data, ..change })
+    }
+}
+
+fn page_of<'p>(pages: &'p mut BTreeMap<CollectionName, CollectionPage>, c: &CollectionName) -> &'p mut CollectionPage {
+    pages.entry(c.clone()).or_insert_with(|| CollectionPage { collection: c.clone(), reset: false, changes: Vec::new(), cursor: None })
+}

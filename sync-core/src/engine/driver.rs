@@ -1,0 +1,234 @@
+//! The driver task: one cycle at a time, the trigger queue, debounce, interval, retries
+//! and reachability probes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+
+use super::{ALL_UNIT, Shared};
+use crate::error::Error;
+use crate::status::{AuthState, SyncEvent, SyncReport};
+
+type Reply = oneshot::Sender<Result<SyncReport, Error>>;
+
+/// What the handle asks of the driver.
+pub(crate) enum Command {
+    /// Run a unit (once more if it is running); `reply` waits for its report.
+    Trigger { unit: String, discard_queued: bool, reply: Option<Reply> },
+    /// The app went online or supplied credentials: sync everything now.
+    Reconnected,
+}
+
+/// A unit waiting to run, with everyone waiting for its report.
+struct Queued {
+    unit: String,
+    waiters: Vec<Reply>,
+    /// Asked for by the app (`sync_now`), as opposed to an automatic trigger.
+    manual: bool,
+}
+
+/// What the driver does when its retry timer fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Retry {
+    /// The server was unreachable: probe it.
+    Probe,
+    /// A transient failure: run the unit again.
+    Rerun(String),
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    queue: VecDeque<Queued>,
+    write_deadline: Option<Instant>,
+    retry: Option<(Instant, Retry)>,
+    failures: u32,
+}
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let driver = Driver { shared, queue: VecDeque::new(), write_deadline: None, retry: None, failures: 0 };
+    tokio::spawn(driver.run(commands, shutdown))
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+        if *shutdown.borrow() {
+            return;
+        }
+        let _ = self.shared.refresh_counts().await;
+        if self.shared.options.sync_on_start {
+            self.enqueue(ALL_UNIT.to_owned(), None, false, false);
+        }
+        let mut interval = self.shared.options.interval.map(|d| tokio::time::interval_at(Instant::now() + d, d));
+        loop {
+            // Everything that arrived while a cycle ran joins the queue first, so that
+            // any number of triggers during a cycle makes exactly one follow-up.
+            while let Ok(command) = commands.try_recv() {
+                self.handle(command);
+            }
+            if let Some(next) = self.queue.pop_front() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return,
+                    () = self.run_queued(next) => {}
+                }
+                continue;
+            }
+            let write_deadline = self.write_deadline;
+            let retry_at = self.retry.as_ref().map(|(at, _)| *at);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                () = self.shared.local_writes.notified() => {
+                    let _ = self.shared.refresh_counts().await;
+                    self.write_deadline = Some(Instant::now() + self.shared.options.debounce);
+                }
+                () = sleep_until_opt(write_deadline), if write_deadline.is_some() => {
+                    self.write_deadline = None;
+                    self.enqueue(ALL_UNIT.to_owned(), None, false, false);
+                }
+                _ = tick(&mut interval), if interval.is_some() => {
+                    self.enqueue(ALL_UNIT.to_owned(), None, false, false);
+                }
+                () = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => return,
+                        () = self.fire_retry() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Trigger { unit, discard_queued, reply } => {
+                let manual = reply.is_some();
+                self.enqueue(unit, reply, manual, discard_queued);
+            }
+            Command::Reconnected => {
+                self.failures = 0;
+                self.retry = None;
+                self.enqueue(ALL_UNIT.to_owned(), None, false, false);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, unit: String, reply: Option<Reply>, manual: bool, discard_queued: bool) {
+        if discard_queued {
+            for queued in self.queue.drain(..) {
+                let error = Error::Discarded { unit: queued.unit.clone() };
+                for waiter in queued.waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+        if let Some(queued) = self.queue.iter_mut().find(|q| q.unit == unit) {
+            queued.waiters.extend(reply);
+            queued.manual |= manual;
+            return;
+        }
+        self.queue.push_back(Queued { unit, waiters: reply.into_iter().collect(), manual });
+    }
+
+    /// Runs a queued unit if the network, reachability and credentials allow, and
+    /// answers its waiters.
+    async fn run_queued(&mut self, queued: Queued) {
+        let net = self.shared.net();
+        let refusal = if !net.app_online {
+            Some(Error::Unreachable { message: "the app set the engine offline".into() })
+        } else if self.shared.status.borrow().auth == AuthState::Required {
+            Some(Error::Unauthorized { message: "credentials required: call Engine::set_credentials".into() })
+        } else {
+            None
+        };
+        // An automatic trigger while the server is unreachable waits for the probe.
+        if refusal.is_none() && !net.reachable && !queued.manual {
+            return;
+        }
+        let result = match refusal {
+            Some(error) => Err(error),
+            None => self.run_cycle(&queued.unit).await,
+        };
+        for waiter in queued.waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+
+    async fn run_cycle(&mut self, unit_name: &str) -> Result<SyncReport, Error> {
+        let Some(unit) = self.shared.units.get(unit_name).cloned() else {
+            return Err(Error::Config { message: format!("unknown sync unit {unit_name:?}") });
+        };
+        let result = super::cycle::run(&self.shared, &unit).await;
+        match &result {
+            Ok(_) => {
+                self.failures = 0;
+                self.retry = None;
+                self.shared.update_net(|n| n.reachable = true);
+            }
+            Err(Error::Unauthorized { .. }) => {
+                self.shared.status.send_modify(|s| s.auth = AuthState::Required);
+                self.shared.emit(SyncEvent::AuthRequired);
+            }
+            Err(Error::Unreachable { .. }) => {
+                self.shared.update_net(|n| n.reachable = false);
+                self.schedule(Retry::Probe);
+            }
+            Err(error) if error.is_retryable() => self.schedule(Retry::Rerun(unit.name.clone())),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn schedule(&mut self, retry: Retry) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.shared.options.backoff.delay(self.failures, &mut rand::rng());
+        self.retry = Some((Instant::now() + delay, retry));
+    }
+
+    async fn fire_retry(&mut self) {
+        let Some((_, retry)) = self.retry.take() else { return };
+        match retry {
+            Retry::Rerun(unit) => self.enqueue(unit, None, false, false),
+            Retry::Probe => {
+                if !self.shared.net().app_online {
+                    return;
+                }
+                match self.shared.transport.probe().await {
+                    Ok(()) => {
+                        self.shared.update_net(|n| n.reachable = true);
+                        self.enqueue(ALL_UNIT.to_owned(), None, false, false);
+                    }
+                    Err(_) => self.schedule(Retry::Probe),
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

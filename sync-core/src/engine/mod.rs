@@ -1,0 +1,371 @@
+//! The engine: the handle apps hold, its shared state and its public API.
+
+mod builder;
+mod collection;
+mod cycle;
+mod driver;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use builder::{ALL_UNIT, CollectionSpec, Direction, EngineBuilder, EngineOptions, SyncUnit};
+pub use collection::{Collection, QueryBuilder, WatchStream};
+
+use crate::entity::LocalEntity;
+use crate::error::Error;
+use crate::ids::{ClientId, CollectionName, MutationId, RecordId};
+use crate::pattern::Resolution;
+use crate::status::{AuthState, Network, Origin, SyncEvent, SyncReport, SyncStatus};
+use crate::store::{Conflict, LocalStore, OutboxEntry, StoreResolution};
+use crate::transport::{Credentials, Transport};
+use builder::{CollectionEntry, UnitSpec};
+use driver::Command;
+
+/// Options for triggering a sync unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TriggerOptions {
+    /// Drop the units queued behind the running one (their callers get
+    /// [`Error::Discarded`]).
+    pub discard_queued: bool,
+}
+
+/// Connectivity as the engine tracks it: what the app allows and what it has seen.
+#[derive(Debug, Clone, Copy)]
+struct NetState {
+    app_online: bool,
+    reachable: bool,
+}
+
+impl NetState {
+    fn network(self) -> Network {
+        if self.app_online && self.reachable { Network::Online } else { Network::Offline }
+    }
+}
+
+/// State shared by the handle and the background tasks.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn LocalStore>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
+    pub(crate) units: BTreeMap<String, UnitSpec>,
+    pub(crate) options: EngineOptions,
+    pub(crate) client_id: ClientId,
+    pub(crate) status: watch::Sender<SyncStatus>,
+    pub(crate) events: broadcast::Sender<SyncEvent>,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) local_writes: Notify,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    net: Mutex<NetState>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: SyncEvent) {
+        // No receiver is fine: events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn record_changed(&self, collection: &CollectionName, id: &RecordId, origin: Origin) {
+        self.emit(SyncEvent::RecordChanged { collection: collection.clone(), id: id.clone(), origin });
+    }
+
+    pub(crate) fn net(&self) -> NetStateView {
+        let net = self.net.lock().map(|n| *n).unwrap_or(NetState { app_online: false, reachable: false });
+        NetStateView { app_online: net.app_online, reachable: net.reachable }
+    }
+
+    /// Updates the connectivity state; publishes and returns the new network state when it changed.
+    pub(crate) fn update_net(&self, f: impl FnOnce(&mut NetStateView)) -> Option<Network> {
+        let (before, after) = {
+            let Ok(mut net) = self.net.lock() else { return None };
+            let before = net.network();
+            let mut view = NetStateView { app_online: net.app_online, reachable: net.reachable };
+            f(&mut view);
+            net.app_online = view.app_online;
+            net.reachable = view.reachable;
+            (before, net.network())
+        };
+        if before == after {
+            return None;
+        }
+        self.status.send_modify(|s| s.network = after);
+        self.emit(SyncEvent::NetworkChanged { network: after });
+        Some(after)
+    }
+
+    /// Reads the store's counts into the status.
+    pub(crate) async fn refresh_counts(&self) -> Result<(), Error> {
+        let counts = self.store.counts().await?;
+        self.status.send_if_modified(|s| {
+            let changed = s.pending != counts.pending || s.conflicts != counts.conflicts || s.failed != counts.failed;
+            s.pending = counts.pending;
+            s.conflicts = counts.conflicts;
+            s.failed = counts.failed;
+            changed
+        });
+        Ok(())
+    }
+
+    pub(crate) fn collection(&self, name: &str) -> Result<&Arc<CollectionEntry>, Error> {
+        CollectionName::new(name).and_then(|n| {
+            self.collections.get(&n).ok_or(Error::UnknownCollection { name: name.to_owned() })
+        })
+    }
+
+    /// Applies a resolution to a stored conflict.
+    pub(crate) async fn apply_resolution(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        resolution: Resolution,
+    ) -> Result<bool, Error> {
+        let store_resolution = match resolution {
+            Resolution::Defer => return Ok(false),
+            Resolution::KeepLocal => StoreResolution::KeepLocal,
+            Resolution::KeepServer => StoreResolution::KeepServer,
+            Resolution::Merged(value) => StoreResolution::Merged(value),
+        };
+        let origin = if store_resolution == StoreResolution::KeepServer { Origin::Remote } else { Origin::Local };
+        self.store.resolve_conflict(collection, id, store_resolution, MutationId::generate(), Utc::now()).await?;
+        self.emit(SyncEvent::ConflictResolved { collection: collection.clone(), id: id.clone() });
+        self.record_changed(collection, id, origin);
+        Ok(true)
+    }
+}
+
+/// A copy of the connectivity flags, for reading and updating.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NetStateView {
+    pub(crate) app_online: bool,
+    pub(crate) reachable: bool,
+}
+
+/// Stops the background tasks when the last [`Engine`] clone is dropped.
+struct Lifetime {
+    shutdown: watch::Sender<bool>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// The sync engine. Cheap to clone; every clone is the same engine. Dropping the last
+/// clone stops it at once: a cycle in flight is abandoned, and every store operation is
+/// atomic, so nothing acknowledged is lost and the next start resends the same mutation ids.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    lifetime: Arc<Lifetime>,
+}
+
+impl Engine {
+    /// Starts configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    fn start(
+        store: Arc<dyn LocalStore>,
+        transport: Arc<dyn Transport>,
+        collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
+        units: BTreeMap<String, UnitSpec>,
+        options: EngineOptions,
+        client_id: ClientId,
+    ) -> Self {
+        let net = NetState { app_online: options.start_online, reachable: true };
+        let (status, _) = watch::channel(SyncStatus::initial(net.network()));
+        let (events, _) = broadcast::channel(options.event_capacity);
+        let (commands, command_rx) = mpsc::channel(64);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store,
+            transport,
+            collections,
+            units,
+            options,
+            client_id,
+            status,
+            events,
+            commands,
+            local_writes: Notify::new(),
+            shutdown: shutdown_rx.clone(),
+            net: Mutex::new(net),
+        });
+        let driver = driver::spawn(shared.clone(), command_rx, shutdown_rx);
+        Self { shared, lifetime: Arc::new(Lifetime { shutdown, driver: Mutex::new(Some(driver)) }) }
+    }
+
+    /// A typed handle on the collection of entity `E`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCollection`] when `E`'s collection was not registered.
+    pub fn collection<E: LocalEntity>(&self) -> Result<Collection<E>, Error> {
+        let entry = self.shared.collection(E::COLLECTION)?.clone();
+        Ok(Collection::new(self.shared.clone(), entry))
+    }
+
+    /// The status, as a `watch` receiver: always the latest snapshot, never blocking the engine.
+    pub fn status(&self) -> watch::Receiver<SyncStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// A receiver of every event from now on.
+    pub fn events(&self) -> broadcast::Receiver<SyncEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// This device's client id.
+    pub fn client_id(&self) -> &ClientId {
+        &self.shared.client_id
+    }
+
+    /// Runs the `all` unit now (or right after the running cycle) and returns its report.
+    ///
+    /// # Errors
+    /// The cycle's error ([`Error::Unreachable`] when offline, [`Error::Unauthorized`]
+    /// while credentials are refused, ...); nothing queued is lost on any error.
+    ///
+    /// # Cancel safety
+    /// Safe: dropping the future does not cancel the cycle, only the wait for its report.
+    pub async fn sync_now(&self) -> Result<SyncReport, Error> {
+        self.sync_unit(ALL_UNIT, TriggerOptions::default()).await
+    }
+
+    /// Runs one sync unit alone and returns its report. A unit triggered while it runs
+    /// runs once more afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown unit; [`Error::Discarded`] when a later trigger
+    /// discarded it; otherwise as [`Engine::sync_now`].
+    ///
+    /// # Cancel safety
+    /// Safe, as [`Engine::sync_now`].
+    pub async fn sync_unit(&self, unit: &str, options: TriggerOptions) -> Result<SyncReport, Error> {
+        if !self.shared.units.contains_key(unit) {
+            return Err(Error::Config { message: format!("unknown sync unit {unit:?}") });
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Trigger { unit: unit.to_owned(), discard_queued: options.discard_queued, reply: Some(reply) };
+        self.shared.commands.send(command).await.map_err(|_| Error::Shutdown)?;
+        answer.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Tells the engine whether the app allows the network. Going online triggers a
+    /// reconnect sync; going offline stops network use (local writes go on).
+    pub fn set_online(&self, online: bool) {
+        let changed = self.shared.update_net(|n| {
+            n.app_online = online;
+            if online {
+                // The app knows better than our last failure: try at once.
+                n.reachable = true;
+            }
+        });
+        if changed == Some(Network::Online) {
+            let _ = self.shared.commands.try_send(Command::Reconnected);
+        }
+    }
+
+    /// Supplies new credentials: the transport gets them, pushes resume, and the same
+    /// queued mutations go out with the same ids.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.shared.transport.set_credentials(Some(credentials));
+        let was_required = self.shared.status.send_if_modified(|s| {
+            let changed = s.auth == AuthState::Required;
+            s.auth = AuthState::Ok;
+            changed
+        });
+        if was_required {
+            let _ = self.shared.commands.try_send(Command::Reconnected);
+        }
+    }
+
+    /// Every open conflict, with local, server and base data side by side.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn conflicts(&self) -> Result<Vec<Conflict>, Error> {
+        self.shared.store.conflicts().await
+    }
+
+    /// Settles the conflict of one record. `Resolution::Defer` leaves it open.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCollection`], [`Error::InvalidRecordId`], [`Error::NoConflict`],
+    /// [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: the store applies the resolution in one transaction or not at all.
+    pub async fn resolve(&self, collection: &str, id: &str, resolution: Resolution) -> Result<(), Error> {
+        let entry = self.shared.collection(collection)?.clone();
+        let id = RecordId::new(id)?;
+        if self.shared.apply_resolution(&entry.name, &id, resolution).await? {
+            self.shared.refresh_counts().await?;
+            self.shared.local_writes.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The parked (permanently rejected) mutations.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn failed_mutations(&self) -> Result<Vec<OutboxEntry>, Error> {
+        self.shared.store.failed_mutations().await
+    }
+
+    /// Queues a parked mutation again with the same id; later mutations of its record follow it.
+    ///
+    /// # Errors
+    /// [`Error::NoFailedMutation`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: one atomic store operation.
+    pub async fn retry_failed(&self, id: MutationId) -> Result<(), Error> {
+        self.shared.store.retry_failed(id).await?;
+        self.shared.refresh_counts().await?;
+        self.shared.local_writes.notify_one();
+        Ok(())
+    }
+
+    /// Drops a parked mutation; when nothing else is queued for its record, the record
+    /// returns to the last server-acknowledged data.
+    ///
+    /// # Errors
+    /// [`Error::NoFailedMutation`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: one atomic store operation.
+    pub async fn discard_failed(&self, id: MutationId) -> Result<(), Error> {
+        if let Some((collection, record)) = self.shared.store.discard_failed(id).await? {
+            self.shared.record_changed(&collection, &record, Origin::Remote);
+        }
+        self.shared.refresh_counts().await?;
+        self.shared.local_writes.notify_one();
+        Ok(())
+    }
+
+    /// Stops the engine and waits for its background tasks to end. A cycle in flight is
+    /// abandoned; nothing is lost (see [`Engine`]).
+    ///
+    /// # Cancel safety
+    /// Safe: the engine stops either way.
+    pub async fn shutdown(self) {
+        let _ = self.lifetime.shutdown.send(true);
+        let handle = self.lifetime.driver.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}

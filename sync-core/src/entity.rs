@@ -1,0 +1,62 @@
+//! What the app declares per record type: `LocalEntity` and its `ServerMapping`.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A record type the app stores locally and syncs. The whole value is stored as JSON.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use sync_core::LocalEntity;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct WorkOrder { id: String, title: String }
+///
+/// impl LocalEntity for WorkOrder {
+///     const COLLECTION: &'static str = "work_orders";
+///     fn id(&self) -> &str { &self.id }
+/// }
+/// ```
+pub trait LocalEntity: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The collection's name; must match `[a-z][a-z0-9_]{0,62}` (checked at build time).
+    const COLLECTION: &'static str;
+
+    /// The record's id (a UUIDv7 from [`crate::RecordId::generate`] by default).
+    fn id(&self) -> &str;
+}
+
+/// Why a [`ServerMapping`] refused a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingError(pub String);
+
+/// Converts between the local shape of a record and the server's. Object-safe: the
+/// engine holds one `Arc<dyn ServerMapping>` per collection. Both directions are
+/// fallible; a failure is reported as [`crate::Error::Mapping`] and nothing is applied.
+pub trait ServerMapping: Send + Sync + 'static {
+    /// The server's shape of a local record.
+    ///
+    /// # Errors
+    /// A [`MappingError`] when the record cannot be expressed on the server.
+    fn to_server(&self, local: &Value) -> Result<Value, MappingError>;
+
+    /// The local shape of a server record.
+    ///
+    /// # Errors
+    /// A [`MappingError`] when the server's record cannot be expressed locally.
+    fn to_local(&self, server: &Value) -> Result<Value, MappingError>;
+}
+
+/// The mapping used when none is given: both shapes are the same.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityMapping;
+
+impl ServerMapping for IdentityMapping {
+    fn to_server(&self, local: &Value) -> Result<Value, MappingError> {
+        Ok(local.clone())
+    }
+
+    fn to_local(&self, server: &Value) -> Result<Value, MappingError> {
+        Ok(server.clone())
+    }
+}

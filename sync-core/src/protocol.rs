@@ -1,0 +1,367 @@
+//! Wire protocol version 1 (HTTP + JSON) as serde types, shared by clients and servers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
+
+/// The kind of a pushed mutation (`"op"` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Create or replace the record with `data`.
+    Upsert,
+    /// Delete the record (`data` is null).
+    Delete,
+    /// A named custom action with JSON `args`, e.g. "mark read".
+    Action,
+}
+
+/// One mutation in a push request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireMutation {
+    /// The idempotency key.
+    pub mutation_id: MutationId,
+    /// The collection it touches.
+    pub collection: CollectionName,
+    /// The record it touches (optional for actions).
+    #[serde(default)]
+    pub record_id: Option<RecordId>,
+    /// What it does.
+    pub op: Op,
+    /// `null`: overwrite (last write wins); a number: apply only at this version.
+    #[serde(default)]
+    pub base_version: Option<Version>,
+    /// The record's data for `upsert`; null for `delete`.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// The action name, for `op: "action"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The action's arguments, for `op: "action"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    /// Admins only: the user a created record belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `POST /v1/push` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The device's id.
+    pub client_id: ClientId,
+    /// The mutations, applied in this order.
+    pub mutations: Vec<WireMutation>,
+}
+
+/// `POST /v1/push` answer: one result per mutation, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// One result per pushed mutation, in the order pushed.
+    pub results: Vec<MutationResult>,
+}
+
+/// The server's answer for one mutation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutationResult {
+    /// Which mutation this answers.
+    pub mutation_id: MutationId,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: MutationOutcome,
+}
+
+/// What happened to one pushed mutation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum MutationOutcome {
+    /// Applied; the record is now at `version`.
+    Applied {
+        /// The record's new version.
+        version: Version,
+    },
+    /// Not applied: the record moved on. `server` is its current state (None: missing).
+    Conflict {
+        /// The server's current record, or None when it does not exist.
+        server: Option<ServerRecord>,
+    },
+    /// Refused permanently; retrying the same mutation will not help.
+    Rejected {
+        /// Why.
+        error: ErrorDetail,
+    },
+}
+
+/// A record as the server holds it, in a conflict answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// Its version.
+    pub version: Version,
+    /// True for a tombstone.
+    pub deleted: bool,
+    /// Its data; null for a tombstone.
+    pub data: Option<Value>,
+}
+
+/// `POST /v1/pull` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The device's id.
+    pub client_id: ClientId,
+    /// Each collection to pull, with its cursor (null: from the beginning).
+    pub collections: BTreeMap<CollectionName, Option<Cursor>>,
+    /// The most changes wanted in this page (the server caps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// One change in a pull page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record.
+    pub record_id: RecordId,
+    /// Its version after the change.
+    pub version: Version,
+    /// True for a tombstone.
+    pub deleted: bool,
+    /// Its data; null for a tombstone.
+    pub data: Option<Value>,
+}
+
+/// `POST /v1/pull` answer: one page of changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// The changes of this page.
+    pub changes: Vec<Change>,
+    /// The new cursor of each pulled collection.
+    pub cursors: BTreeMap<CollectionName, Cursor>,
+    /// More pages follow.
+    pub has_more: bool,
+    /// Collections whose cursor was too old: drop what is clean and take the full set.
+    #[serde(default)]
+    pub reset: Vec<CollectionName>,
+}
+
+/// The `error` member of every error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A machine-readable code such as `invalid_mutation`.
+    pub code: String,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// An error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// `GET /v1/events` `change` event data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeNotification {
+    /// The collections that changed.
+    pub collections: Vec<CollectionName>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use serde_json::json;
+
+    /// Parses literal JSON, checks it equals `expected`, and that it serializes back
+    /// to the same JSON value.
+    fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(literal: Value, expected: T) {
+        let parsed: T = serde_json::from_value(literal.clone()).unwrap();
+        assert_eq!(parsed, expected);
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), literal);
+    }
+
+    const M1: &str = "0190a5b8-7a3e-7c4d-9a51-2f6b1c3d4e5f";
+
+    fn mid() -> MutationId {
+        MutationId::parse(M1).unwrap()
+    }
+
+    fn wo() -> CollectionName {
+        CollectionName::new("work_orders").unwrap()
+    }
+
+    #[test]
+    fn push_request_round_trips() {
+        check(
+            json!({"client_id": "c1", "mutations": [
+                {"mutation_id": M1, "collection": "work_orders", "record_id": "r1",
+                 "op": "upsert", "base_version": 3, "data": {"title": "fix"}},
+                {"mutation_id": M1, "collection": "work_orders", "record_id": "r2",
+                 "op": "delete", "base_version": null, "data": null},
+                {"mutation_id": M1, "collection": "work_orders", "record_id": null,
+                 "op": "action", "base_version": null, "data": null,
+                 "action": "mark_read", "args": {"ids": ["r1"]}}
+            ]}),
+            PushRequest {
+                client_id: ClientId("c1".into()),
+                mutations: vec![
+                    WireMutation {
+                        mutation_id: mid(),
+                        collection: wo(),
+                        record_id: Some(RecordId::new("r1").unwrap()),
+                        op: Op::Upsert,
+                        base_version: Some(Version(3)),
+                        data: Some(json!({"title": "fix"})),
+                        action: None,
+                        args: None,
+                        owner: None,
+                    },
+                    WireMutation {
+                        mutation_id: mid(),
+                        collection: wo(),
+                        record_id: Some(RecordId::new("r2").unwrap()),
+                        op: Op::Delete,
+                        base_version: None,
+                        data: None,
+                        action: None,
+                        args: None,
+                        owner: None,
+                    },
+                    WireMutation {
+                        mutation_id: mid(),
+                        collection: wo(),
+                        record_id: None,
+                        op: Op::Action,
+                        base_version: None,
+                        data: None,
+                        action: Some("mark_read".into()),
+                        args: Some(json!({"ids": ["r1"]})),
+                        owner: None,
+                    },
+                ],
+            },
+        );
+    }
+
+    #[test]
+    fn push_results_round_trip() {
+        check(
+            json!({"results": [
+                {"mutation_id": M1, "status": "applied", "version": 4},
+                {"mutation_id": M1, "status": "conflict",
+                 "server": {"version": 7, "deleted": false, "data": {"title": "theirs"}}},
+                {"mutation_id": M1, "status": "conflict", "server": null},
+                {"mutation_id": M1, "status": "conflict",
+                 "server": {"version": 2, "deleted": true, "data": null}},
+                {"mutation_id": M1, "status": "rejected",
+                 "error": {"code": "forbidden", "message": "not yours"}}
+            ]}),
+            PushResponse {
+                results: vec![
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Applied { version: Version(4) },
+                    },
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Conflict {
+                            server: Some(ServerRecord {
+                                version: Version(7),
+                                deleted: false,
+                                data: Some(json!({"title": "theirs"})),
+                            }),
+                        },
+                    },
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Conflict { server: None },
+                    },
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Conflict {
+                            server: Some(ServerRecord { version: Version(2), deleted: true, data: None }),
+                        },
+                    },
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Rejected {
+                            error: ErrorDetail { code: "forbidden".into(), message: "not yours".into() },
+                        },
+                    },
+                ],
+            },
+        );
+    }
+
+    #[test]
+    fn pull_round_trips() {
+        check(
+            json!({"client_id": "c1", "collections": {"work_orders": null, "products": "17"}, "limit": 500}),
+            PullRequest {
+                client_id: ClientId("c1".into()),
+                collections: [
+                    (wo(), None),
+                    (CollectionName::new("products").unwrap(), Some(Cursor("17".into()))),
+                ]
+                .into_iter()
+                .collect(),
+                limit: Some(500),
+            },
+        );
+        check(
+            json!({"changes": [
+                {"collection": "work_orders", "record_id": "r1", "version": 2, "deleted": false, "data": {"a": 1}},
+                {"collection": "work_orders", "record_id": "r2", "version": 5, "deleted": true, "data": null}
+            ], "cursors": {"work_orders": "e1:42"}, "has_more": true, "reset": ["work_orders"]}),
+            PullResponse {
+                changes: vec![
+                    Change {
+                        collection: wo(),
+                        record_id: RecordId::new("r1").unwrap(),
+                        version: Version(2),
+                        deleted: false,
+                        data: Some(json!({"a": 1})),
+                    },
+                    Change {
+                        collection: wo(),
+                        record_id: RecordId::new("r2").unwrap(),
+                        version: Version(5),
+                        deleted: true,
+                        data: None,
+                    },
+                ],
+                cursors: [(wo(), Cursor("e1:42".into()))].into_iter().collect(),
+                has_more: true,
+                reset: vec![wo()],
+            },
+        );
+    }
+
+    #[test]
+    fn error_body_and_events_round_trip() {
+        check(
+            json!({"error": {"code": "batch_too_large", "message": "at most 1000"}}),
+            ErrorBody {
+                error: ErrorDetail { code: "batch_too_large".into(), message: "at most 1000".into() },
+            },
+        );
+        check(json!({"collections": ["work_orders"]}), ChangeNotification { collections: vec![wo()] });
+    }
+
+    #[test]
+    fn bad_pages_are_errors_not_panics() {
+        for bad in [
+            json!({"changes": [{"collection": "Bad Name", "record_id": "r", "version": 1, "deleted": false, "data": null}], "cursors": {}, "has_more": false}),
+            json!({"changes": [{"collection": "a", "record_id": "", "version": 1, "deleted": false, "data": null}], "cursors": {}, "has_more": false}),
+            json!({"changes": [{"collection": "a", "record_id": "r", "version": -1, "deleted": false, "data": null}], "cursors": {}, "has_more": false}),
+            json!({"changes": "nope", "cursors": {}, "has_more": false}),
+            json!({"cursors": {}, "has_more": false}),
+        ] {
+            assert!(serde_json::from_value::<PullResponse>(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The storage boundary: the `LocalStore` trait and the records, outbox entries and
+//! conflicts that cross it. The engine never sees SQL.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
+use crate::pattern::{LocalRecordState, PullAction};
+use crate::protocol::{Change, MutationOutcome, Op, ServerRecord};
+
+/// What a local write does to its record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteKind {
+    /// Create a record; fails with [`Error::AlreadyExists`] when it exists.
+    Insert {
+        /// The record's data (local shape).
+        data: Value,
+    },
+    /// Replace an existing record; fails with [`Error::NotFound`] when it does not exist.
+    Update {
+        /// The record's data (local shape).
+        data: Value,
+    },
+    /// Delete an existing record; fails with [`Error::NotFound`] when it does not exist.
+    Delete,
+    /// Queue a named custom action; the record (if any) is not changed locally.
+    Action {
+        /// The action's name.
+        name: String,
+        /// Its arguments.
+        args: Value,
+    },
+}
+
+/// One local write: the record change and the outbox entry it queues, committed together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalWrite {
+    /// The outbox entry's idempotency key.
+    pub mutation_id: MutationId,
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record (optional for actions).
+    pub record_id: Option<RecordId>,
+    /// What happens.
+    pub kind: WriteKind,
+    /// Whether the push carries the record's server version as `base_version`
+    /// (the pattern decides).
+    pub versioned: bool,
+    /// When the write was made.
+    pub at: DateTime<Utc>,
+}
+
+/// The sync state of a stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    /// Equal to the server's last known version.
+    Synced,
+    /// Local changes wait in the outbox.
+    Pending,
+    /// An open conflict holds the record.
+    Conflict,
+}
+
+/// A record as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record id.
+    pub id: RecordId,
+    /// The app's data (local shape).
+    pub data: Value,
+    /// The server version the local data is based on (None: never synced).
+    pub server_version: Option<Version>,
+    /// Its sync state.
+    pub state: RecordState,
+    /// When it last changed locally or from the server.
+    pub modified_at: DateTime<Utc>,
+}
+
+/// Sort direction of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+/// A dotted path into a record's JSON data, such as `status` or `site.city`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath(String);
+
+impl FieldPath {
+    /// Parses a path of `.`-separated names of ASCII letters, digits and `_`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidQuery`] for anything else (so that paths can never inject SQL).
+    pub fn new(path: &str) -> Result<Self, Error> {
+        let ok = !path.is_empty()
+            && path.len() <= 256
+            && path.split('.').all(|part| {
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if ok {
+            Ok(Self(path.to_owned()))
+        } else {
+            Err(Error::InvalidQuery { message: format!("invalid field path {path:?}") })
+        }
+    }
+
+    /// The JSON path form, `$.a.b`.
+    pub fn json_path(&self) -> String {
+        format!("$.{}", self.0)
+    }
+}
+
+/// A query on one collection: equality filters, one sort key and a limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// The collection.
+    pub collection: CollectionName,
+    /// Each field must equal the value.
+    pub filters: Vec<(FieldPath, Value)>,
+    /// Sort key; records sort by id when None.
+    pub order_by: Option<(FieldPath, Order)>,
+    /// The most records returned.
+    pub limit: Option<u32>,
+}
+
+/// One entry of the persisted outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Its position in the outbox (increasing with time).
+    pub seq: i64,
+    /// The idempotency key.
+    pub mutation_id: MutationId,
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record (optional for actions).
+    pub record_id: Option<RecordId>,
+    /// What it does.
+    pub op: Op,
+    /// The action name, for actions.
+    pub action: Option<String>,
+    /// The data (local shape) for upserts, the args for actions, None for deletes.
+    pub data: Option<Value>,
+    /// The base version sent with it (filled in when the entry is claimed for a push).
+    pub base_version: Option<Version>,
+    /// Whether it is pushed with a base version.
+    pub versioned: bool,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// How many pushes carried it.
+    pub attempts: u32,
+    /// The last error the server gave it (for parked entries).
+    pub last_error: Option<String>,
+}
+
+/// A stored conflict: both sides and the base, for a resolver or a UI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record.
+    pub record_id: RecordId,
+    /// The local mutation that met the conflict, if it was detected by a push.
+    pub mutation_id: Option<MutationId>,
+    /// The local data now (None: deleted locally).
+    pub local: Option<Value>,
+    /// The server's record (None: it does not exist on the server), in local shape.
+    pub server: Option<ServerRecord>,
+    /// The last server-acknowledged data the local edits started from.
+    pub base: Option<Value>,
+    /// The version of `base`.
+    pub base_version: Option<Version>,
+    /// When it was detected.
+    pub detected_at: DateTime<Utc>,
+}
+
+/// How a conflict is settled in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreResolution {
+    /// Push the local data (or delete) over the server's version.
+    KeepLocal,
+    /// Take the server's record and drop the local edits.
+    KeepServer,
+    /// Push this merged value over the server's version.
+    Merged(Value),
+}
+
+/// The changes of one collection in one pull page, in local shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionPage {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The server said the cursor was too old: drop clean records first.
+    pub reset: bool,
+    /// The changes.
+    pub changes: Vec<Change>,
+    /// The cursor to store with them.
+    pub cursor: Option<Cursor>,
+}
+
+/// What applying a pull page did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageApplied {
+    /// Records whose local data changed.
+    pub changed: Vec<(CollectionName, RecordId)>,
+    /// Records that now have a new conflict.
+    pub conflicts: Vec<(CollectionName, RecordId)>,
+}
+
+/// What applying push results did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushApplied {
+    /// Mutations the server applied.
+    pub applied: usize,
+    /// Records that now have a new conflict.
+    pub conflicts: Vec<(CollectionName, RecordId)>,
+    /// Mutations parked as failed, with their code and message.
+    pub rejected: Vec<(OutboxEntry, String, String)>,
+}
+
+/// Counts shown in the sync status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Queued mutations (not parked).
+    pub pending: u64,
+    /// Open conflicts.
+    pub conflicts: u64,
+    /// Parked (failed) mutations.
+    pub failed: u64,
+}
+
+/// Decides, inside the store's page transaction, what an incoming change does.
+pub type PullDecider<'a> =
+    &'a (dyn Fn(&CollectionName, Option<&LocalRecordState>, &Change) -> PullAction + Send + Sync);
+
+/// The local store the engine runs on. Object-safe: the engine holds an
+/// `Arc<dyn LocalStore>`. Every method is atomic: it either commits entirely or changes
+/// nothing.
+#[async_trait]
+pub trait LocalStore: Send + Sync + 'static {
+    /// This device's client id, created on first use and kept.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn client_id(&self) -> Result<ClientId, Error>;
+
+    /// Applies one local write and queues its mutation in one transaction, coalescing
+    /// as DESIGN.md says: an update folds into an unsent create; deleting a record the
+    /// server never saw drops its queued mutations and queues nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::AlreadyExists`], [`Error::Storage`].
+    async fn write(&self, write: LocalWrite) -> Result<(), Error>;
+
+    /// Applies many writes in one transaction: all or none.
+    ///
+    /// # Errors
+    /// As [`LocalStore::write`]; on error nothing is written.
+    async fn write_many(&self, writes: Vec<LocalWrite>) -> Result<(), Error>;
+
+    /// One live record (None when missing or deleted).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, Error>;
+
+    /// The live records matching a query.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error>;
+
+    /// Takes the next mutations to push: for each record only its oldest entry, and only
+    /// when that entry is queued (not parked) and the record has no open conflict; in
+    /// outbox order, at most `limit`. Claiming counts an attempt and fixes the base
+    /// version, in the same statement, so a local write can no longer fold into them.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn claim_push_batch(&self, collections: &[CollectionName], limit: usize) -> Result<Vec<OutboxEntry>, Error>;
+
+    /// Records the server's answers to a push in one transaction. `outcomes` pairs each
+    /// pushed entry with its answer (server data already in local shape).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn record_push_results(
+        &self,
+        outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+        at: DateTime<Utc>,
+    ) -> Result<PushApplied, Error>;
+
+    /// The stored cursor of a collection.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn cursor(&self, collection: &CollectionName) -> Result<Option<Cursor>, Error>;
+
+    /// Applies a pull page and stores its cursors in one transaction. `decide` says for
+    /// each change whether it applies, is skipped or makes a conflict.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn apply_pull_page(
+        &self,
+        pages: Vec<CollectionPage>,
+        decide: PullDecider<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<PageApplied, Error>;
+
+    /// Pending, conflict and failed counts.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn counts(&self) -> Result<Counts, Error>;
+
+    /// All open conflicts.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn conflicts(&self) -> Result<Vec<Conflict>, Error>;
+
+    /// The open conflict of one record.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn conflict(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Conflict>, Error>;
+
+    /// Settles a conflict: the record's queued upserts and deletes are replaced by the
+    /// resolution (pushed with the server's version as base) or dropped (keep server).
+    ///
+    /// # Errors
+    /// [`Error::NoConflict`], [`Error::Storage`].
+    async fn resolve_conflict(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        resolution: StoreResolution,
+        mutation_id: MutationId,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error>;
+
+    /// The parked (permanently rejected) mutations.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn failed_mutations(&self) -> Result<Vec<OutboxEntry>, Error>;
+
+    /// Queues a parked mutation again, with the same id.
+    ///
+    /// # Errors
+    /// [`Error::NoFailedMutation`], [`Error::Storage`].
+    async fn retry_failed(&self, id: MutationId) -> Result<(), Error>;
+
+    /// Drops a parked mutation. When the record has nothing else queued, its local data
+    /// goes back to the last server-acknowledged data.
+    ///
+    /// # Errors
+    /// [`Error::NoFailedMutation`], [`Error::Storage`].
+    async fn discard_failed(&self, id: MutationId) -> Result<Option<(CollectionName, RecordId)>, Error>;
+
+    /// The whole outbox in order (for diagnostics and tests).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn outbox(&self) -> Result<Vec<OutboxEntry>, Error>;
+}
