@@ -1,0 +1,109 @@
+//! Conversions between sync-core values and SQLite columns.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use sync_core::protocol::Op;
+use sync_core::store::{OutboxEntry, RecordState, StoredRecord};
+use sync_core::{CollectionName, Error, MutationId, RecordId, Version};
+
+use crate::errors::{corrupt, storage};
+
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+pub(crate) fn json_text(value: &Value) -> String {
+    value.to_string()
+}
+
+pub(crate) fn parse_json(text: &str) -> Result<Value, Error> {
+    serde_json::from_str(text).map_err(|e| corrupt(format!("stored JSON does not parse: {e}")))
+}
+
+pub(crate) fn opt_json(text: Option<String>) -> Result<Option<Value>, Error> {
+    text.as_deref().map(parse_json).transpose()
+}
+
+pub(crate) fn version(v: Option<i64>) -> Option<Version> {
+    v.and_then(|v| u64::try_from(v).ok()).map(Version)
+}
+
+pub(crate) fn version_param(v: Option<Version>) -> Option<i64> {
+    v.and_then(|v| i64::try_from(v.0).ok())
+}
+
+fn parse_op(text: &str) -> Result<Op, Error> {
+    match text {
+        "upsert" => Ok(Op::Upsert),
+        "delete" => Ok(Op::Delete),
+        "action" => Ok(Op::Action),
+        other => Err(corrupt(format!("unknown outbox op {other:?}"))),
+    }
+}
+
+pub(crate) fn collection(text: String) -> Result<CollectionName, Error> {
+    CollectionName::new(text).map_err(|e| corrupt(e.to_string()))
+}
+
+pub(crate) fn record_id(text: String) -> Result<RecordId, Error> {
+    RecordId::new(text).map_err(|e| corrupt(e.to_string()))
+}
+
+pub(crate) fn mutation_id(text: &str) -> Result<MutationId, Error> {
+    MutationId::parse(text).map_err(|e| corrupt(e.to_string()))
+}
+
+/// The columns every outbox query selects, in this order.
+pub(crate) const OUTBOX_COLUMNS: &str =
+    "seq, mutation_id, collection, record_id, op, action, data, base_version, versioned, created_at, attempts, last_error";
+
+pub(crate) fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
+    let get_err = storage;
+    let mutation: String = row.try_get("mutation_id").map_err(get_err)?;
+    let record: Option<String> = row.try_get("record_id").map_err(get_err)?;
+    let op: String = row.try_get("op").map_err(get_err)?;
+    let attempts: i64 = row.try_get("attempts").map_err(get_err)?;
+    Ok(OutboxEntry {
+        seq: row.try_get("seq").map_err(get_err)?,
+        mutation_id: mutation_id(&mutation)?,
+        collection: collection(row.try_get("collection").map_err(get_err)?)?,
+        record_id: record.map(record_id).transpose()?,
+        op: parse_op(&op)?,
+        action: row.try_get("action").map_err(get_err)?,
+        data: opt_json(row.try_get("data").map_err(get_err)?)?,
+        base_version: version(row.try_get("base_version").map_err(get_err)?),
+        versioned: row.try_get::<i64, _>("versioned").map_err(get_err)? != 0,
+        created_at: from_micros(row.try_get("created_at").map_err(get_err)?),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        last_error: row.try_get("last_error").map_err(get_err)?,
+    })
+}
+
+/// The state column computed by record queries.
+pub(crate) const STATE_EXPR: &str = "CASE \
+    WHEN EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) THEN 2 \
+    WHEN EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) THEN 1 \
+    ELSE 0 END";
+
+pub(crate) fn stored_record(collection_name: &CollectionName, row: &SqliteRow) -> Result<StoredRecord, Error> {
+    let data: Option<String> = row.try_get("data").map_err(storage)?;
+    let state: i64 = row.try_get("state").map_err(storage)?;
+    Ok(StoredRecord {
+        collection: collection_name.clone(),
+        id: record_id(row.try_get("id").map_err(storage)?)?,
+        data: opt_json(data)?.unwrap_or(Value::Null),
+        server_version: version(row.try_get("server_version").map_err(storage)?),
+        state: match state {
+            2 => RecordState::Conflict,
+            1 => RecordState::Pending,
+            _ => RecordState::Synced,
+        },
+        modified_at: from_micros(row.try_get("modified_at").map_err(storage)?),
+    })
+}

@@ -1,0 +1,156 @@
+//! The push side of the outbox: claiming batches and recording the server's answers.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sync_core::protocol::{MutationOutcome, Op};
+use sync_core::store::{OutboxEntry, PushApplied};
+use sync_core::{CollectionName, Error};
+
+use crate::SqliteStore;
+use crate::codec::{OUTBOX_COLUMNS, json_text, micros, outbox_entry, version_param};
+use crate::errors::storage;
+
+pub(crate) async fn claim(store: &SqliteStore, collections: &[CollectionName], limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+    let names = Value::from(collections.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string();
+    // One statement: choosing the batch, counting the attempt and fixing the base version
+    // are atomic, so a local write can never fold into an entry being pushed.
+    let sql = format!(
+        "UPDATE offsync_outbox \
+            SET attempts = attempts + 1, \
+                base_version = CASE WHEN versioned = 1 THEN \
+                    (SELECT r.server_version FROM offsync_records r \
+                      WHERE r.collection = offsync_outbox.collection AND r.id = offsync_outbox.record_id) END \
+          WHERE seq IN ( \
+            SELECT o.seq FROM offsync_outbox o \
+             WHERE o.status = 0 \
+               AND o.collection IN (SELECT value FROM json_each(?)) \
+               AND (o.record_id IS NULL OR ( \
+                    NOT EXISTS (SELECT 1 FROM offsync_outbox p \
+                                 WHERE p.collection = o.collection AND p.record_id = o.record_id AND p.seq < o.seq) \
+                AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c \
+                                 WHERE c.collection = o.collection AND c.record_id = o.record_id))) \
+             ORDER BY o.seq LIMIT ?) \
+         RETURNING {OUTBOX_COLUMNS}"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(names)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&store.writer)
+        .await
+        .map_err(storage)?;
+    let mut entries = rows.iter().map(outbox_entry).collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.seq);
+    Ok(entries)
+}
+
+pub(crate) async fn record_results(
+    store: &SqliteStore,
+    outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+    at: DateTime<Utc>,
+) -> Result<PushApplied, Error> {
+    let mut result = PushApplied::default();
+    let mut applied_seqs = Vec::new();
+    let mut acks = Vec::new();
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    for (entry, outcome) in outcomes {
+        match outcome {
+            MutationOutcome::Applied { version } => {
+                applied_seqs.push(entry.seq);
+                result.applied += 1;
+                if let (Some(id), Op::Upsert | Op::Delete) = (&entry.record_id, entry.op) {
+                    let base = match entry.op {
+                        Op::Upsert => entry.data.as_ref().map(json_text),
+                        _ => None,
+                    };
+                    acks.push(json!({"c": entry.collection.as_str(), "id": id.as_str(), "v": version_param(Some(version)), "b": base}));
+                }
+            }
+            MutationOutcome::Conflict { server } => {
+                let Some(id) = &entry.record_id else {
+                    // A conflict on an action without a record cannot be held by a record:
+                    // park it so the app sees it.
+                    park(&mut tx, &entry, "conflict", "the server reported a conflict for an action without a record").await?;
+                    result.rejected.push((entry, "conflict".into(), "conflict on an action without a record".into()));
+                    continue;
+                };
+                let (exists, version, deleted, data) = match &server {
+                    Some(s) => (1i64, version_param(Some(s.version)), i64::from(s.deleted), s.data.as_ref().map(json_text)),
+                    None => (0, None, 0, None),
+                };
+                sqlx::query(
+                    "INSERT INTO offsync_conflicts \
+                       (collection, record_id, mutation_id, server_exists, server_version, server_deleted, server_data, detected_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (collection, record_id) DO UPDATE SET \
+                       server_exists = excluded.server_exists, server_version = excluded.server_version, \
+                       server_deleted = excluded.server_deleted, server_data = excluded.server_data",
+                )
+                .bind(entry.collection.as_str())
+                .bind(id.as_str())
+                .bind(entry.mutation_id.to_string())
+                .bind(exists)
+                .bind(version)
+                .bind(deleted)
+                .bind(data)
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await
+                .map_err(storage)?;
+                result.conflicts.push((entry.collection.clone(), id.clone()));
+            }
+            MutationOutcome::Rejected { error } => {
+                park(&mut tx, &entry, &error.code, &error.message).await?;
+                result.rejected.push((entry, error.code, error.message));
+            }
+        }
+    }
+    if !applied_seqs.is_empty() {
+        sqlx::query("DELETE FROM offsync_outbox WHERE seq IN (SELECT value FROM json_each(?))")
+            .bind(Value::from(applied_seqs).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+    }
+    if !acks.is_empty() {
+        // The acknowledged data becomes the record's base, and its version the one the
+        // next local edit is based on (never moving backwards).
+        sqlx::query(
+            "UPDATE offsync_records AS r SET server_version = a.v, base = a.b \
+               FROM (SELECT json_extract(value, '$.c') AS c, json_extract(value, '$.id') AS id, \
+                            json_extract(value, '$.v') AS v, json_extract(value, '$.b') AS b \
+                       FROM json_each(?)) AS a \
+              WHERE r.collection = a.c AND r.id = a.id \
+                AND (r.server_version IS NULL OR r.server_version < a.v)",
+        )
+        .bind(Value::from(acks).to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        // A local tombstone whose delete the server applied has nothing left to say.
+        sqlx::query(
+            "DELETE FROM offsync_records AS r WHERE r.deleted = 1 \
+                AND NOT EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) \
+                AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+    }
+    tx.commit().await.map_err(storage)?;
+    Ok(result)
+}
+
+async fn park(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    entry: &OutboxEntry,
+    code: &str,
+    message: &str,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE offsync_outbox SET status = 1, last_error = ? WHERE seq = ?")
+        .bind(format!("{code}: {message}"))
+        .bind(entry.seq)
+        .execute(&mut **tx)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `LocalStore` for `SqliteStore`: each method delegates to the module that owns it.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sync_core::protocol::MutationOutcome;
+use sync_core::store::{
+    CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied, Query,
+    StoredRecord, StoreResolution,
+};
+use sync_core::{ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
+
+use crate::{SqliteStore, conflicts, pull, push, reads, writes};
+
+#[async_trait]
+impl LocalStore for SqliteStore {
+    async fn client_id(&self) -> Result<ClientId, Error> {
+        reads::client_id(self).await
+    }
+
+    async fn write(&self, write: LocalWrite) -> Result<(), Error> {
+        writes::write(self, write).await
+    }
+
+    async fn write_many(&self, writes: Vec<LocalWrite>) -> Result<(), Error> {
+        writes::write_many(self, writes).await
+    }
+
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, Error> {
+        reads::get(self, collection, id).await
+    }
+
+    async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error> {
+        reads::query(self, query).await
+    }
+
+    async fn claim_push_batch(&self, collections: &[CollectionName], limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+        push::claim(self, collections, limit).await
+    }
+
+    async fn record_push_results(
+        &self,
+        outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+        at: DateTime<Utc>,
+    ) -> Result<PushApplied, Error> {
+        push::record_results(self, outcomes, at).await
+    }
+
+    async fn cursor(&self, collection: &CollectionName) -> Result<Option<Cursor>, Error> {
+        reads::cursor(self, collection).await
+    }
+
+    async fn apply_pull_page(
+        &self,
+        pages: Vec<CollectionPage>,
+        decide: PullDecider<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<PageApplied, Error> {
+        pull::apply_page(self, pages, decide, at).await
+    }
+
+    async fn counts(&self) -> Result<Counts, Error> {
+        reads::counts(self).await
+    }
+
+    async fn conflicts(&self) -> Result<Vec<Conflict>, Error> {
+        conflicts::list(self).await
+    }
+
+    async fn conflict(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Conflict>, Error> {
+        conflicts::get(self, collection, id).await
+    }
+
+    async fn resolve_conflict(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        resolution: StoreResolution,
+        mutation_id: MutationId,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        conflicts::resolve(self, collection, id, resolution, mutation_id, at).await
+    }
+
+    async fn failed_mutations(&self) -> Result<Vec<OutboxEntry>, Error> {
+        reads::outbox(self, true).await
+    }
+
+    async fn retry_failed(&self, id: MutationId) -> Result<(), Error> {
+        conflicts::retry_failed(self, id).await
+    }
+
+    async fn discard_failed(&self, id: MutationId) -> Result<Option<(CollectionName, RecordId)>, Error> {
+        conflicts::discard_failed(self, id).await
+    }
+
+    async fn outbox(&self) -> Result<Vec<OutboxEntry>, Error> {
+        reads::outbox(self, false).await
+    }
+}
