@@ -1,0 +1,377 @@
+//! `MemoryServer`: the server contract in memory, as a `Transport`, with fault injection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sync_core::protocol::{
+    Change, ErrorDetail, MutationOutcome, MutationResult, Op, PullRequest, PullResponse, PushRequest, PushResponse,
+    ServerRecord, WireMutation,
+};
+use sync_core::{CollectionName, Cursor, Error, MutationId, RecordId, Transport, Version};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+/// A record as the server holds it.
+#[derive(Debug, Clone)]
+struct Rec {
+    version: u64,
+    deleted: bool,
+    data: Option<Value>,
+    /// Its position in the change feed.
+    seq: u64,
+}
+
+/// One mutation the server applied, in application order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedMutation {
+    /// The mutation's id.
+    pub mutation_id: MutationId,
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record.
+    pub record_id: Option<RecordId>,
+    /// What it did.
+    pub op: Op,
+    /// Its data (or args for actions).
+    pub data: Option<Value>,
+    /// The record's version after it.
+    pub version: u64,
+}
+
+/// A hook that makes the next push hang after the server applied it, as if the
+/// connection died before the answer reached the client.
+#[derive(Debug, Default)]
+pub struct PushHold {
+    /// Notified once the held push has been applied.
+    pub applied: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<(CollectionName, RecordId), Rec>,
+    feed: BTreeMap<u64, (CollectionName, RecordId)>,
+    seq: u64,
+    ledger: HashMap<MutationId, MutationOutcome>,
+    applied: Vec<AppliedMutation>,
+    received: Vec<MutationId>,
+    reachable: bool,
+    fail_pushes: Vec<Error>,
+    fail_pulls: Vec<Error>,
+    pull_overrides: Vec<PullResponse>,
+    hold: Option<Arc<PushHold>>,
+    reject_records: HashSet<String>,
+    token: Option<String>,
+    required_token: Option<String>,
+    gate: Option<Arc<Semaphore>>,
+    probe_times: Vec<Instant>,
+    push_calls: usize,
+    pull_calls: usize,
+    probe_calls: usize,
+}
+
+/// The server contract in memory. Thread-safe; share it as `Arc<MemoryServer>`, which is
+/// also an `Arc<dyn Transport>` for any number of client engines.
+pub struct MemoryServer {
+    state: Mutex<State>,
+}
+
+impl Default for MemoryServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryServer {
+    /// An empty, reachable server.
+    pub fn new() -> Self {
+        Self { state: Mutex::new(State { reachable: true, ..State::default() }) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock can only come from a test's own assertion.
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Makes every request fail with [`Error::Unreachable`] (false) or work again (true).
+    pub fn set_reachable(&self, reachable: bool) {
+        self.state().reachable = reachable;
+    }
+
+    /// The next push fails with `error` before the server looks at it.
+    pub fn fail_next_push(&self, error: Error) {
+        self.state().fail_pushes.push(error);
+    }
+
+    /// The next pull fails with `error`.
+    pub fn fail_next_pull(&self, error: Error) {
+        self.state().fail_pulls.push(error);
+    }
+
+    /// The next pull answers `response` as it is (to test malformed pages).
+    pub fn override_next_pull(&self, response: PullResponse) {
+        self.state().pull_overrides.push(response);
+    }
+
+    /// The next push is applied, then hangs forever; `hold.applied` is notified.
+    pub fn hold_next_push(&self) -> Arc<PushHold> {
+        let hold = Arc::new(PushHold::default());
+        self.state().hold = Some(hold.clone());
+        hold
+    }
+
+    /// From now on each push waits for one permit of the returned semaphore (it starts
+    /// with none) before the server looks at it; `add_permits` lets pushes through.
+    pub fn gate_pushes(&self) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        self.state().gate = Some(gate.clone());
+        gate
+    }
+
+    /// When each probe arrived, in tokio time (paused-time tests read backoff from it).
+    pub fn probe_times(&self) -> Vec<Instant> {
+        self.state().probe_times.clone()
+    }
+
+    /// Mutations of this record are rejected with `invalid_mutation`.
+    pub fn reject_record(&self, record_id: &str) {
+        self.state().reject_records.insert(record_id.to_owned());
+    }
+
+    /// Requests without this bearer token fail with [`Error::Unauthorized`].
+    pub fn require_token(&self, token: Option<&str>) {
+        self.state().required_token = token.map(str::to_owned);
+    }
+
+    /// Writes a record as another client would (last write wins); returns its version.
+    pub fn put(&self, collection: &str, id: &str, data: Value) -> u64 {
+        let (Ok(c), Ok(id)) = (CollectionName::new(collection), RecordId::new(id)) else { return 0 };
+        let mut s = self.state();
+        apply_write(&mut s, &c, &id, Some(data))
+    }
+
+    /// Deletes a record as another client would; returns the tombstone's version.
+    pub fn remove(&self, collection: &str, id: &str) -> u64 {
+        let (Ok(c), Ok(id)) = (CollectionName::new(collection), RecordId::new(id)) else { return 0 };
+        let mut s = self.state();
+        apply_write(&mut s, &c, &id, None)
+    }
+
+    /// A record's (version, deleted, data).
+    pub fn record(&self, collection: &str, id: &str) -> Option<(u64, bool, Option<Value>)> {
+        let c = CollectionName::new(collection).ok()?;
+        let id = RecordId::new(id).ok()?;
+        self.state().records.get(&(c, id)).map(|r| (r.version, r.deleted, r.data.clone()))
+    }
+
+    /// Every live record of a collection, by id.
+    pub fn live_records(&self, collection: &str) -> BTreeMap<String, Value> {
+        let s = self.state();
+        s.records
+            .iter()
+            .filter(|((c, _), r)| c.as_str() == collection && !r.deleted)
+            .filter_map(|((_, id), r)| r.data.clone().map(|d| (id.to_string(), d)))
+            .collect()
+    }
+
+    /// Every mutation applied, in order (each `mutation_id` at most once).
+    pub fn applied(&self) -> Vec<AppliedMutation> {
+        self.state().applied.clone()
+    }
+
+    /// Every mutation id received in a push, in order, repeats included.
+    pub fn received(&self) -> Vec<MutationId> {
+        self.state().received.clone()
+    }
+
+    /// How many push, pull and probe calls reached the server.
+    pub fn calls(&self) -> (usize, usize, usize) {
+        let s = self.state();
+        (s.push_calls, s.pull_calls, s.probe_calls)
+    }
+
+    fn gate(s: &State) -> Result<(), Error> {
+        if !s.reachable {
+            return Err(Error::Unreachable { message: "memory server set unreachable".into() });
+        }
+        if s.required_token.is_some() && s.token != s.required_token {
+            return Err(Error::Unauthorized { message: "missing or wrong token".into() });
+        }
+        Ok(())
+    }
+}
+
+fn apply_write(s: &mut State, c: &CollectionName, id: &RecordId, data: Option<Value>) -> u64 {
+    s.seq += 1;
+    let seq = s.seq;
+    let key = (c.clone(), id.clone());
+    let version = s.records.get(&key).map_or(1, |r| r.version + 1);
+    if let Some(old) = s.records.get(&key) {
+        s.feed.remove(&old.seq);
+    }
+    s.feed.insert(seq, key.clone());
+    s.records.insert(key, Rec { version, deleted: data.is_none(), data, seq });
+    version
+}
+
+fn rejected(code: &str, message: &str) -> MutationOutcome {
+    MutationOutcome::Rejected { error: ErrorDetail { code: code.into(), message: message.into() } }
+}
+
+fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
+    if let Some(original) = s.ledger.get(&m.mutation_id) {
+        return original.clone();
+    }
+    let outcome = decide(s, m);
+    s.ledger.insert(m.mutation_id, outcome.clone());
+    outcome
+}
+
+fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
+    if m.record_id.as_ref().is_some_and(|id| s.reject_records.contains(id.as_str())) {
+        return rejected("invalid_mutation", "this record is refused by the test server");
+    }
+    match (m.op, &m.record_id) {
+        (Op::Action, _) => {
+            s.applied.push(AppliedMutation {
+                mutation_id: m.mutation_id,
+                collection: m.collection.clone(),
+                record_id: m.record_id.clone(),
+                op: Op::Action,
+                data: m.args.clone(),
+                version: 0,
+            });
+            MutationOutcome::Applied { version: Version(0) }
+        }
+        (_, None) => rejected("invalid_mutation", "record_id is required"),
+        (op, Some(id)) => {
+            let data = match (op, &m.data) {
+                (Op::Upsert, Some(d)) if d.is_object() => Some(d.clone()),
+                (Op::Delete, None) => None,
+                _ => return rejected("invalid_mutation", "data must be an object for upsert and null for delete"),
+            };
+            let key = (m.collection.clone(), id.clone());
+            let current = s.records.get(&key).cloned();
+            if let Some(base) = m.base_version {
+                let matches = current.as_ref().is_some_and(|r| r.version == base.0);
+                if !matches {
+                    let server = current.map(|r| ServerRecord { version: Version(r.version), deleted: r.deleted, data: r.data });
+                    return MutationOutcome::Conflict { server };
+                }
+            }
+            let version = apply_write(s, &m.collection, id, data.clone());
+            s.applied.push(AppliedMutation {
+                mutation_id: m.mutation_id,
+                collection: m.collection.clone(),
+                record_id: Some(id.clone()),
+                op,
+                data,
+                version,
+            });
+            MutationOutcome::Applied { version: Version(version) }
+        }
+    }
+}
+
+fn parse_cursor(c: &Option<Cursor>) -> Result<u64, Error> {
+    match c {
+        None => Ok(0),
+        Some(Cursor(text)) => text.parse().map_err(|_| Error::Rejected {
+            status: 400,
+            code: "invalid_request".into(),
+            message: format!("bad cursor {text:?}"),
+        }),
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryServer {
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, Error> {
+        let gate = self.state().gate.clone();
+        if let Some(gate) = gate {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
+        let (response, hold) = {
+            let mut s = self.state();
+            s.push_calls += 1;
+            Self::gate(&s)?;
+            if !s.fail_pushes.is_empty() {
+                return Err(s.fail_pushes.remove(0));
+            }
+            let results = request
+                .mutations
+                .iter()
+                .map(|m| {
+                    s.received.push(m.mutation_id);
+                    MutationResult { mutation_id: m.mutation_id, outcome: push_one(&mut s, m) }
+                })
+                .collect();
+            (PushResponse { results }, s.hold.take())
+        };
+        if let Some(hold) = hold {
+            hold.applied.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(response)
+    }
+
+    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, Error> {
+        let mut s = self.state();
+        s.pull_calls += 1;
+        Self::gate(&s)?;
+        if !s.fail_pulls.is_empty() {
+            return Err(s.fail_pulls.remove(0));
+        }
+        if !s.pull_overrides.is_empty() {
+            return Ok(s.pull_overrides.remove(0));
+        }
+        let limit = usize::try_from(request.limit.unwrap_or(1000).max(1)).unwrap_or(1000);
+        let mut cursors = BTreeMap::new();
+        for (c, cursor) in &request.collections {
+            cursors.insert(c.clone(), parse_cursor(cursor)?);
+        }
+        let start = cursors.values().copied().min().unwrap_or(0);
+        let mut changes = Vec::new();
+        let mut reached = s.seq;
+        let mut has_more = false;
+        for (seq, (c, id)) in s.feed.range(start + 1..) {
+            let Some(after) = cursors.get(c) else { continue };
+            if *seq <= *after {
+                continue;
+            }
+            if changes.len() == limit {
+                has_more = true;
+                reached = seq - 1;
+                break;
+            }
+            if let Some(r) = s.records.get(&(c.clone(), id.clone())) {
+                changes.push(Change {
+                    collection: c.clone(),
+                    record_id: id.clone(),
+                    version: Version(r.version),
+                    deleted: r.deleted,
+                    data: r.data.clone(),
+                });
+            }
+        }
+        let cursors = cursors.into_iter().map(|(c, k)| (c, Cursor(k.max(reached).to_string()))).collect();
+        Ok(PullResponse { changes, cursors, has_more, reset: Vec::new() })
+    }
+
+    async fn probe(&self) -> Result<(), Error> {
+        let mut s = self.state();
+        s.probe_calls += 1;
+        s.probe_times.push(Instant::now());
+        if s.reachable { Ok(()) } else { Err(Error::Unreachable { message: "memory server set unreachable".into() }) }
+    }
+
+    fn set_credentials(&self, credentials: Option<sync_core::Credentials>) {
+        self.state().token = credentials.map(|c| c.token);
+    }
+}

@@ -1,0 +1,76 @@
+//! Shared fixtures: a work-order entity and engines on real SQLite files.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sync_core::{CollectionSpec, Engine, EngineOptions, LocalEntity, SyncEvent, SyncUnit};
+use sync_patterns::ConflictDetection;
+use sync_sqlite::SqliteStore;
+use sync_testkit::MemoryServer;
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkOrder {
+    pub id: String,
+    pub title: String,
+    pub n: u32,
+}
+
+impl LocalEntity for WorkOrder {
+    const COLLECTION: &'static str = "work_orders";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+pub fn wo(id: &str, title: &str, n: u32) -> WorkOrder {
+    WorkOrder { id: id.to_owned(), title: title.to_owned(), n }
+}
+
+/// Options for tests: no automatic triggers unless a test asks for them.
+pub fn quiet() -> EngineOptions {
+    EngineOptions { sync_on_start: false, debounce: Duration::from_secs(3600), ..EngineOptions::default() }
+}
+
+pub fn offline() -> EngineOptions {
+    EngineOptions { start_online: false, ..quiet() }
+}
+
+pub async fn engine_on(store: SqliteStore, server: &Arc<MemoryServer>, options: EngineOptions) -> Engine {
+    Engine::builder()
+        .store(Arc::new(store))
+        .transport(server.clone())
+        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
+        .unit(SyncUnit::new("pull_orders", sync_core::Direction::Pull, &["work_orders"]))
+        .unit(SyncUnit::new("push_orders", sync_core::Direction::Push, &["work_orders"]))
+        .options(options)
+        .build()
+        .await
+        .unwrap()
+}
+
+pub async fn engine_at(path: &Path, server: &Arc<MemoryServer>, options: EngineOptions) -> Engine {
+    engine_on(SqliteStore::open(path).await.unwrap(), server, options).await
+}
+
+/// Waits (bounded) for the first event that `pick` accepts.
+pub async fn next_event<T>(rx: &mut broadcast::Receiver<SyncEvent>, mut pick: impl FnMut(&SyncEvent) -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event did not arrive")
+}
