@@ -20,12 +20,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(60),
-            multiplier: 2.0,
-            jitter: 0.5,
-        }
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(60), multiplier: 2.0, jitter: 0.5 }
     }
 }
 
@@ -53,12 +48,8 @@ mod tests {
 
     #[test]
     fn grows_exponentially_up_to_the_cap_with_bounded_jitter() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-            multiplier: 2.0,
-            jitter: 0.5,
-        };
+        let b =
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0, jitter: 0.5 };
         assert_eq!(b.ceiling(1), Duration::from_millis(100));
         assert_eq!(b.ceiling(2), Duration::from_millis(200));
         assert_eq!(b.ceiling(5), Duration::from_millis(1600));

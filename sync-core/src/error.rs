@@ -174,19 +174,12 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. }
-                | Error::Transient { .. }
-                | Error::Storage {
-                    kind: StorageErrorKind::Busy,
-                    ..
-                }
+            Error::Unreachable { .. } | Error::Transient { .. } | Error::Storage { kind: StorageErrorKind::Busy, .. }
         )
     }
 
     pub(crate) fn malformed(message: impl Into<String>) -> Self {
-        Error::MalformedResponse {
-            message: message.into(),
-        }
+        Error::MalformedResponse { message: message.into() }
     }
 }
 
@@ -200,11 +193,7 @@ mod tests {
         assert!(Error::Unreachable { message: "refused".into() }.is_retryable());
         assert!(!Error::Unauthorized { message: "401".into() }.is_retryable());
         assert!(!Error::malformed("x").is_retryable());
-        assert!(
-            Error::Storage { kind: StorageErrorKind::Busy, message: "locked".into() }.is_retryable()
-        );
-        assert!(
-            !Error::Storage { kind: StorageErrorKind::Full, message: "full".into() }.is_retryable()
-        );
+        assert!(Error::Storage { kind: StorageErrorKind::Busy, message: "locked".into() }.is_retryable());
+        assert!(!Error::Storage { kind: StorageErrorKind::Full, message: "full".into() }.is_retryable());
     }
 }

@@ -137,9 +137,7 @@ impl MutationId {
     /// # Errors
     /// [`Error::InvalidMutationId`] when `s` is not a UUID.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| Error::InvalidMutationId { id: s.to_owned() })
+        Uuid::parse_str(s).map(Self).map_err(|_| Error::InvalidMutationId { id: s.to_owned() })
     }
 }
 

@@ -262,10 +262,7 @@ mod tests {
             ]}),
             PushResponse {
                 results: vec![
-                    MutationResult {
-                        mutation_id: mid(),
-                        outcome: MutationOutcome::Applied { version: Version(4) },
-                    },
+                    MutationResult { mutation_id: mid(), outcome: MutationOutcome::Applied { version: Version(4) } },
                     MutationResult {
                         mutation_id: mid(),
                         outcome: MutationOutcome::Conflict {
@@ -276,10 +273,7 @@ mod tests {
                             }),
                         },
                     },
-                    MutationResult {
-                        mutation_id: mid(),
-                        outcome: MutationOutcome::Conflict { server: None },
-                    },
+                    MutationResult { mutation_id: mid(), outcome: MutationOutcome::Conflict { server: None } },
                     MutationResult {
                         mutation_id: mid(),
                         outcome: MutationOutcome::Conflict {
@@ -303,12 +297,9 @@ mod tests {
             json!({"client_id": "c1", "collections": {"work_orders": null, "products": "17"}, "limit": 500}),
             PullRequest {
                 client_id: ClientId("c1".into()),
-                collections: [
-                    (wo(), None),
-                    (CollectionName::new("products").unwrap(), Some(Cursor("17".into()))),
-                ]
-                .into_iter()
-                .collect(),
+                collections: [(wo(), None), (CollectionName::new("products").unwrap(), Some(Cursor("17".into())))]
+                    .into_iter()
+                    .collect(),
                 limit: Some(500),
             },
         );
@@ -345,9 +336,7 @@ mod tests {
     fn error_body_and_events_round_trip() {
         check(
             json!({"error": {"code": "batch_too_large", "message": "at most 1000"}}),
-            ErrorBody {
-                error: ErrorDetail { code: "batch_too_large".into(), message: "at most 1000".into() },
-            },
+            ErrorBody { error: ErrorDetail { code: "batch_too_large".into(), message: "at most 1000".into() } },
         );
         check(json!({"collections": ["work_orders"]}), ChangeNotification { collections: vec![wo()] });
     }

@@ -101,9 +101,9 @@ impl FieldPath {
     pub fn new(path: &str) -> Result<Self, Error> {
         let ok = !path.is_empty()
             && path.len() <= 256
-            && path.split('.').all(|part| {
-                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            });
+            && path
+                .split('.')
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
         if ok {
             Ok(Self(path.to_owned()))
         } else {

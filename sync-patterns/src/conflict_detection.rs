@@ -101,7 +101,12 @@ mod tests {
     #[test]
     fn a_newer_server_version_of_a_pending_record_is_a_conflict() {
         let p = ConflictDetection::new();
-        let pending = LocalRecordState { server_version: Some(Version(2)), has_pending: true, in_conflict: false, deleted: false };
+        let pending = LocalRecordState {
+            server_version: Some(Version(2)),
+            has_pending: true,
+            in_conflict: false,
+            deleted: false,
+        };
         assert_eq!(p.on_incoming(Some(&pending), &change(3)), PullAction::Conflict);
         assert_eq!(p.on_incoming(Some(&pending), &change(2)), PullAction::Skip);
         let clean = LocalRecordState { has_pending: false, ..pending };

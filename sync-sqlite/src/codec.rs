@@ -60,8 +60,7 @@ pub(crate) fn mutation_id(text: &str) -> Result<MutationId, Error> {
 }
 
 /// The columns every outbox query selects, in this order.
-pub(crate) const OUTBOX_COLUMNS: &str =
-    "seq, mutation_id, collection, record_id, op, action, data, base_version, versioned, created_at, attempts, last_error";
+pub(crate) const OUTBOX_COLUMNS: &str = "seq, mutation_id, collection, record_id, op, action, data, base_version, versioned, created_at, attempts, last_error";
 
 pub(crate) fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
     let get_err = storage;

@@ -1,6 +1,7 @@
 //! Conflicts and parked mutations: listing, resolving, retrying, discarding.
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use sync_core::protocol::ServerRecord;
@@ -49,16 +50,20 @@ fn conflict_row(row: &SqliteRow) -> Result<Conflict, Error> {
 
 pub(crate) async fn list(store: &SqliteStore) -> Result<Vec<Conflict>, Error> {
     let sql = format!("{CONFLICT_SELECT} ORDER BY c.detected_at, c.collection, c.record_id");
-    let rows = sqlx::query(&sql).fetch_all(&store.reader).await.map_err(storage)?;
+    let rows = sqlx::query(&sql).fetch_all(&mut *store.read_conn().await?).await.map_err(storage)?;
     rows.iter().map(conflict_row).collect()
 }
 
-pub(crate) async fn get(store: &SqliteStore, collection: &CollectionName, id: &RecordId) -> Result<Option<Conflict>, Error> {
+pub(crate) async fn get(
+    store: &SqliteStore,
+    collection: &CollectionName,
+    id: &RecordId,
+) -> Result<Option<Conflict>, Error> {
     let sql = format!("{CONFLICT_SELECT} WHERE c.collection = ? AND c.record_id = ?");
     let row = sqlx::query(&sql)
         .bind(collection.as_str())
         .bind(id.as_str())
-        .fetch_optional(&store.writer)
+        .fetch_optional(&mut *store.read_conn().await?)
         .await
         .map_err(storage)?;
     row.as_ref().map(conflict_row).transpose()
@@ -72,7 +77,8 @@ pub(crate) async fn resolve(
     mutation: MutationId,
     at: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let mut writer = store.write_conn().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     let sql = format!("{CONFLICT_SELECT} WHERE c.collection = ? AND c.record_id = ?");
     let row = sqlx::query(&sql)
         .bind(collection.as_str())
@@ -85,7 +91,7 @@ pub(crate) async fn resolve(
     };
     let conflict = conflict_row(&row)?;
     let server_live = conflict.server.as_ref().filter(|s| !s.deleted);
-    let server_version = conflict.server.as_ref().map(|s| crate::codec::version_param(Some(s.version))).flatten();
+    let server_version = conflict.server.as_ref().and_then(|s| crate::codec::version_param(Some(s.version)));
     let server_data = server_live.and_then(|s| s.data.as_ref()).map(json_text);
     // The record's upserts and deletes are replaced by the resolution; its actions stay.
     sqlx::query("DELETE FROM offsync_outbox WHERE collection = ? AND record_id = ? AND op IN ('upsert', 'delete')")
@@ -171,24 +177,30 @@ async fn store_has_other_entries(
 }
 
 pub(crate) async fn retry_failed(store: &SqliteStore, id: MutationId) -> Result<(), Error> {
-    let done = sqlx::query("UPDATE offsync_outbox SET status = 0, last_error = NULL WHERE mutation_id = ? AND status = 1")
-        .bind(id.to_string())
-        .execute(&store.writer)
-        .await
-        .map_err(storage)?;
+    let done =
+        sqlx::query("UPDATE offsync_outbox SET status = 0, last_error = NULL WHERE mutation_id = ? AND status = 1")
+            .bind(id.to_string())
+            .execute(&mut *store.write_conn().await)
+            .await
+            .map_err(storage)?;
     if done.rows_affected() == 0 {
         return Err(Error::NoFailedMutation { id });
     }
     Ok(())
 }
 
-pub(crate) async fn discard_failed(store: &SqliteStore, id: MutationId) -> Result<Option<(CollectionName, RecordId)>, Error> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
-    let row = sqlx::query("DELETE FROM offsync_outbox WHERE mutation_id = ? AND status = 1 RETURNING collection, record_id")
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(storage)?;
+pub(crate) async fn discard_failed(
+    store: &SqliteStore,
+    id: MutationId,
+) -> Result<Option<(CollectionName, RecordId)>, Error> {
+    let mut writer = store.write_conn().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let row =
+        sqlx::query("DELETE FROM offsync_outbox WHERE mutation_id = ? AND status = 1 RETURNING collection, record_id")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(storage)?;
     let Some(row) = row else {
         return Err(Error::NoFailedMutation { id });
     };

@@ -31,12 +31,16 @@ mod reads;
 mod store_impl;
 mod writes;
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
 use sync_core::Error;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::errors::storage;
 
@@ -68,13 +72,41 @@ impl Default for SqliteStoreOptions {
     }
 }
 
-/// The SQLite local store. Cheap to clone (pools are shared).
+/// The SQLite local store. Cheap to clone (clones share the connections).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// One connection: writes of this store never contend with each other.
-    writer: SqlitePool,
-    /// Connections for reads (the writer pool itself for in-memory stores).
-    reader: SqlitePool,
+    /// The one connection writes go through, behind a fair async lock: writes of this
+    /// store queue in order and never contend for SQLite's lock with each other. (A
+    /// one-connection sqlx pool would do the same, but its acquire timeout is a tokio
+    /// timer, which paused-time tests jump past while SQLite works on another thread.)
+    writer: Arc<Mutex<SqliteConnection>>,
+    /// Connections for reads; None for in-memory stores, which read through the writer.
+    reader: Option<SqlitePool>,
+}
+
+/// A connection to read through: a pooled reader, or the writer for in-memory stores.
+pub(crate) enum ReadConn<'a> {
+    Pooled(PoolConnection<Sqlite>),
+    Writer(MutexGuard<'a, SqliteConnection>),
+}
+
+impl Deref for ReadConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            ReadConn::Pooled(c) => c,
+            ReadConn::Writer(c) => c,
+        }
+    }
+}
+
+impl DerefMut for ReadConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            ReadConn::Pooled(c) => c,
+            ReadConn::Writer(c) => c,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -106,19 +138,26 @@ impl SqliteStore {
                 Durability::Full => SqliteSynchronous::Full,
             })
             .busy_timeout(options.busy_timeout);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
-            .connect_with(connect.clone())
-            .await
-            .map_err(storage)?;
-        migrate(&writer).await?;
+        let mut writer = SqliteConnection::connect_with(&connect).await.map_err(storage)?;
+        migrate(&mut writer).await?;
+        let readers = options.read_connections.max(1);
         let reader = SqlitePoolOptions::new()
-            .max_connections(options.read_connections.max(1))
+            .max_connections(readers)
+            .min_connections(readers)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
             .connect_with(connect.read_only(true))
             .await
             .map_err(storage)?;
-        Ok(Self { writer, reader })
+        // Open every reader now, so that no read ever waits for a connection to open.
+        let mut warm = Vec::new();
+        for _ in 0..readers {
+            warm.push(reader.acquire().await.map_err(storage)?);
+        }
+        drop(warm);
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), reader: Some(reader) })
     }
 
     /// A store that keeps nothing on disk (for untrusted devices and tests). It lives as
@@ -130,38 +169,38 @@ impl SqliteStore {
     /// # Cancel safety
     /// Safe.
     pub async fn in_memory() -> Result<Self, Error> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(SqliteConnectOptions::new().in_memory(true))
-            .await
-            .map_err(storage)?;
-        migrate(&pool).await?;
-        Ok(Self { writer: pool.clone(), reader: pool })
+        let mut conn =
+            SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true)).await.map_err(storage)?;
+        migrate(&mut conn).await?;
+        Ok(Self { writer: Arc::new(Mutex::new(conn)), reader: None })
     }
 
-    /// The connection pool writes go through, for apps that keep their own tables in the
-    /// same file (never write to `offsync_` tables directly).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.writer
+    pub(crate) async fn write_conn(&self) -> MutexGuard<'_, SqliteConnection> {
+        self.writer.lock().await
+    }
+
+    pub(crate) async fn read_conn(&self) -> Result<ReadConn<'_>, Error> {
+        match &self.reader {
+            Some(pool) => pool.acquire().await.map(ReadConn::Pooled).map_err(storage),
+            None => Ok(ReadConn::Writer(self.writer.lock().await)),
+        }
     }
 
     /// Closes every connection.
     pub async fn close(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
+        if let Some(reader) = &self.reader {
+            reader.close().await;
+        }
     }
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
     let migrator = sqlx::migrate!("./migrations");
     // Two stores opening the same new file at once may race on the first migration;
     // the loser finds it applied when it tries again.
-    match migrator.run(pool).await {
+    match migrator.run(&mut *conn).await {
         Ok(()) => Ok(()),
-        Err(_) => migrator.run(pool).await.map_err(|e| Error::Storage {
+        Err(_) => migrator.run(&mut *conn).await.map_err(|e| Error::Storage {
             kind: sync_core::StorageErrorKind::Io,
             message: format!("migration failed: {e}"),
         }),

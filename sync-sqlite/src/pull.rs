@@ -1,5 +1,6 @@
 //! The pull side: applying a page of changes and its cursors in one transaction.
 
+use sqlx::Connection;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +22,8 @@ pub(crate) async fn apply_page(
 ) -> Result<PageApplied, Error> {
     let mut result = PageApplied::default();
     let now = micros(at);
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let mut writer = store.write_conn().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for page in &pages {
         if page.reset {
             // The cursor was too old: drop what is clean and take the full set that follows.
@@ -92,12 +94,22 @@ pub(crate) async fn apply_page(
                     // A later change to the same record in this page sees this one.
                     local.insert(
                         change.record_id.to_string(),
-                        LocalRecordState { server_version: Some(change.version), has_pending: false, in_conflict: false, deleted: change.deleted },
+                        LocalRecordState {
+                            server_version: Some(change.version),
+                            has_pending: false,
+                            in_conflict: false,
+                            deleted: change.deleted,
+                        },
                     );
                 }
                 PullAction::Conflict | PullAction::RefreshConflict => {
                     let data = change.data.as_ref().map(json_text);
-                    conflicts.push((change.record_id.clone(), version_param(Some(change.version)), change.deleted, data));
+                    conflicts.push((
+                        change.record_id.clone(),
+                        version_param(Some(change.version)),
+                        change.deleted,
+                        data,
+                    ));
                     if let Some(state) = local.get_mut(change.record_id.as_str()) {
                         state.in_conflict = true;
                     }
@@ -168,12 +180,13 @@ async fn record_conflict(
     data: Option<String>,
     now: i64,
 ) -> Result<bool, Error> {
-    let existed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offsync_conflicts WHERE collection = ? AND record_id = ?)")
-        .bind(collection.as_str())
-        .bind(id.as_str())
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(storage)?;
+    let existed: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offsync_conflicts WHERE collection = ? AND record_id = ?)")
+            .bind(collection.as_str())
+            .bind(id.as_str())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(storage)?;
     sqlx::query(
         "INSERT INTO offsync_conflicts \
            (collection, record_id, mutation_id, server_exists, server_version, server_deleted, server_data, detected_at) \

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use sync_core::protocol::{MutationOutcome, Op};
 use sync_core::store::{OutboxEntry, PushApplied};
 use sync_core::{CollectionName, Error};
@@ -10,7 +11,11 @@ use crate::SqliteStore;
 use crate::codec::{OUTBOX_COLUMNS, json_text, micros, outbox_entry, version_param};
 use crate::errors::storage;
 
-pub(crate) async fn claim(store: &SqliteStore, collections: &[CollectionName], limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+pub(crate) async fn claim(
+    store: &SqliteStore,
+    collections: &[CollectionName],
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, Error> {
     let names = Value::from(collections.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string();
     // One statement: choosing the batch, counting the attempt and fixing the base version
     // are atomic, so a local write can never fold into an entry being pushed.
@@ -35,7 +40,7 @@ pub(crate) async fn claim(store: &SqliteStore, collections: &[CollectionName], l
     let rows = sqlx::query(&sql)
         .bind(names)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&store.writer)
+        .fetch_all(&mut *store.write_conn().await)
         .await
         .map_err(storage)?;
     let mut entries = rows.iter().map(outbox_entry).collect::<Result<Vec<_>, _>>()?;
@@ -51,7 +56,8 @@ pub(crate) async fn record_results(
     let mut result = PushApplied::default();
     let mut applied_seqs = Vec::new();
     let mut acks = Vec::new();
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let mut writer = store.write_conn().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for (entry, outcome) in outcomes {
         match outcome {
             MutationOutcome::Applied { version } => {
@@ -69,12 +75,15 @@ pub(crate) async fn record_results(
                 let Some(id) = &entry.record_id else {
                     // A conflict on an action without a record cannot be held by a record:
                     // park it so the app sees it.
-                    park(&mut tx, &entry, "conflict", "the server reported a conflict for an action without a record").await?;
+                    park(&mut tx, &entry, "conflict", "the server reported a conflict for an action without a record")
+                        .await?;
                     result.rejected.push((entry, "conflict".into(), "conflict on an action without a record".into()));
                     continue;
                 };
                 let (exists, version, deleted, data) = match &server {
-                    Some(s) => (1i64, version_param(Some(s.version)), i64::from(s.deleted), s.data.as_ref().map(json_text)),
+                    Some(s) => {
+                        (1i64, version_param(Some(s.version)), i64::from(s.deleted), s.data.as_ref().map(json_text))
+                    }
                     None => (0, None, 0, None),
                 };
                 sqlx::query(

@@ -12,11 +12,11 @@ use crate::errors::storage;
 pub(crate) async fn client_id(store: &SqliteStore) -> Result<ClientId, Error> {
     sqlx::query("INSERT OR IGNORE INTO offsync_meta (key, value) VALUES ('client_id', ?)")
         .bind(Uuid::now_v7().to_string())
-        .execute(&store.writer)
+        .execute(&mut *store.write_conn().await)
         .await
         .map_err(storage)?;
     let id: String = sqlx::query_scalar("SELECT value FROM offsync_meta WHERE key = 'client_id'")
-        .fetch_one(&store.writer)
+        .fetch_one(&mut *store.write_conn().await)
         .await
         .map_err(storage)?;
     Ok(ClientId(id))
@@ -26,12 +26,16 @@ fn record_select() -> String {
     format!("SELECT r.id, r.data, r.server_version, r.modified_at, {STATE_EXPR} AS state FROM offsync_records r ")
 }
 
-pub(crate) async fn get(store: &SqliteStore, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, Error> {
+pub(crate) async fn get(
+    store: &SqliteStore,
+    collection: &CollectionName,
+    id: &RecordId,
+) -> Result<Option<StoredRecord>, Error> {
     let sql = format!("{} WHERE r.collection = ? AND r.id = ? AND r.deleted = 0", record_select());
     let row = sqlx::query(&sql)
         .bind(collection.as_str())
         .bind(id.as_str())
-        .fetch_optional(&store.reader)
+        .fetch_optional(&mut *store.read_conn().await?)
         .await
         .map_err(storage)?;
     row.map(|r| stored_record(collection, &r)).transpose()
@@ -62,7 +66,7 @@ pub(crate) async fn query(store: &SqliteStore, query: &Query) -> Result<Vec<Stor
     if let Some(limit) = query.limit {
         b.push(" LIMIT ").push_bind(i64::from(limit));
     }
-    let rows = b.build().fetch_all(&store.reader).await.map_err(storage)?;
+    let rows = b.build().fetch_all(&mut *store.read_conn().await?).await.map_err(storage)?;
     rows.iter().map(|r| stored_record(&query.collection, r)).collect()
 }
 
@@ -72,7 +76,7 @@ pub(crate) async fn counts(store: &SqliteStore) -> Result<Counts, Error> {
                 (SELECT count(*) FROM offsync_conflicts) AS conflicts, \
                 (SELECT count(*) FROM offsync_outbox WHERE status = 1) AS failed",
     )
-    .fetch_one(&store.reader)
+    .fetch_one(&mut *store.read_conn().await?)
     .await
     .map_err(storage)?;
     let get = |name: &str| -> Result<u64, Error> {
@@ -85,7 +89,7 @@ pub(crate) async fn counts(store: &SqliteStore) -> Result<Counts, Error> {
 pub(crate) async fn cursor(store: &SqliteStore, collection: &CollectionName) -> Result<Option<Cursor>, Error> {
     let cursor: Option<String> = sqlx::query_scalar("SELECT cursor FROM offsync_cursors WHERE collection = ?")
         .bind(collection.as_str())
-        .fetch_optional(&store.reader)
+        .fetch_optional(&mut *store.read_conn().await?)
         .await
         .map_err(storage)?;
     Ok(cursor.map(Cursor))
@@ -94,6 +98,6 @@ pub(crate) async fn cursor(store: &SqliteStore, collection: &CollectionName) -> 
 pub(crate) async fn outbox(store: &SqliteStore, only_failed: bool) -> Result<Vec<OutboxEntry>, Error> {
     let filter = if only_failed { "WHERE status = 1" } else { "" };
     let sql = format!("SELECT {OUTBOX_COLUMNS} FROM offsync_outbox {filter} ORDER BY seq");
-    let rows = sqlx::query(&sql).fetch_all(&store.reader).await.map_err(storage)?;
+    let rows = sqlx::query(&sql).fetch_all(&mut *store.read_conn().await?).await.map_err(storage)?;
     rows.iter().map(outbox_entry).collect()
 }

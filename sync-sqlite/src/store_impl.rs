@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sync_core::protocol::MutationOutcome;
 use sync_core::store::{
-    CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied, Query,
-    StoredRecord, StoreResolution,
+    CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied,
+    Query, StoreResolution, StoredRecord,
 };
 use sync_core::{ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 

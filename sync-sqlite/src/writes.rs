@@ -1,6 +1,7 @@
 //! Local writes: one INSERT into the `offsync_write` view per write, many per statement
 //! for `write_many`.
 
+use sqlx::Connection;
 use sqlx::QueryBuilder;
 use sqlx::Sqlite;
 use sync_core::Error;
@@ -28,7 +29,9 @@ fn row(write: &LocalWrite) -> WriteRow {
         WriteKind::Insert { data } => WriteRow { kind: "insert", data: Some(json_text(data)), action: None },
         WriteKind::Update { data } => WriteRow { kind: "update", data: Some(json_text(data)), action: None },
         WriteKind::Delete => WriteRow { kind: "delete", data: None, action: None },
-        WriteKind::Action { name, args } => WriteRow { kind: "action", data: Some(json_text(args)), action: Some(name.clone()) },
+        WriteKind::Action { name, args } => {
+            WriteRow { kind: "action", data: Some(json_text(args)), action: Some(name.clone()) }
+        }
     }
 }
 
@@ -46,7 +49,7 @@ pub(crate) async fn write(store: &SqliteStore, write: LocalWrite) -> Result<(), 
     .bind(r.action)
     .bind(i64::from(write.versioned))
     .bind(micros(write.at))
-    .execute(&store.writer)
+    .execute(&mut *store.write_conn().await)
     .await
     .map_err(|e| write_error(e, &write.collection, write.record_id.as_ref()))?;
     Ok(())
@@ -56,7 +59,8 @@ pub(crate) async fn write_many(store: &SqliteStore, writes: Vec<LocalWrite>) -> 
     if writes.is_empty() {
         return Ok(());
     }
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let mut writer = store.write_conn().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for chunk in writes.chunks(ROWS_PER_STATEMENT) {
         let mut builder: QueryBuilder<'_, Sqlite> = QueryBuilder::new(INSERT_WRITE);
         builder.push_values(chunk, |mut b, write| {
@@ -74,7 +78,7 @@ pub(crate) async fn write_many(store: &SqliteStore, writes: Vec<LocalWrite>) -> 
             let _ = tx.rollback().await;
             let culprit = match &e {
                 sqlx::Error::Database(db) if db.message().contains("offsync:") => {
-                    Some(find_failing(store, db.message(), chunk).await?)
+                    Some(find_failing(&mut writer, db.message(), chunk).await?)
                 }
                 _ => None,
             };
@@ -90,7 +94,11 @@ pub(crate) async fn write_many(store: &SqliteStore, writes: Vec<LocalWrite>) -> 
 /// Finds the write a trigger refused (only on the error path, after the rollback): an
 /// insert whose record exists, an update or delete whose record does not, or an insert
 /// repeating an id earlier in the batch.
-async fn find_failing<'w>(store: &SqliteStore, message: &str, chunk: &'w [LocalWrite]) -> Result<&'w LocalWrite, Error> {
+async fn find_failing<'w>(
+    conn: &mut sqlx::SqliteConnection,
+    message: &str,
+    chunk: &'w [LocalWrite],
+) -> Result<&'w LocalWrite, Error> {
     let mut seen = std::collections::HashSet::new();
     for w in chunk {
         let Some(id) = &w.record_id else { continue };
@@ -99,13 +107,15 @@ async fn find_failing<'w>(store: &SqliteStore, message: &str, chunk: &'w [LocalW
         )
         .bind(w.collection.as_str())
         .bind(id.as_str())
-        .fetch_one(&store.writer)
+        .fetch_one(&mut *conn)
         .await
         .map_err(storage)?;
         let inserted_before = !seen.insert((&w.collection, id));
         let refused = match &w.kind {
             WriteKind::Insert { .. } => message.contains("already_exists") && (exists || inserted_before),
-            WriteKind::Update { .. } | WriteKind::Delete => message.contains("not_found") && !exists && !inserted_before,
+            WriteKind::Update { .. } | WriteKind::Delete => {
+                message.contains("not_found") && !exists && !inserted_before
+            }
             WriteKind::Action { .. } => false,
         };
         if refused {

@@ -259,7 +259,8 @@ fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
             if let Some(base) = m.base_version {
                 let matches = current.as_ref().is_some_and(|r| r.version == base.0);
                 if !matches {
-                    let server = current.map(|r| ServerRecord { version: Version(r.version), deleted: r.deleted, data: r.data });
+                    let server =
+                        current.map(|r| ServerRecord { version: Version(r.version), deleted: r.deleted, data: r.data });
                     return MutationOutcome::Conflict { server };
                 }
             }

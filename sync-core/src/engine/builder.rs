@@ -94,11 +94,7 @@ pub struct SyncUnit {
 impl SyncUnit {
     /// A unit named `name` over `collections`, moving data in `direction`.
     pub fn new(name: impl Into<String>, direction: Direction, collections: &[&str]) -> Self {
-        Self {
-            name: name.into(),
-            collections: collections.iter().map(|c| (*c).to_owned()).collect(),
-            direction,
-        }
+        Self { name: name.into(), collections: collections.iter().map(|c| (*c).to_owned()).collect(), direction }
     }
 }
 
@@ -224,7 +220,11 @@ impl EngineBuilder {
         let mut units = BTreeMap::new();
         units.insert(
             ALL_UNIT.to_owned(),
-            UnitSpec { name: ALL_UNIT.to_owned(), collections: collections.keys().cloned().collect(), direction: Direction::Both },
+            UnitSpec {
+                name: ALL_UNIT.to_owned(),
+                collections: collections.keys().cloned().collect(),
+                direction: Direction::Both,
+            },
         );
         for unit in self.units {
             let mut names = BTreeSet::new();
@@ -240,9 +240,15 @@ impl EngineBuilder {
             if names.is_empty() {
                 return Err(Error::Config { message: format!("sync unit {:?} names no collection", unit.name) });
             }
-            let spec = UnitSpec { name: unit.name.clone(), collections: names.into_iter().collect(), direction: unit.direction };
+            let spec = UnitSpec {
+                name: unit.name.clone(),
+                collections: names.into_iter().collect(),
+                direction: unit.direction,
+            };
             if units.insert(unit.name.clone(), spec).is_some() {
-                return Err(Error::Config { message: format!("sync unit {:?} is defined twice (or is the reserved {ALL_UNIT:?})", unit.name) });
+                return Err(Error::Config {
+                    message: format!("sync unit {:?} is defined twice (or is the reserved {ALL_UNIT:?})", unit.name),
+                });
             }
         }
         let client_id = store.client_id().await?;

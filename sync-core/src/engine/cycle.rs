@@ -20,7 +20,13 @@ pub(super) async fn run(shared: &Shared, unit: &UnitSpec) -> Result<SyncReport, 
     shared.status.send_modify(|s| {
         s.phase = Phase::Syncing { unit: unit.name.clone(), pushed: 0, push_total, pulled: 0 };
     });
-    let mut cycle = Cycle { shared, unit, report: SyncReport { unit: unit.name.clone(), ..SyncReport::default() }, push_total, answered: 0 };
+    let mut cycle = Cycle {
+        shared,
+        unit,
+        report: SyncReport { unit: unit.name.clone(), ..SyncReport::default() },
+        push_total,
+        answered: 0,
+    };
     let result = cycle.run().await;
     let _ = shared.refresh_counts().await;
     let now = Utc::now();
@@ -45,7 +51,11 @@ pub(super) async fn run(shared: &Shared, unit: &UnitSpec) -> Result<SyncReport, 
             Ok(cycle.report)
         }
         Err(error) => {
-            shared.emit(SyncEvent::CycleFailed { unit: unit.name.clone(), error: error.to_string(), retryable: error.is_retryable() });
+            shared.emit(SyncEvent::CycleFailed {
+                unit: unit.name.clone(),
+                error: error.to_string(),
+                retryable: error.is_retryable(),
+            });
             Err(error)
         }
     }
@@ -83,7 +93,8 @@ impl Cycle<'_> {
     /// mutation per record, so per-record order holds whatever the server does in a batch.
     async fn push(&mut self) -> Result<(), Error> {
         loop {
-            let batch = self.shared.store.claim_push_batch(&self.unit.collections, self.shared.options.push_batch).await?;
+            let batch =
+                self.shared.store.claim_push_batch(&self.unit.collections, self.shared.options.push_batch).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -101,7 +112,10 @@ impl Cycle<'_> {
                     Err(error) => outcomes.push((
                         entry,
                         MutationOutcome::Rejected {
-                            error: crate::protocol::ErrorDetail { code: "mapping_failed".into(), message: error.to_string() },
+                            error: crate::protocol::ErrorDetail {
+                                code: "mapping_failed".into(),
+                                message: error.to_string(),
+                            },
                         },
                     )),
                 }
@@ -142,6 +156,7 @@ impl Cycle<'_> {
             }
             self.conflicts_found(applied.conflicts).await?;
             self.answered += answered;
+            self.shared.refresh_counts().await?;
             self.progress();
         }
     }
@@ -184,11 +199,18 @@ impl Cycle<'_> {
             (false, Some(data)) => Some(self.to_local(&entry.collection, entry.record_id.as_ref(), &data)?),
             (false, None) => return Err(Error::malformed("a conflict answer's live server record has no data")),
         };
-        Ok(MutationOutcome::Conflict { server: Some(ServerRecord { version: server.version, deleted: server.deleted, data }) })
+        Ok(MutationOutcome::Conflict {
+            server: Some(ServerRecord { version: server.version, deleted: server.deleted, data }),
+        })
     }
 
     /// Maps server data to the local shape and checks it fits the entity type.
-    fn to_local(&self, collection: &CollectionName, id: Option<&RecordId>, data: &serde_json::Value) -> Result<serde_json::Value, Error> {
+    fn to_local(
+        &self,
+        collection: &CollectionName,
+        id: Option<&RecordId>,
+        data: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
         let entry = self.shared.collection(collection.as_str())?;
         let local = entry
             .mapping
@@ -255,10 +277,11 @@ impl Cycle<'_> {
                 return Err(Error::malformed("pull page has more to come but moved no cursor"));
             }
             let collections = &self.shared.collections;
-            let decide = |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
-                Some(entry) => entry.pattern.on_incoming(local, change),
-                None => PullAction::Skip,
-            };
+            let decide =
+                |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
+                    Some(entry) => entry.pattern.on_incoming(local, change),
+                    None => PullAction::Skip,
+                };
             let applied = self.shared.store.apply_pull_page(pages.into_values().collect(), &decide, Utc::now()).await?;
             for c in &response.reset {
                 cursors.insert(c.clone(), None);
@@ -282,14 +305,19 @@ impl Cycle<'_> {
     /// Checks a pulled change and brings its data into the local shape.
     fn localize_change(&self, requested: &BTreeSet<CollectionName>, change: Change) -> Result<Change, Error> {
         if !requested.contains(&change.collection) {
-            return Err(Error::malformed(format!("pull returned a change for collection {}, which was not asked for", change.collection)));
+            return Err(Error::malformed(format!(
+                "pull returned a change for collection {}, which was not asked for",
+                change.collection
+            )));
         }
         if change.version.0 == 0 {
             return Err(Error::malformed(format!("change {}/{} has version 0", change.collection, change.record_id)));
         }
         let data = match (change.deleted, &change.data) {
             (true, None) => None,
-            (false, Some(data)) if data.is_object() => Some(self.to_local(&change.collection, Some(&change.record_id), data)?),
+            (false, Some(data)) if data.is_object() => {
+                Some(self.to_local(&change.collection, Some(&change.record_id), data)?)
+            }
             _ => {
                 return Err(Error::malformed(format!(
                     "change {}/{}: data must be an object for a live record and null for a tombstone",
@@ -302,5 +330,10 @@ impl Cycle<'_> {
 }
 
 fn page_of<'p>(pages: &'p mut BTreeMap<CollectionName, CollectionPage>, c: &CollectionName) -> &'p mut CollectionPage {
-    pages.entry(c.clone()).or_insert_with(|| CollectionPage { collection: c.clone(), reset: false, changes: Vec::new(), cursor: None })
+    pages.entry(c.clone()).or_insert_with(|| CollectionPage {
+        collection: c.clone(),
+        reset: false,
+        changes: Vec::new(),
+        cursor: None,
+    })
 }

@@ -90,8 +90,10 @@ impl Driver {
                     None => return,
                 },
                 () = self.shared.local_writes.notified() => {
-                    let _ = self.shared.refresh_counts().await;
+                    // The quiet period runs from the write, not from when the counts
+                    // below have been read.
                     self.write_deadline = Some(Instant::now() + self.shared.options.debounce);
+                    let _ = self.shared.refresh_counts().await;
                 }
                 () = sleep_until_opt(write_deadline), if write_deadline.is_some() => {
                     self.write_deadline = None;

@@ -110,9 +110,8 @@ impl Shared {
     }
 
     pub(crate) fn collection(&self, name: &str) -> Result<&Arc<CollectionEntry>, Error> {
-        CollectionName::new(name).and_then(|n| {
-            self.collections.get(&n).ok_or(Error::UnknownCollection { name: name.to_owned() })
-        })
+        CollectionName::new(name)
+            .and_then(|n| self.collections.get(&n).ok_or(Error::UnknownCollection { name: name.to_owned() }))
     }
 
     /// Applies a resolution to a stored conflict.
@@ -251,7 +250,8 @@ impl Engine {
             return Err(Error::Config { message: format!("unknown sync unit {unit:?}") });
         }
         let (reply, answer) = oneshot::channel();
-        let command = Command::Trigger { unit: unit.to_owned(), discard_queued: options.discard_queued, reply: Some(reply) };
+        let command =
+            Command::Trigger { unit: unit.to_owned(), discard_queued: options.discard_queued, reply: Some(reply) };
         self.shared.commands.send(command).await.map_err(|_| Error::Shutdown)?;
         answer.await.map_err(|_| Error::Shutdown)?
     }

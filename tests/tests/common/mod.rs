@@ -57,20 +57,25 @@ pub async fn engine_at(path: &Path, server: &Arc<MemoryServer>, options: EngineO
 }
 
 /// Waits (bounded) for the first event that `pick` accepts.
-pub async fn next_event<T>(rx: &mut broadcast::Receiver<SyncEvent>, mut pick: impl FnMut(&SyncEvent) -> Option<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match rx.recv().await {
-                Ok(e) => {
-                    if let Some(t) = pick(&e) {
-                        return t;
-                    }
+pub async fn next_event<T>(rx: &mut broadcast::Receiver<SyncEvent>, pick: impl FnMut(&SyncEvent) -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), next_event_untimed(rx, pick)).await.expect("event did not arrive")
+}
+
+/// Waits for the first event that `pick` accepts, with no tokio timer (for paused-time
+/// tests, where a timeout would be the next thing time jumps to).
+pub async fn next_event_untimed<T>(
+    rx: &mut broadcast::Receiver<SyncEvent>,
+    mut pick: impl FnMut(&SyncEvent) -> Option<T>,
+) -> T {
+    loop {
+        match rx.recv().await {
+            Ok(e) => {
+                if let Some(t) = pick(&e) {
+                    return t;
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
             }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("event stream ended: {e}"),
         }
-    })
-    .await
-    .expect("event did not arrive")
+    }
 }
