@@ -10,18 +10,39 @@ use crate::ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version
 use crate::pattern::{LocalRecordState, PullAction};
 use crate::protocol::{Change, MutationOutcome, Op, ServerRecord};
 
+/// The JSON text of a record's data, checked once to be an object. Writes carry text,
+/// not a `serde_json::Value`, so an entity is serialized exactly once on its way to disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonObject(String);
+
+impl JsonObject {
+    /// Serializes `value`, which must serialize to a JSON object.
+    ///
+    /// # Errors
+    /// serde's message, or a note that the value is not an object.
+    pub fn from_serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, String> {
+        let text = serde_json::to_string(value).map_err(|e| e.to_string())?;
+        if text.starts_with('{') { Ok(Self(text)) } else { Err("an entity must serialize to a JSON object".into()) }
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What a local write does to its record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteKind {
     /// Create a record; fails with [`Error::AlreadyExists`] when it exists.
     Insert {
         /// The record's data (local shape).
-        data: Value,
+        data: JsonObject,
     },
     /// Replace an existing record; fails with [`Error::NotFound`] when it does not exist.
     Update {
         /// The record's data (local shape).
-        data: Value,
+        data: JsonObject,
     },
     /// Delete an existing record; fails with [`Error::NotFound`] when it does not exist.
     Delete,

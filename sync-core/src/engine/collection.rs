@@ -15,7 +15,7 @@ use crate::entity::LocalEntity;
 use crate::error::Error;
 use crate::ids::{MutationId, RecordId};
 use crate::status::{Origin, SyncEvent};
-use crate::store::{FieldPath, LocalWrite, Order, Query, StoredRecord, WriteKind};
+use crate::store::{FieldPath, JsonObject, LocalWrite, Order, Query, StoredRecord, WriteKind};
 
 /// A typed handle on one collection. Writes land in the local store first (record and
 /// outbox entry in one transaction) and fire [`SyncEvent::RecordChanged`] at once,
@@ -40,12 +40,9 @@ impl<E: LocalEntity> Collection<E> {
         Self { shared, entry, _entity: PhantomData }
     }
 
-    fn to_data(&self, entity: &E) -> Result<(RecordId, Value), Error> {
+    fn to_data(&self, entity: &E) -> Result<(RecordId, JsonObject), Error> {
         let id = RecordId::new(entity.id())?;
-        let data = serde_json::to_value(entity).map_err(|e| self.invalid(&id, e.to_string()))?;
-        if !data.is_object() {
-            return Err(self.invalid(&id, "an entity must serialize to a JSON object".into()));
-        }
+        let data = JsonObject::from_serialize(entity).map_err(|message| self.invalid(&id, message))?;
         Ok((id, data))
     }
 

@@ -14,6 +14,10 @@ use crate::status::{AuthState, SyncEvent, SyncReport};
 
 type Reply = oneshot::Sender<Result<SyncReport, Error>>;
 
+/// Local writes update the status counts at most this often: reading them after every
+/// write would put a query beside each write and spoil its latency.
+const COUNTS_THROTTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What the handle asks of the driver.
 pub(crate) enum Command {
     /// Run a unit (once more if it is running); `reply` waits for its report.
@@ -43,6 +47,8 @@ struct Driver {
     shared: Arc<Shared>,
     queue: VecDeque<Queued>,
     write_deadline: Option<Instant>,
+    /// When the status counts are next read after local writes.
+    counts_due: Option<Instant>,
     retry: Option<(Instant, Retry)>,
     failures: u32,
 }
@@ -52,7 +58,7 @@ pub(crate) fn spawn(
     commands: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let driver = Driver { shared, queue: VecDeque::new(), write_deadline: None, retry: None, failures: 0 };
+    let driver = Driver { shared, queue: VecDeque::new(), write_deadline: None, counts_due: None, retry: None, failures: 0 };
     tokio::spawn(driver.run(commands, shutdown))
 }
 
@@ -81,6 +87,7 @@ impl Driver {
                 continue;
             }
             let write_deadline = self.write_deadline;
+            let counts_due = self.counts_due;
             let retry_at = self.retry.as_ref().map(|(at, _)| *at);
             tokio::select! {
                 biased;
@@ -90,9 +97,12 @@ impl Driver {
                     None => return,
                 },
                 () = self.shared.local_writes.notified() => {
-                    // The quiet period runs from the write, not from when the counts
-                    // below have been read.
-                    self.write_deadline = Some(Instant::now() + self.shared.options.debounce);
+                    let now = Instant::now();
+                    self.write_deadline = Some(now + self.shared.options.debounce);
+                    self.counts_due.get_or_insert(now + COUNTS_THROTTLE);
+                }
+                () = sleep_until_opt(counts_due), if counts_due.is_some() => {
+                    self.counts_due = None;
                     let _ = self.shared.refresh_counts().await;
                 }
                 () = sleep_until_opt(write_deadline), if write_deadline.is_some() => {
