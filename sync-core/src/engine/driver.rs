@@ -58,7 +58,8 @@ pub(crate) fn spawn(
     commands: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let driver = Driver { shared, queue: VecDeque::new(), write_deadline: None, counts_due: None, retry: None, failures: 0 };
+    let driver =
+        Driver { shared, queue: VecDeque::new(), write_deadline: None, counts_due: None, retry: None, failures: 0 };
     tokio::spawn(driver.run(commands, shutdown))
 }
 
