@@ -51,6 +51,7 @@ async fn an_unreachable_server_is_probed_with_exponential_backoff_and_jitter_the
     // The server comes back: the next probe succeeds and a reconnect sync runs.
     let orders = engine.collection::<WorkOrder>().unwrap();
     orders.insert(&wo("a", "queued while away", 1)).await.unwrap();
+    status.wait_for(|s| s.pending == 1).await.unwrap();
     server.set_reachable(true);
     status.wait_for(|s| s.network == Network::Online && s.pending == 0).await.unwrap();
     assert!(server.record("work_orders", "a").is_some());

@@ -68,7 +68,7 @@ impl<E: LocalEntity> Collection<E> {
         let write = self.local_write(Some(id.clone()), kind)?;
         self.shared.store.write(write).await?;
         self.shared.record_changed(&self.entry.name, &id, Origin::Local);
-        self.shared.local_writes.notify_one();
+        self.shared.local_write_happened();
         Ok(())
     }
 
@@ -122,7 +122,7 @@ impl<E: LocalEntity> Collection<E> {
         let record_id = record_id.map(RecordId::new).transpose()?;
         let write = self.local_write(record_id, WriteKind::Action { name: name.to_owned(), args })?;
         self.shared.store.write(write).await?;
-        self.shared.local_writes.notify_one();
+        self.shared.local_write_happened();
         Ok(())
     }
 
@@ -145,7 +145,7 @@ impl<E: LocalEntity> Collection<E> {
         for id in &ids {
             self.shared.record_changed(&self.entry.name, id, Origin::Local);
         }
-        self.shared.local_writes.notify_one();
+        self.shared.local_write_happened();
         Ok(())
     }
 

@@ -98,8 +98,11 @@ impl Driver {
                     None => return,
                 },
                 () = self.shared.local_writes.notified() => {
+                    // The quiet period counts from the write itself, not from when this
+                    // task got to it (it may have been busy with a cycle).
                     let now = Instant::now();
-                    self.write_deadline = Some(now + self.shared.options.debounce);
+                    let written = self.shared.last_local_write().unwrap_or(now);
+                    self.write_deadline = Some(written + self.shared.options.debounce);
                     self.counts_due.get_or_insert(now + COUNTS_THROTTLE);
                 }
                 () = sleep_until_opt(counts_due), if counts_due.is_some() => {

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<SyncEvent>,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) local_writes: Notify,
+    /// When the last local write committed; the debounce counts from it.
+    last_local_write: Mutex<Option<tokio::time::Instant>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     net: Mutex<NetState>,
 }
@@ -66,6 +68,20 @@ impl Shared {
     pub(crate) fn emit(&self, event: SyncEvent) {
         // No receiver is fine: events are for whoever listens.
         let _ = self.events.send(event);
+    }
+
+    /// Tells the driver that a local write committed (it debounces a sync and refreshes
+    /// the status counts).
+    pub(crate) fn local_write_happened(&self) {
+        if let Ok(mut at) = self.last_local_write.lock() {
+            *at = Some(tokio::time::Instant::now());
+        }
+        self.local_writes.notify_one();
+    }
+
+    /// When the last local write committed.
+    pub(crate) fn last_local_write(&self) -> Option<tokio::time::Instant> {
+        self.last_local_write.lock().ok().and_then(|at| *at)
     }
 
     pub(crate) fn record_changed(&self, collection: &CollectionName, id: &RecordId, origin: Origin) {
@@ -193,6 +209,7 @@ impl Engine {
             events,
             commands,
             local_writes: Notify::new(),
+            last_local_write: Mutex::new(None),
             shutdown: shutdown_rx.clone(),
             net: Mutex::new(net),
         });
@@ -309,7 +326,7 @@ impl Engine {
         let id = RecordId::new(id)?;
         if self.shared.apply_resolution(&entry.name, &id, resolution).await? {
             self.shared.refresh_counts().await?;
-            self.shared.local_writes.notify_one();
+            self.shared.local_write_happened();
         }
         Ok(())
     }
@@ -335,7 +352,7 @@ impl Engine {
     pub async fn retry_failed(&self, id: MutationId) -> Result<(), Error> {
         self.shared.store.retry_failed(id).await?;
         self.shared.refresh_counts().await?;
-        self.shared.local_writes.notify_one();
+        self.shared.local_write_happened();
         Ok(())
     }
 
@@ -352,7 +369,7 @@ impl Engine {
             self.shared.record_changed(&collection, &record, Origin::Remote);
         }
         self.shared.refresh_counts().await?;
-        self.shared.local_writes.notify_one();
+        self.shared.local_write_happened();
         Ok(())
     }
 
