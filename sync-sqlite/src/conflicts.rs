@@ -94,18 +94,15 @@ pub(crate) async fn resolve(
     let server_version = conflict.server.as_ref().and_then(|s| crate::codec::version_param(Some(s.version)));
     let server_data = server_live.and_then(|s| s.data.as_ref()).map(json_text);
     // The record's upserts and deletes are replaced by the resolution; its actions stay.
-    sqlx::query("DELETE FROM offsync_outbox WHERE collection = ? AND record_id = ? AND op IN ('upsert', 'delete')")
-        .bind(collection.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
-    sqlx::query("DELETE FROM offsync_conflicts WHERE collection = ? AND record_id = ?")
-        .bind(collection.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
+    on_record(
+        &mut tx,
+        "DELETE FROM offsync_outbox WHERE collection = ? AND record_id = ? AND op IN ('upsert', 'delete')",
+        &collection,
+        &id,
+    )
+    .await?;
+    on_record(&mut tx, "DELETE FROM offsync_conflicts WHERE collection = ? AND record_id = ?", &collection, &id)
+        .await?;
     // What the record holds afterwards, and what (if anything) to push.
     let (local_after, push): (Option<String>, Option<Option<String>>) = match resolution {
         StoreResolution::KeepServer => (server_data.clone(), None),
@@ -120,12 +117,7 @@ pub(crate) async fn resolve(
         },
     };
     if local_after.is_none() && push.is_none() && !store_has_other_entries(&mut tx, collection, id).await? {
-        sqlx::query("DELETE FROM offsync_records WHERE collection = ? AND id = ?")
-            .bind(collection.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
+        on_record(&mut tx, "DELETE FROM offsync_records WHERE collection = ? AND id = ?", &collection, &id).await?;
     } else {
         sqlx::query(
             "INSERT INTO offsync_records (collection, id, data, deleted, server_version, base, modified_at) \
@@ -161,6 +153,18 @@ pub(crate) async fn resolve(
         .map_err(storage)?;
     }
     tx.commit().await.map_err(storage)
+}
+
+/// Runs a statement whose two parameters are a record's collection and id; returns the
+/// rows it changed.
+async fn on_record(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &'static str,
+    collection: &CollectionName,
+    id: &RecordId,
+) -> Result<u64, Error> {
+    let done = sqlx::query(sql).bind(collection.as_str()).bind(id.as_str()).execute(conn).await.map_err(storage)?;
+    Ok(done.rows_affected())
 }
 
 async fn store_has_other_entries(
@@ -211,27 +215,11 @@ pub(crate) async fn discard_failed(
         let record = record_id(record)?;
         if !store_has_other_entries(&mut tx, &coll, &record).await? {
             // Nothing else will change this record: back to what the server acknowledged.
-            let done = sqlx::query(
-                "DELETE FROM offsync_records AS r WHERE r.collection = ? AND r.id = ? AND r.server_version IS NULL \
-                   AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)",
-            )
-            .bind(coll.as_str())
-            .bind(record.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?
-            .rows_affected();
-            let reverted_rows = sqlx::query(
-                "UPDATE offsync_records AS r SET data = base, deleted = (base IS NULL) \
+            let done = on_record(&mut tx, "DELETE FROM offsync_records AS r WHERE r.collection = ? AND r.id = ? AND r.server_version IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)", &coll, &record).await?;
+            let reverted_rows = on_record(&mut tx, "UPDATE offsync_records AS r SET data = base, deleted = (base IS NULL) \
                   WHERE r.collection = ? AND r.id = ? AND r.server_version IS NOT NULL \
-                    AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)",
-            )
-            .bind(coll.as_str())
-            .bind(record.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?
-            .rows_affected();
+                    AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)", &coll, &record).await?;
             if done + reverted_rows > 0 {
                 reverted = Some((coll, record));
             }
