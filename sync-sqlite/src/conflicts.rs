@@ -97,12 +97,11 @@ pub(crate) async fn resolve(
     on_record(
         &mut tx,
         "DELETE FROM offsync_outbox WHERE collection = ? AND record_id = ? AND op IN ('upsert', 'delete')",
-        &collection,
-        &id,
+        collection,
+        id,
     )
     .await?;
-    on_record(&mut tx, "DELETE FROM offsync_conflicts WHERE collection = ? AND record_id = ?", &collection, &id)
-        .await?;
+    on_record(&mut tx, "DELETE FROM offsync_conflicts WHERE collection = ? AND record_id = ?", collection, id).await?;
     // What the record holds afterwards, and what (if anything) to push.
     let (local_after, push): (Option<String>, Option<Option<String>>) = match resolution {
         StoreResolution::KeepServer => (server_data.clone(), None),
@@ -117,7 +116,7 @@ pub(crate) async fn resolve(
         },
     };
     if local_after.is_none() && push.is_none() && !store_has_other_entries(&mut tx, collection, id).await? {
-        on_record(&mut tx, "DELETE FROM offsync_records WHERE collection = ? AND id = ?", &collection, &id).await?;
+        on_record(&mut tx, "DELETE FROM offsync_records WHERE collection = ? AND id = ?", collection, id).await?;
     } else {
         sqlx::query(
             "INSERT INTO offsync_records (collection, id, data, deleted, server_version, base, modified_at) \
