@@ -72,7 +72,12 @@ impl Driver {
         if self.shared.options.sync_on_start {
             self.enqueue(ALL_UNIT.to_owned(), None, false, false);
         }
-        let mut interval = self.shared.options.interval.map(|d| tokio::time::interval_at(Instant::now() + d, d));
+        let mut interval = self.shared.options.interval.map(|d| {
+            let mut interval = tokio::time::interval_at(Instant::now() + d, d);
+            // After a long cycle, one tick is enough; a burst would only queue the same unit.
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            interval
+        });
         loop {
             // Everything that arrived while a cycle ran joins the queue first, so that
             // any number of triggers during a cycle makes exactly one follow-up.
