@@ -61,8 +61,8 @@ pub mod transport;
 
 pub use backoff::Backoff;
 pub use engine::{
-    ALL_UNIT, Collection, CollectionSpec, Direction, Engine, EngineBuilder, EngineOptions, QueryBuilder, SyncUnit,
-    TriggerOptions, WatchStream,
+    ALL_UNIT, ChangeNotifier, Collection, CollectionSpec, Direction, Engine, EngineBuilder, EngineOptions,
+    QueryBuilder, SyncUnit, TriggerOptions, WatchStream,
 };
 pub use entity::{IdentityMapping, LocalEntity, MappingError, ServerMapping};
 pub use error::{Error, StorageErrorKind};

@@ -158,6 +158,27 @@ pub(crate) struct NetStateView {
     pub(crate) reachable: bool,
 }
 
+/// Lets a transport tell the engine that the server has changes (the "server change
+/// notification" trigger). Cheap to clone; it never keeps the engine alive.
+#[derive(Clone)]
+pub struct ChangeNotifier {
+    commands: mpsc::Sender<Command>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ChangeNotifier {
+    /// Triggers a sync of everything (coalesced with any already queued).
+    pub fn notify(&self) {
+        let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
+        let _ = self.commands.try_send(command);
+    }
+
+    /// True once the engine has shut down: the notifier's owner can stop listening.
+    pub fn is_closed(&self) -> bool {
+        *self.shutdown.borrow() || self.commands.is_closed()
+    }
+}
+
 /// Stops the background tasks when the last [`Engine`] clone is dropped.
 struct Lifetime {
     shutdown: watch::Sender<bool>,
@@ -271,6 +292,12 @@ impl Engine {
             Command::Trigger { unit: unit.to_owned(), discard_queued: options.discard_queued, reply: Some(reply) };
         self.shared.commands.send(command).await.map_err(|_| Error::Shutdown)?;
         answer.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// A handle for transports that hear the server announce changes (such as an SSE
+    /// stream): each `notify` triggers a sync. It does not keep the engine alive.
+    pub fn change_notifier(&self) -> ChangeNotifier {
+        ChangeNotifier { commands: self.shared.commands.clone(), shutdown: self.shared.shutdown.clone() }
     }
 
     /// Tells the engine whether the app allows the network. Going online triggers a

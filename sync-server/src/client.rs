@@ -1,0 +1,227 @@
+//! `HttpTransport`: the `Transport` that speaks the wire protocol over HTTP (reqwest),
+//! and follows the server's change notifications.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sync_core::protocol::{ErrorBody, PullRequest, PullResponse, PushRequest, PushResponse};
+use sync_core::{Backoff, ChangeNotifier, Credentials, Error, Transport};
+use tokio::task::JoinHandle;
+
+/// Speaks the wire protocol to a server at a base URL.
+///
+/// Failures are classed for the engine: connection failures are
+/// [`Error::Unreachable`]; timeouts, 5xx and 429 [`Error::Transient`]; 401
+/// [`Error::Unauthorized`]; other 4xx [`Error::Rejected`]; an answer that is not the
+/// protocol's shape [`Error::MalformedResponse`].
+pub struct HttpTransport {
+    base: String,
+    http: reqwest::Client,
+    token: RwLock<Option<String>>,
+}
+
+impl HttpTransport {
+    /// A transport for the server at `base_url` (such as `http://127.0.0.1:8787`), with
+    /// a 30 s request timeout.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the HTTP client cannot be built.
+    pub fn new(base_url: &str, token: Option<&str>) -> Result<Self, Error> {
+        Self::with_timeout(base_url, token, Duration::from_secs(30))
+    }
+
+    /// As [`HttpTransport::new`], with a request timeout.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the HTTP client cannot be built.
+    pub fn with_timeout(base_url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Config { message: format!("HTTP client: {e}") })?;
+        Ok(Self { base: base_url.trim_end_matches('/').to_owned(), http, token: RwLock::new(token.map(str::to_owned)) })
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token.read().ok().and_then(|t| t.clone())
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match self.token() {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn post<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, Error> {
+        let response = self.request(reqwest::Method::POST, path).json(body).send().await.map_err(send_error)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(send_error)?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| Error::MalformedResponse { message: format!("{path}: {e}") });
+        }
+        Err(status_error(status.as_u16(), &bytes))
+    }
+
+    /// Follows `GET /v1/events` in the background: each `change` event triggers a sync
+    /// through `notifier` (from `Engine::change_notifier`); the stream is reopened with
+    /// backoff when it drops. The task ends when the engine shuts down.
+    pub fn follow_events(self: &Arc<Self>, notifier: ChangeNotifier) -> JoinHandle<()> {
+        let transport = self.clone();
+        tokio::spawn(async move {
+            let backoff = Backoff::default();
+            let mut failures = 0u32;
+            loop {
+                if notifier.is_closed() {
+                    return;
+                }
+                match transport.read_events(&notifier).await {
+                    Ok(()) => failures = 0,
+                    Err(_) => failures = failures.saturating_add(1),
+                }
+                let delay = backoff.delay(failures.max(1), &mut rand::rng());
+                tokio::time::sleep(delay).await;
+            }
+        })
+    }
+
+    async fn read_events(&self, notifier: &ChangeNotifier) -> Result<(), Error> {
+        // The events stream stays open: no overall timeout, only the connect timeout.
+        let mut builder = reqwest::Client::new().get(format!("{}/v1/events", self.base));
+        if let Some(token) = self.token() {
+            builder = builder.bearer_auth(token);
+        }
+        let response = builder.send().await.map_err(send_error)?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.map_err(send_error)?;
+            return Err(status_error(status, &bytes));
+        }
+        let mut body = response.bytes_stream();
+        let mut parser = SseParser::default();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(send_error)?;
+            for event in parser.feed(&chunk) {
+                if event == "change" {
+                    notifier.notify();
+                }
+            }
+            if notifier.is_closed() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A minimal Server-Sent Events parser: yields each complete event's name.
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    event: Option<String>,
+}
+
+impl SseParser {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.buffer.extend_from_slice(chunk);
+        let mut done = Vec::new();
+        while let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if let Some(event) = self.event.take() {
+                    done.push(event);
+                }
+            } else if let Some(name) = line.strip_prefix("event:") {
+                self.event = Some(name.trim().to_owned());
+            }
+        }
+        done
+    }
+}
+
+fn send_error(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Transient { message: format!("timed out: {e}") }
+    } else if e.is_connect() || e.is_request() {
+        Error::Unreachable { message: e.to_string() }
+    } else if e.is_decode() || e.is_body() {
+        Error::MalformedResponse { message: e.to_string() }
+    } else {
+        Error::Transient { message: e.to_string() }
+    }
+}
+
+fn status_error(status: u16, body: &[u8]) -> Error {
+    let detail = serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error);
+    let message = detail.as_ref().map_or_else(|| String::from_utf8_lossy(body).into_owned(), |d| d.message.clone());
+    match status {
+        401 => Error::Unauthorized { message },
+        429 | 500..=599 => Error::Transient { message: format!("{status}: {message}") },
+        _ => Error::Rejected { status, code: detail.map_or_else(|| "http_error".to_owned(), |d| d.code), message },
+    }
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, Error> {
+        self.post("/v1/push", request).await
+    }
+
+    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, Error> {
+        self.post("/v1/pull", request).await
+    }
+
+    async fn probe(&self) -> Result<(), Error> {
+        let response = self.request(reqwest::Method::GET, "/v1/health").send().await.map_err(send_error)?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            return Ok(());
+        }
+        let bytes = response.bytes().await.map_err(send_error)?;
+        Err(status_error(status, &bytes))
+    }
+
+    fn set_credentials(&self, credentials: Option<Credentials>) {
+        if let Ok(mut token) = self.token.write() {
+            *token = credentials.map(|c| c.token);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b"event: cha").is_empty());
+        assert!(p.feed(b"nge\ndata: {\"collections\":[\"a\"]}\n").is_empty());
+        assert_eq!(p.feed(b"\n:keep-alive\n\nevent: change\r\ndata: x\r\n\r\n"), vec!["change", "change"]);
+    }
+
+    #[test]
+    fn statuses_map_to_error_classes() {
+        let body = br#"{"error": {"code": "batch_too_large", "message": "at most 10"}}"#;
+        assert!(
+            matches!(status_error(400, body), Error::Rejected { status: 400, ref code, .. } if code == "batch_too_large")
+        );
+        assert!(matches!(status_error(401, b"{}"), Error::Unauthorized { .. }));
+        assert!(matches!(status_error(429, b""), Error::Transient { .. }));
+        assert!(matches!(status_error(503, b"oops"), Error::Transient { .. }));
+        assert!(matches!(status_error(413, b"not json"), Error::Rejected { status: 413, .. }));
+    }
+}

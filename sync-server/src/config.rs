@@ -1,0 +1,221 @@
+//! The server's configuration file (TOML), parsed and checked once at start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sync_core::CollectionName;
+
+use crate::error::ServerError;
+
+/// Who may do what in a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Each user reads and writes only their own records; admins all.
+    Owner,
+    /// Everyone reads; only admins write.
+    ReadOnly,
+}
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads and writes within their scope.
+    User,
+    /// Reads and writes every record of every collection.
+    Admin,
+}
+
+/// One configured user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user's name (record owners are names).
+    pub name: String,
+    /// Hex SHA-256 of the user's bearer token.
+    pub token_sha256: String,
+    /// The role.
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+fn default_role() -> Role {
+    Role::User
+}
+
+/// One configured collection.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Who may read and write it.
+    pub access: Access,
+}
+
+/// The file as written (see DESIGN.md for an example).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_database")]
+    database: String,
+    #[serde(default = "default_retention")]
+    tombstone_retention: String,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_max_batch")]
+    max_batch: usize,
+    #[serde(default = "default_max_depth")]
+    max_json_depth: usize,
+    #[serde(default)]
+    users: Vec<UserConfig>,
+    #[serde(default)]
+    collections: BTreeMap<String, CollectionConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8787".into()
+}
+fn default_database() -> String {
+    "sqlite://sync-server.db".into()
+}
+fn default_retention() -> String {
+    "30d".into()
+}
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_batch() -> usize {
+    1000
+}
+fn default_max_depth() -> usize {
+    32
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// `sqlite://path` or `postgres://...`.
+    pub database: String,
+    /// How long tombstones are kept before they may be purged.
+    pub tombstone_retention: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most mutations per push, and the cap on pull's `limit`.
+    pub max_batch: usize,
+    /// Deepest JSON nesting accepted in a request body.
+    pub max_json_depth: usize,
+    /// Users by name.
+    pub users: Vec<UserConfig>,
+    /// Collections by name.
+    pub collections: BTreeMap<CollectionName, CollectionConfig>,
+}
+
+impl ServerConfig {
+    /// Parses and checks a configuration from TOML text.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] naming what is wrong.
+    pub fn from_toml(text: &str) -> Result<Self, ServerError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ServerError::config(e.to_string()))?;
+        let tombstone_retention = humantime::parse_duration(&raw.tombstone_retention)
+            .map_err(|e| ServerError::config(format!("tombstone_retention {:?}: {e}", raw.tombstone_retention)))?;
+        if raw.max_batch == 0 || raw.max_body_bytes == 0 || raw.max_json_depth == 0 {
+            return Err(ServerError::config("max_batch, max_body_bytes and max_json_depth must be at least 1"));
+        }
+        let mut collections = BTreeMap::new();
+        for (name, c) in raw.collections {
+            let name = CollectionName::new(name).map_err(|e| ServerError::config(e.to_string()))?;
+            collections.insert(name, c);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for u in &raw.users {
+            if !names.insert(u.name.as_str()) {
+                return Err(ServerError::config(format!("user {:?} is listed twice", u.name)));
+            }
+            let ok = u.token_sha256.len() == 64 && u.token_sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if !ok {
+                return Err(ServerError::config(format!("user {:?}: token_sha256 must be 64 hex digits", u.name)));
+            }
+        }
+        Ok(Self {
+            listen: raw.listen,
+            database: raw.database,
+            tombstone_retention,
+            max_body_bytes: raw.max_body_bytes,
+            max_batch: raw.max_batch,
+            max_json_depth: raw.max_json_depth,
+            users: raw.users,
+            collections,
+        })
+    }
+
+    /// Reads and checks a configuration file.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] when the file cannot be read or is invalid.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+}
+
+/// The hex SHA-256 of a token, as `token_sha256` holds it.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_example_parses() {
+        let text = format!(
+            r#"
+listen = "127.0.0.1:8787"
+database = "sqlite://sync-server.db"
+tombstone_retention = "30d"
+max_body_bytes = 4194304
+max_batch = 1000
+
+[[users]]
+name = "alice"
+token_sha256 = "{}"
+role = "user"
+
+[collections.work_orders]
+access = "owner"
+
+[collections.products]
+access = "read_only"
+"#,
+            token_sha256("alice-token")
+        );
+        let c = ServerConfig::from_toml(&text).unwrap();
+        assert_eq!(c.tombstone_retention, Duration::from_secs(30 * 86400));
+        assert_eq!(c.collections.len(), 2);
+        assert_eq!(c.users[0].role, Role::User);
+    }
+
+    #[test]
+    fn bad_files_are_config_errors() {
+        for bad in [
+            "max_batch = 0",
+            "tombstone_retention = \"soon\"",
+            "[collections.Bad-Name]\naccess = \"owner\"",
+            "[collections.a]\naccess = \"public\"",
+            "[[users]]\nname = \"a\"\ntoken_sha256 = \"xyz\"",
+            "unknown_key = 1",
+        ] {
+            assert!(matches!(ServerConfig::from_toml(bad), Err(ServerError::Config { .. })), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The server's error type; each variant knows its HTTP status and protocol code.
+
+/// Every error the server library returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+    /// The request is malformed (400): `code` is the protocol's error code.
+    #[error("{code}: {message}")]
+    BadRequest {
+        /// `invalid_request`, `batch_too_large`, `unknown_collection`, `invalid_collection`.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The body is larger than `max_body_bytes` (413).
+    #[error("body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No valid bearer token (401).
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        /// Why.
+        message: String,
+    },
+    /// The database failed (500; 503 when retrying may help).
+    #[error("database failure: {message}")]
+    Database {
+        /// The database's explanation.
+        message: String,
+        /// Whether the client should retry.
+        retryable: bool,
+    },
+    /// The listener or another I/O resource failed.
+    #[error("i/o failure: {message}")]
+    Io {
+        /// The explanation.
+        message: String,
+    },
+}
+
+impl ServerError {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        ServerError::Config { message: message.into() }
+    }
+
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ServerError::BadRequest { code, message: message.into() }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ServerError::BadRequest { .. } => 400,
+            ServerError::Unauthorized { .. } => 401,
+            ServerError::PayloadTooLarge { .. } => 413,
+            ServerError::Database { retryable: true, .. } => 503,
+            ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => 500,
+        }
+    }
+
+    /// The protocol's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServerError::BadRequest { code, .. } => code,
+            ServerError::Unauthorized { .. } => "unauthorized",
+            ServerError::PayloadTooLarge { .. } => "body_too_large",
+            ServerError::Database { retryable: true, .. } => "unavailable",
+            ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => "internal",
+        }
+    }
+}
+
+#[cfg(feature = "server")]
+impl From<sqlx::Error> for ServerError {
+    fn from(e: sqlx::Error) -> Self {
+        let retryable = match &e {
+            sqlx::Error::Database(db) => {
+                // SQLite busy/locked; PostgreSQL serialization failure and deadlock.
+                matches!(db.code().as_deref(), Some("5" | "6" | "517" | "40001" | "40P01"))
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+            _ => false,
+        };
+        ServerError::Database { message: e.to_string(), retryable }
+    }
+}
+
+#[cfg(feature = "server")]
+impl axum::response::IntoResponse for ServerError {
+    fn into_response(self) -> axum::response::Response {
+        let status =
+            axum::http::StatusCode::from_u16(self.status()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let message = match &self {
+            // Internal details stay in the log.
+            ServerError::Database { .. } | ServerError::Io { .. } | ServerError::Config { .. } => {
+                "internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = sync_core::protocol::ErrorBody {
+            error: sync_core::protocol::ErrorDetail { code: self.code().to_owned(), message },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

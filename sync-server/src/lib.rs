@@ -1,0 +1,47 @@
+//! offsync's reference sync server and its HTTP client transport.
+//!
+//! - Feature `server` (default): an axum [`router`](router::router) implementing the wire
+//!   protocol of DESIGN.md over a [`ServerStore`](store::ServerStore) (SQLite by
+//!   default), configuration from TOML, tombstone purging, change notifications over
+//!   Server-Sent Events, and the `sync-server` binary.
+//! - Feature `client` (default): [`HttpTransport`](client::HttpTransport), the
+//!   `sync_core::Transport` that talks to it.
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "server", feature = "client"))]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sync_server::config::{ServerConfig, token_sha256};
+//! use sync_server::server::{from_config, start};
+//!
+//! let config = ServerConfig::from_toml(&format!(
+//!     "database = \"sqlite://server.db\"\n[[users]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n\
+//!      [collections.work_orders]\naccess = \"owner\"\n",
+//!     token_sha256("alice-secret")
+//! ))?;
+//! let (state, store) = from_config(&config).await?;
+//! let server = start("127.0.0.1:0", state, store, config.tombstone_retention).await?;
+//! let transport = sync_server::client::HttpTransport::new(&server.url(), Some("alice-secret"))?;
+//! # let _ = transport;
+//! server.stop().await?;
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "client")]
+pub mod client;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod cursor;
+pub mod error;
+#[cfg(feature = "server")]
+pub mod events;
+#[cfg(feature = "server")]
+pub mod logic;
+#[cfg(feature = "server")]
+pub mod router;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;
+
+pub use error::ServerError;

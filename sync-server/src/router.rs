@@ -1,0 +1,193 @@
+//! The axum router: `/v1/health`, `/v1/push`, `/v1/pull`, `/v1/events`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sync_core::protocol::PullResponse;
+use sync_core::{CollectionName, Cursor};
+
+use crate::config::{Role, ServerConfig};
+use crate::error::ServerError;
+use crate::events::{ChangeHub, sse_for};
+use crate::logic::{User, WireResult, json_depth};
+use crate::store::{ActionHandler, PullItem, PushContext, ServerStore};
+
+/// Everything the handlers share.
+pub struct AppState {
+    config: ServerConfig,
+    users_by_token_hash: HashMap<String, User>,
+    user_names: HashSet<String>,
+    store: Arc<dyn ServerStore>,
+    hub: ChangeHub,
+    actions: HashMap<String, Arc<dyn ActionHandler>>,
+}
+
+impl AppState {
+    /// State for a router over `store`, configured by `config`.
+    pub fn new(config: ServerConfig, store: Arc<dyn ServerStore>, hub: ChangeHub) -> Self {
+        let users_by_token_hash = config
+            .users
+            .iter()
+            .map(|u| (u.token_sha256.to_ascii_lowercase(), User { name: u.name.clone(), admin: u.role == Role::Admin }))
+            .collect();
+        let user_names = config.users.iter().map(|u| u.name.clone()).collect();
+        Self { config, users_by_token_hash, user_names, store, hub, actions: HashMap::new() }
+    }
+
+    /// Registers the server side of a custom action.
+    pub fn action(mut self, name: impl Into<String>, handler: impl ActionHandler) -> Self {
+        self.actions.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// The change hub (for wiring notifications between server nodes).
+    pub fn hub(&self) -> &ChangeHub {
+        &self.hub
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<User, ServerError> {
+        let unauthorized = |m: &str| ServerError::Unauthorized { message: m.to_owned() };
+        let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("missing bearer token"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("expected 'Authorization: Bearer <token>'"))?;
+        self.users_by_token_hash
+            .get(&crate::config::token_sha256(token.trim()))
+            .cloned()
+            .ok_or_else(|| unauthorized("unknown token"))
+    }
+
+    /// Reads a JSON body within the size and depth limits.
+    async fn json_body(&self, headers: &HeaderMap, body: Body) -> Result<Value, ServerError> {
+        let limit = self.config.max_body_bytes;
+        let declared =
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ServerError::PayloadTooLarge { limit });
+        }
+        let bytes: Bytes =
+            axum::body::to_bytes(body, limit).await.map_err(|_| ServerError::PayloadTooLarge { limit })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ServerError::bad_request("invalid_request", format!("body is not JSON: {e}")))?;
+        if json_depth(&value) > self.config.max_json_depth {
+            return Err(ServerError::bad_request(
+                "invalid_request",
+                format!("JSON nested deeper than {} levels", self.config.max_json_depth),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// Builds the router. Body limits are enforced by the handlers, so that a body over
+/// `max_body_bytes` gets the protocol's JSON error with status 413.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/push", post(push))
+        .route("/v1/pull", post(pull))
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Arc::new(state))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> Response {
+    let body = json!({"error": {"code": "not_found", "message": "no such endpoint"}});
+    (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+#[derive(serde::Serialize)]
+struct PushAnswer {
+    results: Vec<WireResult>,
+}
+
+async fn push(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PushAnswer>, ServerError> {
+    let user = state.authenticate(&headers)?;
+    let body = state.json_body(&headers, body).await?;
+    let shape = || ServerError::bad_request("invalid_request", "expected {\"client_id\": string, \"mutations\": [..]}");
+    let obj = body.as_object().ok_or_else(shape)?;
+    obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
+    let mutations = obj.get("mutations").and_then(Value::as_array).ok_or_else(shape)?;
+    if mutations.len() > state.config.max_batch {
+        return Err(ServerError::bad_request(
+            "batch_too_large",
+            format!("{} mutations; at most {} per push", mutations.len(), state.config.max_batch),
+        ));
+    }
+    let ctx = PushContext {
+        user: &user,
+        collections: &state.config.collections,
+        users: &state.user_names,
+        actions: &state.actions,
+    };
+    let (results, touched) = state.store.push(&ctx, mutations).await?;
+    state.hub.publish(touched);
+    Ok(Json(PushAnswer { results }))
+}
+
+async fn pull(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PullResponse>, ServerError> {
+    let user = state.authenticate(&headers)?;
+    let body = state.json_body(&headers, body).await?;
+    let shape = || {
+        ServerError::bad_request(
+            "invalid_request",
+            "expected {\"client_id\": string, \"collections\": {name: cursor|null}, \"limit\": int}",
+        )
+    };
+    let obj = body.as_object().ok_or_else(shape)?;
+    obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
+    let requested = obj.get("collections").and_then(Value::as_object).ok_or_else(shape)?;
+    let limit = match obj.get("limit") {
+        None | Some(Value::Null) => state.config.max_batch,
+        Some(v) => match v.as_i64() {
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(state.config.max_batch),
+            Some(_) => return Err(ServerError::bad_request("invalid_request", "limit must be at least 1")),
+            None => return Err(ServerError::bad_request("invalid_request", "limit must be an integer")),
+        },
+    };
+    let mut items = Vec::with_capacity(requested.len());
+    for (name, cursor) in requested {
+        let collection = CollectionName::new(name.clone())
+            .map_err(|e| ServerError::bad_request("invalid_collection", e.to_string()))?;
+        let access = state.config.collections.get(&collection).map(|c| c.access).ok_or_else(|| {
+            ServerError::bad_request("unknown_collection", format!("collection {collection} is not served here"))
+        })?;
+        let cursor = match cursor {
+            Value::Null => None,
+            Value::String(s) => Some(Cursor(s.clone())),
+            _ => return Err(ServerError::bad_request("invalid_request", "a cursor is a string or null")),
+        };
+        items.push(PullItem { collection, access, cursor });
+    }
+    let response = state.store.pull(&user, &items, limit).await?;
+    Ok(Json(response))
+}
+
+async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ServerError> {
+    let user = state.authenticate(&headers)?;
+    let collections: BTreeMap<_, _> = state.config.collections.clone();
+    Ok(sse_for(user, collections, state.hub.subscribe()).into_response())
+}

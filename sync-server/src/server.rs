@@ -1,0 +1,119 @@
+//! Running the server: open the store a database URL names, listen, purge tombstones,
+//! stop gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::events::ChangeHub;
+use crate::router::{AppState, router};
+use crate::store::ServerStore;
+use crate::store::sqlite::SqliteServerStore;
+
+/// Opens the store a database URL names: `sqlite://path` (the embedded default).
+///
+/// # Errors
+/// [`ServerError::Config`] for a scheme this build does not serve;
+/// [`ServerError::Database`] when the database cannot be opened.
+pub async fn open_store(database: &str) -> Result<Arc<dyn ServerStore>, ServerError> {
+    if database.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteServerStore::open(database).await?));
+    }
+    Err(ServerError::config(format!(
+        "database {database:?}: only sqlite:// URLs are served by this build (PostgreSQL support is in progress)"
+    )))
+}
+
+/// A server running in the background (for tests and embedding).
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// The base URL, `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests, lets running ones finish, and waits.
+    ///
+    /// # Errors
+    /// The server's own error, if it failed.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.map_err(|e| ServerError::Io { message: e.to_string() })?
+    }
+}
+
+/// Binds `listen` and serves `state` in the background, purging tombstones older than
+/// the configured retention as it goes.
+///
+/// # Errors
+/// [`ServerError::Io`] when the address cannot be bound.
+pub async fn start(
+    listen: &str,
+    state: AppState,
+    store: Arc<dyn ServerStore>,
+    retention: Duration,
+) -> Result<RunningServer, ServerError> {
+    let listener =
+        TcpListener::bind(listen).await.map_err(|e| ServerError::Io { message: format!("bind {listen}: {e}") })?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Io { message: e.to_string() })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state, store, retention, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningServer { addr, stop: Some(stop), task })
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+///
+/// # Errors
+/// [`ServerError::Io`] when serving fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    store: Arc<dyn ServerStore>,
+    retention: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let purge = tokio::spawn(purge_loop(store, retention));
+    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    purge.abort();
+    result.map_err(|e| ServerError::Io { message: e.to_string() })
+}
+
+async fn purge_loop(store: Arc<dyn ServerStore>, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let Ok(retention) = chrono::Duration::from_std(retention) else { return };
+        match store.purge_tombstones(chrono::Utc::now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged old tombstones"),
+            Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),
+        }
+    }
+}
+
+/// A state and store from a configuration, with a fresh change hub.
+///
+/// # Errors
+/// As [`open_store`].
+pub async fn from_config(config: &ServerConfig) -> Result<(AppState, Arc<dyn ServerStore>), ServerError> {
+    let store = open_store(&config.database).await?;
+    Ok((AppState::new(config.clone(), store.clone(), ChangeHub::new()), store))
+}

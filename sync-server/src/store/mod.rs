@@ -1,0 +1,199 @@
+//! The server-store boundary (`ServerStore`) and the push planning both stores share.
+
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sync_core::protocol::{ErrorDetail, MutationOutcome, PullResponse};
+use sync_core::{CollectionName, Cursor, RecordId, Version};
+use uuid::Uuid;
+
+use crate::config::{Access, CollectionConfig};
+use crate::error::ServerError;
+use crate::logic::{self, Decision, StoredRecord, User, WireResult};
+
+/// A custom action's server side, registered per action name.
+pub trait ActionHandler: Send + Sync + 'static {
+    /// Applies the action for `user`, or refuses it with an error the client sees.
+    ///
+    /// # Errors
+    /// The `ErrorDetail` answered as `rejected`.
+    fn apply(
+        &self,
+        user: &User,
+        collection: &CollectionName,
+        record_id: Option<&RecordId>,
+        args: &Value,
+    ) -> Result<(), ErrorDetail>;
+}
+
+/// Everything a push is checked against.
+pub struct PushContext<'a> {
+    /// Who pushes.
+    pub user: &'a User,
+    /// The served collections.
+    pub collections: &'a BTreeMap<CollectionName, CollectionConfig>,
+    /// Every configured user name (for `owner`).
+    pub users: &'a HashSet<String>,
+    /// Action handlers by name.
+    pub actions: &'a HashMap<String, Arc<dyn ActionHandler>>,
+}
+
+/// A record write decided by a push, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordWrite {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The record.
+    pub id: RecordId,
+    /// Its new state.
+    pub record: StoredRecord,
+}
+
+/// What a push does: the answers, the record writes and the new ledger entries.
+#[derive(Debug, Default)]
+pub struct PushPlan {
+    /// One answer per mutation, in order.
+    pub results: Vec<WireResult>,
+    /// Record writes in order (a record may appear more than once).
+    pub writes: Vec<RecordWrite>,
+    /// First answers to remember.
+    pub ledger: Vec<(Uuid, MutationOutcome)>,
+}
+
+/// The ids and record keys a push needs looked up before it can be planned.
+pub fn prefetch_keys(raw: &[Value]) -> (Vec<Uuid>, Vec<(String, String)>) {
+    let mut ids = Vec::new();
+    let mut keys = Vec::new();
+    for m in raw {
+        if let Ok(id) = logic::mutation_id(m) {
+            ids.push(id);
+        }
+        if let (Some(c), Some(r)) =
+            (m.get("collection").and_then(Value::as_str), m.get("record_id").and_then(Value::as_str))
+        {
+            keys.push((c.to_owned(), r.to_owned()));
+        }
+    }
+    (ids, keys)
+}
+
+/// Plans a push from the ledger entries and current records found for its keys.
+pub fn plan_push(
+    ctx: &PushContext<'_>,
+    raw: &[Value],
+    mut ledger: HashMap<Uuid, MutationOutcome>,
+    mut current: HashMap<(CollectionName, RecordId), StoredRecord>,
+) -> PushPlan {
+    let mut plan = PushPlan::default();
+    for m in raw {
+        let echo = m.get("mutation_id").cloned().unwrap_or(Value::Null);
+        let id = match logic::mutation_id(m) {
+            Ok(id) => id,
+            Err(outcome) => {
+                plan.results.push(WireResult { mutation_id: echo, outcome });
+                continue;
+            }
+        };
+        if let Some(original) = ledger.get(&id) {
+            plan.results.push(WireResult { mutation_id: echo, outcome: original.clone() });
+            continue;
+        }
+        let outcome = match logic::check(id, m, ctx.collections) {
+            Err(outcome) => outcome,
+            Ok((mutation, access)) => {
+                let key = mutation.record_id.clone().map(|r| (mutation.collection.clone(), r));
+                let cur = key.as_ref().and_then(|k| current.get(k));
+                match logic::decide(ctx.user, access, &mutation, cur, |n| ctx.users.contains(n)) {
+                    Decision::Answer(outcome) => outcome,
+                    Decision::Action => run_action(ctx, &mutation, cur, access),
+                    Decision::Write(record) => {
+                        let version = record.version;
+                        if let Some((collection, rid)) = key {
+                            current.insert((collection.clone(), rid.clone()), record.clone());
+                            plan.writes.push(RecordWrite { collection, id: rid, record });
+                        }
+                        MutationOutcome::Applied { version: Version(version) }
+                    }
+                }
+            }
+        };
+        ledger.insert(id, outcome.clone());
+        plan.ledger.push((id, outcome.clone()));
+        plan.results.push(WireResult { mutation_id: echo, outcome });
+    }
+    plan
+}
+
+fn run_action(
+    ctx: &PushContext<'_>,
+    m: &logic::Mutation,
+    current: Option<&StoredRecord>,
+    _access: Access,
+) -> MutationOutcome {
+    let name = m.action.as_deref().unwrap_or_default();
+    let Some(handler) = ctx.actions.get(name) else {
+        return logic::rejected("unknown_action", format!("no handler for action {name:?}"));
+    };
+    let args = m.args.clone().unwrap_or(Value::Null);
+    match handler.apply(ctx.user, &m.collection, m.record_id.as_ref(), &args) {
+        Ok(()) => MutationOutcome::Applied { version: Version(current.map_or(0, |c| c.version)) },
+        Err(error) => MutationOutcome::Rejected { error },
+    }
+}
+
+/// One collection to pull: its access and the client's cursor.
+#[derive(Debug, Clone)]
+pub struct PullItem {
+    /// The collection.
+    pub collection: CollectionName,
+    /// Who may read what.
+    pub access: Access,
+    /// The client's cursor.
+    pub cursor: Option<Cursor>,
+}
+
+/// The change notifications a push causes: who may hear about which collection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Touched {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The owner of the changed record.
+    pub owner: String,
+}
+
+/// The server's storage. Object-safe; implementations: [`sqlite::SqliteServerStore`].
+#[async_trait]
+pub trait ServerStore: Send + Sync + 'static {
+    /// Applies a push atomically: ledger replays, checks, writes, new ledger entries.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`]; nothing is applied then.
+    async fn push(&self, ctx: &PushContext<'_>, raw: &[Value]) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError>;
+
+    /// One page of changes the user may read, after the given cursors.
+    ///
+    /// # Errors
+    /// 400 for a malformed cursor; [`ServerError::Database`].
+    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullResponse, ServerError>;
+
+    /// Deletes tombstones last changed before `older_than`; returns how many.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`].
+    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError>;
+}
+
+/// Touched collections of a plan, for notifications.
+pub(crate) fn touched(plan: &PushPlan) -> Vec<Touched> {
+    let set: HashSet<Touched> = plan
+        .writes
+        .iter()
+        .map(|w| Touched { collection: w.collection.clone(), owner: w.record.owner.clone() })
+        .collect();
+    set.into_iter().collect()
+}

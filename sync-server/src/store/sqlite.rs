@@ -1,0 +1,266 @@
+//! `SqliteServerStore`: the embedded default backend. One writer at a time (SQLite's
+//! rule), so a change's seq is assigned and committed in order: a cursor can never pass
+//! a change that commits later.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use sync_core::protocol::{Change, MutationOutcome, PullResponse};
+use sync_core::{CollectionName, RecordId, Version};
+use uuid::Uuid;
+
+use super::{PullItem, PushContext, ServerStore, Touched, plan_push, prefetch_keys, touched};
+use crate::config::Access;
+use crate::cursor::{self, Position};
+use crate::error::ServerError;
+use crate::logic::{StoredRecord, User, WireResult};
+
+/// The SQLite server store.
+#[derive(Debug, Clone)]
+pub struct SqliteServerStore {
+    pool: SqlitePool,
+    epoch: String,
+}
+
+impl SqliteServerStore {
+    /// Opens (creating if needed) and migrates `sqlite://path` (or `sqlite::memory:`).
+    ///
+    /// # Errors
+    /// [`ServerError::Database`] when it cannot be opened or migrated.
+    pub async fn open(url: &str) -> Result<Self, ServerError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 8 })
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if memory { None } else { Some(Duration::from_secs(1800)) })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| ServerError::Database { message: format!("migration failed: {e}"), retryable: false })?;
+        sqlx::query("INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('epoch', ?), ('seq', '0')")
+            .bind(Uuid::now_v7().simple().to_string()[..12].to_owned())
+            .execute(&pool)
+            .await?;
+        let epoch: String =
+            sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'epoch'").fetch_one(&pool).await?;
+        Ok(Self { pool, epoch })
+    }
+}
+
+fn corrupt(message: impl Into<String>) -> ServerError {
+    ServerError::Database { message: message.into(), retryable: false }
+}
+
+fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, ServerError> {
+    let data: Option<String> = row.try_get("data")?;
+    let version: i64 = row.try_get("version")?;
+    Ok(StoredRecord {
+        version: u64::try_from(version).map_err(|_| corrupt("negative version"))?,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        owner: row.try_get("owner")?,
+        data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
+    })
+}
+
+#[async_trait]
+impl ServerStore for SqliteServerStore {
+    async fn push(&self, ctx: &PushContext<'_>, raw: &[Value]) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+        let (ids, keys) = prefetch_keys(raw);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The whole batch is looked up in two statements, decided in memory, and written
+        // in three: the cost per mutation is not a round trip per statement.
+        let ids_json = Value::from(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()).to_string();
+        let rows = sqlx::query(
+            "SELECT mutation_id, result FROM sync_ledger WHERE user_name = ? AND mutation_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&ctx.user.name)
+        .bind(ids_json)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ledger = HashMap::new();
+        for row in rows {
+            let id: String = row.try_get("mutation_id")?;
+            let result: String = row.try_get("result")?;
+            let id = Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?;
+            let outcome: MutationOutcome = serde_json::from_str(&result).map_err(|e| corrupt(e.to_string()))?;
+            ledger.insert(id, outcome);
+        }
+        let keys_json = Value::from(keys.iter().map(|(c, r)| json!([c, r])).collect::<Vec<_>>()).to_string();
+        let rows = sqlx::query(
+            "SELECT r.collection, r.id, r.owner, r.version, r.deleted, r.data FROM sync_records r \
+              WHERE (r.collection, r.id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+        )
+        .bind(keys_json)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current = HashMap::new();
+        for row in &rows {
+            let (Ok(c), Ok(r)) = (
+                CollectionName::new(row.try_get::<String, _>("collection")?),
+                RecordId::new(row.try_get::<String, _>("id")?),
+            ) else {
+                continue;
+            };
+            current.insert((c, r), stored(row)?);
+        }
+        let plan = plan_push(ctx, raw, ledger, current);
+        if !plan.writes.is_empty() {
+            let seq: String =
+                sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
+            let mut seq: i64 = seq.parse().map_err(|_| corrupt("bad seq counter"))?;
+            let now = Utc::now().timestamp_micros();
+            let rows: Vec<Value> = plan
+                .writes
+                .iter()
+                .map(|w| {
+                    seq += 1;
+                    json!([
+                        w.collection.as_str(),
+                        w.id.as_str(),
+                        w.record.owner,
+                        w.record.version,
+                        i64::from(w.record.deleted),
+                        w.record.data.as_ref().map(Value::to_string),
+                        seq
+                    ])
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, updated_at) \
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+                        json_extract(value, '$[6]'), ? \
+                   FROM json_each(?) WHERE true \
+                 ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
+                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, updated_at = excluded.updated_at",
+            )
+            .bind(now)
+            .bind(Value::from(rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE sync_meta SET value = ? WHERE key = 'seq'")
+                .bind(seq.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !plan.ledger.is_empty() {
+            let entries: Vec<Value> = plan
+                .ledger
+                .iter()
+                .map(|(id, outcome)| {
+                    Ok(json!([id.to_string(), serde_json::to_string(outcome).map_err(|e| corrupt(e.to_string()))?]))
+                })
+                .collect::<Result<_, ServerError>>()?;
+            sqlx::query(
+                "INSERT INTO sync_ledger (user_name, mutation_id, result) \
+                 SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)",
+            )
+            .bind(&ctx.user.name)
+            .bind(Value::from(entries).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let touched = touched(&plan);
+        Ok((plan.results, touched))
+    }
+
+    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullResponse, ServerError> {
+        // One read transaction: every query sees the same snapshot, so the feed's end
+        // read here is exactly what the queries below could see.
+        let mut tx = self.pool.begin().await?;
+        let head: String =
+            sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
+        let head: i64 = head.parse().map_err(|_| corrupt("bad seq counter"))?;
+        let mut response =
+            PullResponse { changes: Vec::new(), cursors: Default::default(), has_more: false, reset: Vec::new() };
+        for item in items {
+            let parsed = cursor::parse(item.cursor.as_ref(), &self.epoch)?;
+            let purged: i64 =
+                sqlx::query_scalar("SELECT coalesce(max(through_seq), 0) FROM sync_purged WHERE collection = ?")
+                    .bind(item.collection.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let start = match parsed {
+                None => Position { seq: 0, full: true },
+                Some((pos, true)) if pos.full || pos.seq >= purged => pos,
+                // Too old (tombstones purged past it) or from another database: start over.
+                Some(_) => {
+                    response.reset.push(item.collection.clone());
+                    Position { seq: 0, full: true }
+                }
+            };
+            let remaining = limit.saturating_sub(response.changes.len());
+            if remaining == 0 {
+                response.has_more = true;
+                response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, start));
+                continue;
+            }
+            let everyone = user.admin || item.access == Access::ReadOnly;
+            let rows = sqlx::query(
+                "SELECT id, version, deleted, data, seq FROM sync_records \
+                  WHERE collection = ? AND seq > ? AND (? OR owner = ?) ORDER BY seq LIMIT ?",
+            )
+            .bind(item.collection.as_str())
+            .bind(start.seq)
+            .bind(everyone)
+            .bind(&user.name)
+            .bind(i64::try_from(remaining + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            let more = rows.len() > remaining;
+            let mut last = start.seq;
+            for row in rows.iter().take(remaining) {
+                let data: Option<String> = row.try_get("data")?;
+                let version: i64 = row.try_get("version")?;
+                last = row.try_get("seq")?;
+                response.changes.push(Change {
+                    collection: item.collection.clone(),
+                    record_id: RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?,
+                    version: Version(u64::try_from(version).map_err(|_| corrupt("negative version"))?),
+                    deleted: row.try_get::<i64, _>("deleted")? != 0,
+                    data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
+                });
+            }
+            let next = if more { last } else { head.max(start.seq) };
+            response.has_more |= more;
+            response
+                .cursors
+                .insert(item.collection.clone(), cursor::format(&self.epoch, Position { seq: next, full: start.full }));
+        }
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO sync_purged (collection, through_seq) \
+             SELECT collection, max(seq) FROM sync_records WHERE deleted = 1 AND updated_at < ? GROUP BY collection \
+             ON CONFLICT (collection) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq)",
+        )
+        .bind(older_than.timestamp_micros())
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM sync_records WHERE deleted = 1 AND updated_at < ?")
+            .bind(older_than.timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
