@@ -1,9 +1,9 @@
 //! Cursors: `{epoch}:{seq}:{full}`, opaque to clients.
 //!
 //! The epoch names the database, so a cursor from another (or a recreated) database
-//! resets. `full` marks a chain that began with a null cursor (a full download): such a
-//! chain is never reset for purged tombstones, so the resync that follows a reset cannot
-//! itself be reset page after page.
+//! resets. `full` marks the pages of a download that began with a null cursor, until it
+//! has caught up: such pages are never reset for purged tombstones, so the resync that
+//! follows a reset cannot itself be reset page after page.
 
 use sync_core::Cursor;
 

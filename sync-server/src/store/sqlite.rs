@@ -238,9 +238,9 @@ impl ServerStore for SqliteServerStore {
             }
             let next = if more { last } else { head.max(start.seq) };
             response.has_more |= more;
-            response
-                .cursors
-                .insert(item.collection.clone(), cursor::format(&self.epoch, Position { seq: next, full: start.full }));
+            // A full download keeps its mark only until it has caught up.
+            let position = Position { seq: next, full: start.full && more };
+            response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
         }
         tx.commit().await?;
         Ok(response)
