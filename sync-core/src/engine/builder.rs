@@ -252,6 +252,8 @@ impl EngineBuilder {
             }
         }
         let client_id = store.client_id().await?;
-        Ok(Engine::start(store, transport, collections, units, self.options, client_id))
+        // The first status already tells the truth about what waits on disk.
+        let counts = store.counts().await?;
+        Ok(Engine::start(store, transport, collections, units, self.options, client_id, counts))
     }
 }

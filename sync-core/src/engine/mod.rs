@@ -213,9 +213,12 @@ impl Engine {
         units: BTreeMap<String, UnitSpec>,
         options: EngineOptions,
         client_id: ClientId,
+        counts: crate::store::Counts,
     ) -> Self {
         let net = NetState { app_online: options.start_online, reachable: true };
-        let (status, _) = watch::channel(SyncStatus::initial(net.network()));
+        let mut initial = SyncStatus::initial(net.network());
+        (initial.pending, initial.conflicts, initial.failed) = (counts.pending, counts.conflicts, counts.failed);
+        let (status, _) = watch::channel(initial);
         let (events, _) = broadcast::channel(options.event_capacity);
         let (commands, command_rx) = mpsc::channel(64);
         let (shutdown, shutdown_rx) = watch::channel(false);
