@@ -27,6 +27,8 @@ pub struct AppState {
     user_names: HashSet<String>,
     store: Arc<dyn ServerStore>,
     hub: ChangeHub,
+    /// False when the store forwards every node's notifications into the hub itself.
+    publish_locally: bool,
     actions: HashMap<String, Arc<dyn ActionHandler>>,
 }
 
@@ -39,7 +41,7 @@ impl AppState {
             .map(|u| (u.token_sha256.to_ascii_lowercase(), User { name: u.name.clone(), admin: u.role == Role::Admin }))
             .collect();
         let user_names = config.users.iter().map(|u| u.name.clone()).collect();
-        Self { config, users_by_token_hash, user_names, store, hub, actions: HashMap::new() }
+        Self { config, users_by_token_hash, user_names, store, hub, publish_locally: true, actions: HashMap::new() }
     }
 
     /// Registers the server side of a custom action.
@@ -48,9 +50,20 @@ impl AppState {
         self
     }
 
-    /// The change hub (for wiring notifications between server nodes).
+    /// The change hub every push's notifications go through.
     pub fn hub(&self) -> &ChangeHub {
         &self.hub
+    }
+
+    /// Wires the store's shared notifications (several nodes) into the hub, if it has
+    /// any; the server then stops publishing locally, so nothing is announced twice.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`] when the store's notification channel cannot be opened.
+    pub async fn connect_notifications(&mut self) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+        let task = self.store.forward_notifications(&self.hub).await?;
+        self.publish_locally = task.is_none();
+        Ok(task)
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<User, ServerError> {
@@ -140,7 +153,9 @@ async fn push(
         actions: &state.actions,
     };
     let (results, touched) = state.store.push(&ctx, mutations).await?;
-    state.hub.publish(touched);
+    if state.publish_locally {
+        state.hub.publish(touched);
+    }
     Ok(Json(PushAnswer { results }))
 }
 

@@ -15,9 +15,11 @@ use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::router::{AppState, router};
 use crate::store::ServerStore;
+use crate::store::postgres::PgServerStore;
 use crate::store::sqlite::SqliteServerStore;
 
-/// Opens the store a database URL names: `sqlite://path` (the embedded default).
+/// Opens the store a database URL names: `sqlite://path` (the embedded default) or
+/// `postgres://...` (several nodes).
 ///
 /// # Errors
 /// [`ServerError::Config`] for a scheme this build does not serve;
@@ -26,9 +28,10 @@ pub async fn open_store(database: &str) -> Result<Arc<dyn ServerStore>, ServerEr
     if database.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteServerStore::open(database).await?));
     }
-    Err(ServerError::config(format!(
-        "database {database:?}: only sqlite:// URLs are served by this build (PostgreSQL support is in progress)"
-    )))
+    if database.starts_with("postgres:") || database.starts_with("postgresql:") {
+        return Ok(Arc::new(PgServerStore::open(database).await?));
+    }
+    Err(ServerError::config(format!("database {database:?}: expected a sqlite:// or postgres:// URL")))
 }
 
 /// A server running in the background (for tests and embedding).
@@ -84,14 +87,18 @@ pub async fn start(
 /// [`ServerError::Io`] when serving fails.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    mut state: AppState,
     store: Arc<dyn ServerStore>,
     retention: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let notifications = state.connect_notifications().await?;
     let purge = tokio::spawn(purge_loop(store, retention));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     purge.abort();
+    if let Some(task) = notifications {
+        task.abort();
+    }
     result.map_err(|e| ServerError::Io { message: e.to_string() })
 }
 

@@ -1,5 +1,6 @@
 //! The server-store boundary (`ServerStore`) and the push planning both stores share.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::{Access, CollectionConfig};
 use crate::error::ServerError;
+use crate::events::ChangeHub;
 use crate::logic::{self, Decision, StoredRecord, User, WireResult};
 
 /// A custom action's server side, registered per action name.
@@ -186,6 +188,18 @@ pub trait ServerStore: Send + Sync + 'static {
     /// # Errors
     /// [`ServerError::Database`].
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError>;
+
+    /// For stores shared by several server nodes: starts forwarding every node's change
+    /// notifications (this node's included) into `hub` and returns the task; the server
+    /// then publishes nothing itself. Stores of one node return None (the default), and
+    /// the server publishes each push's changes locally.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`] when the notification channel cannot be opened.
+    async fn forward_notifications(&self, hub: &ChangeHub) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+        let _ = hub;
+        Ok(None)
+    }
 }
 
 /// Touched collections of a plan, for notifications.

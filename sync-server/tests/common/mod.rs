@@ -7,6 +7,7 @@ use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 
 pub struct TestServer {
+    pub backend: &'static str,
     pub server: RunningServer,
     pub store: std::sync::Arc<dyn sync_server::store::ServerStore>,
     pub url: String,
@@ -30,14 +31,57 @@ pub fn config_text(database: &str, extra: &str) -> String {
     text
 }
 
-pub async fn start_server(extra: &str) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("server.db").display());
-    let config = ServerConfig::from_toml(&config_text(&db, extra)).unwrap();
+/// The database backends under test: SQLite always; PostgreSQL as well when
+/// `SYNC_TEST_POSTGRES_URL` is set (and then it must be reachable, or the test fails).
+pub fn backends() -> Vec<&'static str> {
+    let mut b = vec!["sqlite"];
+    if std::env::var("SYNC_TEST_POSTGRES_URL").is_ok() {
+        b.push("postgres");
+    }
+    b
+}
+
+/// A fresh database of `backend`: a file in `dir`, or a new PostgreSQL schema.
+pub async fn database_url(backend: &str, dir: &tempfile::TempDir) -> String {
+    match backend {
+        "postgres" => fresh_pg_schema(&std::env::var("SYNC_TEST_POSTGRES_URL").unwrap()).await,
+        _ => format!("sqlite://{}", dir.path().join("server.db").display()),
+    }
+}
+
+/// A new, empty schema in the test database, and a URL whose search_path points at it.
+pub async fn fresh_pg_schema(base: &str) -> String {
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .unwrap_or_else(|e| panic!("SYNC_TEST_POSTGRES_URL={base} is set but unreachable: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options[search_path]={schema}")
+}
+
+/// One running server per backend under test.
+pub async fn servers(extra: &str) -> Vec<TestServer> {
+    let mut out = Vec::new();
+    for backend in backends() {
+        // Each server keeps its own directory (the SQLite file lives there) until dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let url = database_url(backend, &dir).await;
+        out.push(start_with(backend, &url, extra, dir).await);
+    }
+    out
+}
+
+pub async fn start_with(backend: &'static str, database: &str, extra: &str, dir: tempfile::TempDir) -> TestServer {
+    // Server errors go to the test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+    let config = ServerConfig::from_toml(&config_text(database, extra)).unwrap();
     let (state, store) = from_config(&config).await.unwrap();
     let server = start("127.0.0.1:0", state, store.clone(), config.tombstone_retention).await.unwrap();
     let url = server.url();
-    TestServer { server, store, url, http: reqwest::Client::new(), _dir: dir }
+    eprintln!("testing the {backend} backend at {url}");
+    TestServer { backend, server, store, url, http: reqwest::Client::new(), _dir: dir }
 }
 
 impl TestServer {

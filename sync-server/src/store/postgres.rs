@@ -1,0 +1,313 @@
+//! `PgServerStore`: PostgreSQL, for production and several server nodes.
+//!
+//! No missed changes: every push first locks the single `sync_head` row and keeps the
+//! lock until it commits, so feed positions are assigned in commit order on every node
+//! (a sequence alone would not do: a transaction holding seq 10 can commit after one
+//! holding seq 11, and a puller that saw 11 would skip 10 forever). Pulls read the head
+//! and the pages in one REPEATABLE READ snapshot. The price is that pushes serialize on
+//! that row while they write; a push is a handful of set-based statements, so that is
+//! short. Nodes share change notifications through LISTEN/NOTIFY.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use sync_core::protocol::{Change, MutationOutcome, PullResponse};
+use sync_core::{CollectionName, RecordId, Version};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{PullItem, PushContext, ServerStore, Touched, plan_push, prefetch_keys, touched};
+use crate::config::Access;
+use crate::cursor::{self, Position};
+use crate::error::ServerError;
+use crate::events::ChangeHub;
+use crate::logic::{StoredRecord, User, WireResult};
+
+/// The PostgreSQL server store.
+#[derive(Debug, Clone)]
+pub struct PgServerStore {
+    pool: PgPool,
+    epoch: String,
+    channel: String,
+}
+
+fn corrupt(message: impl Into<String>) -> ServerError {
+    ServerError::Database { message: message.into(), retryable: false }
+}
+
+impl PgServerStore {
+    /// Connects to `postgres://...` and migrates. Tables go into the connection's
+    /// `search_path` schema (set it with `?options[search_path]=name` to share a database).
+    ///
+    /// # Errors
+    /// [`ServerError::Database`] when it cannot connect or migrate.
+    pub async fn open(url: &str) -> Result<Self, ServerError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| ServerError::Database { message: format!("migration failed: {e}"), retryable: false })?;
+        sqlx::query("INSERT INTO sync_meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING")
+            .bind(Uuid::now_v7().simple().to_string()[..12].to_owned())
+            .execute(&pool)
+            .await?;
+        let epoch: String =
+            sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'epoch'").fetch_one(&pool).await?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(&pool).await?;
+        let channel = format!(
+            "offsync_{}",
+            schema.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>()
+        );
+        Ok(Self { pool, epoch, channel })
+    }
+
+    /// Connects a LISTEN session, then feeds every node's change notifications (this
+    /// one's too) into `hub` in the background, reconnecting when the connection drops.
+    async fn listen(&self, hub: ChangeHub) -> Result<JoinHandle<()>, ServerError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(&self.channel).await?;
+        let channel = self.channel.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                // recv reconnects by itself; an error here means it could not.
+                match listener.recv().await {
+                    Ok(n) => forward(&hub, n.payload()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection lost; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = listener.listen(&channel).await;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn forward(hub: &ChangeHub, payload: &str) {
+    let Ok(t) = serde_json::from_str::<Value>(payload) else { return };
+    let (Some(c), Some(o)) = (t["c"].as_str(), t["o"].as_str()) else { return };
+    if let Ok(collection) = CollectionName::new(c) {
+        hub.publish(vec![Touched { collection, owner: o.to_owned() }]);
+    }
+}
+
+fn stored(row: &sqlx::postgres::PgRow) -> Result<StoredRecord, ServerError> {
+    let data: Option<String> = row.try_get("data")?;
+    let version: i64 = row.try_get("version")?;
+    Ok(StoredRecord {
+        version: u64::try_from(version).map_err(|_| corrupt("negative version"))?,
+        deleted: row.try_get("deleted")?,
+        owner: row.try_get("owner")?,
+        data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
+    })
+}
+
+#[async_trait]
+impl ServerStore for PgServerStore {
+    async fn push(&self, ctx: &PushContext<'_>, raw: &[Value]) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+        let (ids, keys) = prefetch_keys(raw);
+        let mut tx = self.pool.begin().await?;
+        let head: i64 =
+            sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let rows =
+            sqlx::query("SELECT mutation_id, result FROM sync_ledger WHERE user_name = $1 AND mutation_id = ANY($2)")
+                .bind(&ctx.user.name)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut ledger = HashMap::new();
+        for row in rows {
+            let id: String = row.try_get("mutation_id")?;
+            let result: String = row.try_get("result")?;
+            let id = Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?;
+            let outcome: MutationOutcome = serde_json::from_str(&result).map_err(|e| corrupt(e.to_string()))?;
+            ledger.insert(id, outcome);
+        }
+        let (cols, rids): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+        let rows = sqlx::query(
+            "SELECT r.collection, r.id, r.owner, r.version, r.deleted, r.data FROM sync_records r \
+              WHERE (r.collection, r.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        )
+        .bind(&cols)
+        .bind(&rids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current = HashMap::new();
+        for row in &rows {
+            let (Ok(c), Ok(r)) = (
+                CollectionName::new(row.try_get::<String, _>("collection")?),
+                RecordId::new(row.try_get::<String, _>("id")?),
+            ) else {
+                continue;
+            };
+            current.insert((c, r), stored(row)?);
+        }
+        let plan = plan_push(ctx, raw, ledger, current);
+        if !plan.writes.is_empty() {
+            // One row per record (its final state) with the batch's last position for it:
+            // PostgreSQL refuses to touch a row twice in one upsert.
+            let mut seq = head;
+            let mut last: HashMap<(&str, &str), (i64, &StoredRecord)> = HashMap::new();
+            for w in &plan.writes {
+                seq += 1;
+                last.insert((w.collection.as_str(), w.id.as_str()), (seq, &w.record));
+            }
+            let now = Utc::now().timestamp_micros();
+            let mut c = Vec::new();
+            let mut i = Vec::new();
+            let mut o = Vec::new();
+            let mut v = Vec::new();
+            let mut d = Vec::new();
+            let mut data = Vec::new();
+            let mut s = Vec::new();
+            for ((col, id), (pos, r)) in &last {
+                c.push(*col);
+                i.push(*id);
+                o.push(r.owner.as_str());
+                v.push(i64::try_from(r.version).map_err(|_| corrupt("version overflow"))?);
+                d.push(r.deleted);
+                data.push(r.data.as_ref().map(Value::to_string));
+                s.push(*pos);
+            }
+            sqlx::query(
+                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, updated_at) \
+                 SELECT c, i, o, v, d, data, s, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::int8[]) \
+                   AS t(c, i, o, v, d, data, s) \
+                 ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
+                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, updated_at = excluded.updated_at",
+            )
+            .bind(&c)
+            .bind(&i)
+            .bind(&o)
+            .bind(&v)
+            .bind(&d)
+            .bind(&data)
+            .bind(&s)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE sync_head SET seq = $1 WHERE id = 1").bind(seq).execute(&mut *tx).await?;
+            for t in touched(&plan) {
+                let payload = serde_json::json!({"c": t.collection.as_str(), "o": t.owner}).to_string();
+                sqlx::query("SELECT pg_notify($1, $2)").bind(&self.channel).bind(payload).execute(&mut *tx).await?;
+            }
+        }
+        if !plan.ledger.is_empty() {
+            let mut ids = Vec::with_capacity(plan.ledger.len());
+            let mut results = Vec::with_capacity(plan.ledger.len());
+            for (id, outcome) in &plan.ledger {
+                ids.push(id.to_string());
+                results.push(serde_json::to_string(outcome).map_err(|e| corrupt(e.to_string()))?);
+            }
+            sqlx::query(
+                "INSERT INTO sync_ledger (user_name, mutation_id, result) SELECT $1, m, r FROM unnest($2::text[], $3::text[]) AS t(m, r)",
+            )
+            .bind(&ctx.user.name)
+            .bind(&ids)
+            .bind(&results)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let touched = touched(&plan);
+        Ok((plan.results, touched))
+    }
+
+    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullResponse, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let head: i64 = sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let mut response =
+            PullResponse { changes: Vec::new(), cursors: Default::default(), has_more: false, reset: Vec::new() };
+        for item in items {
+            let parsed = cursor::parse(item.cursor.as_ref(), &self.epoch)?;
+            let purged: i64 =
+                sqlx::query_scalar("SELECT coalesce(max(through_seq), 0)::int8 FROM sync_purged WHERE collection = $1")
+                    .bind(item.collection.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let start = match parsed {
+                None => Position { seq: 0, full: true },
+                Some((pos, true)) if pos.full || pos.seq >= purged => pos,
+                Some(_) => {
+                    response.reset.push(item.collection.clone());
+                    Position { seq: 0, full: true }
+                }
+            };
+            let remaining = limit.saturating_sub(response.changes.len());
+            if remaining == 0 {
+                response.has_more = true;
+                response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, start));
+                continue;
+            }
+            let everyone = user.admin || item.access == Access::ReadOnly;
+            let rows = sqlx::query(
+                "SELECT id, version, deleted, data, seq FROM sync_records \
+                  WHERE collection = $1 AND seq > $2 AND ($3 OR owner = $4) ORDER BY seq LIMIT $5",
+            )
+            .bind(item.collection.as_str())
+            .bind(start.seq)
+            .bind(everyone)
+            .bind(&user.name)
+            .bind(i64::try_from(remaining + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            let more = rows.len() > remaining;
+            let mut last = start.seq;
+            for row in rows.iter().take(remaining) {
+                let data: Option<String> = row.try_get("data")?;
+                let version: i64 = row.try_get("version")?;
+                last = row.try_get("seq")?;
+                response.changes.push(Change {
+                    collection: item.collection.clone(),
+                    record_id: RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?,
+                    version: Version(u64::try_from(version).map_err(|_| corrupt("negative version"))?),
+                    deleted: row.try_get("deleted")?,
+                    data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
+                });
+            }
+            let next = if more { last } else { head.max(start.seq) };
+            response.has_more |= more;
+            let position = Position { seq: next, full: start.full && more };
+            response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
+        }
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        // Purges take the head lock too, so no push interleaves with the mark.
+        sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO sync_purged (collection, through_seq) \
+             SELECT collection, max(seq) FROM sync_records WHERE deleted AND updated_at < $1 GROUP BY collection \
+             ON CONFLICT (collection) DO UPDATE SET through_seq = GREATEST(sync_purged.through_seq, excluded.through_seq)",
+        )
+        .bind(older_than.timestamp_micros())
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM sync_records WHERE deleted AND updated_at < $1")
+            .bind(older_than.timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn forward_notifications(&self, hub: &ChangeHub) -> Result<Option<JoinHandle<()>>, ServerError> {
+        self.listen(hub.clone()).await.map(Some)
+    }
+}
