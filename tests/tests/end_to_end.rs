@@ -14,15 +14,32 @@ use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 use sync_sqlite::SqliteStore;
 
-async fn server(dir: &tempfile::TempDir) -> RunningServer {
-    let text = format!(
-        "database = \"sqlite://{}\"\n[[users]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n[collections.work_orders]\naccess = \"owner\"\n",
-        dir.path().join("server.db").display(),
-        token_sha256("alice-token")
-    );
-    let config = ServerConfig::from_toml(&text).unwrap();
-    let (state, store) = from_config(&config).await.unwrap();
-    start("127.0.0.1:0", state, store, config.tombstone_retention).await.unwrap()
+/// A fresh PostgreSQL schema when `SYNC_TEST_POSTGRES_URL` is set.
+async fn pg_url() -> Option<String> {
+    use sqlx::Connection;
+    let base = std::env::var("SYNC_TEST_POSTGRES_URL").ok()?;
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| panic!("{base} unreachable: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options[search_path]={schema}"))
+}
+
+/// The reference server on each backend under test: SQLite, and PostgreSQL when asked.
+async fn servers(dir: &tempfile::TempDir) -> Vec<RunningServer> {
+    let mut urls = vec![format!("sqlite://{}", dir.path().join("server.db").display())];
+    urls.extend(pg_url().await);
+    let mut out = Vec::new();
+    for database in urls {
+        let text = format!(
+            "database = \"{database}\"\n[[users]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n[collections.work_orders]\naccess = \"owner\"\n",
+            token_sha256("alice-token")
+        );
+        let config = ServerConfig::from_toml(&text).unwrap();
+        let (state, store) = from_config(&config).await.unwrap();
+        out.push(start("127.0.0.1:0", state, store, config.tombstone_retention).await.unwrap());
+    }
+    out
 }
 
 async fn device(dir: &tempfile::TempDir, name: &str, url: &str, options: EngineOptions) -> Engine {
@@ -41,7 +58,13 @@ async fn device(dir: &tempfile::TempDir, name: &str, url: &str, options: EngineO
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_write_offline_reconnect_resolve_and_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(&dir).await;
+    for server in servers(&dir).await {
+        two_devices_converge(&dir, server).await;
+    }
+}
+
+async fn two_devices_converge(dir: &tempfile::TempDir, server: RunningServer) {
+    let dir = tempfile::tempdir_in(dir.path()).unwrap();
     let phone = device(&dir, "phone", &server.url(), quiet()).await;
     let tablet = device(&dir, "tablet", &server.url(), quiet()).await;
     let phone_orders = phone.collection::<WorkOrder>().unwrap();
@@ -95,7 +118,7 @@ async fn two_devices_write_offline_reconnect_resolve_and_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_change_notification_makes_the_other_device_pull() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(&dir).await;
+    let server = servers(&dir).await.remove(0);
     let writer = device(&dir, "writer", &server.url(), quiet()).await;
     let reader = device(&dir, "reader", &server.url(), quiet()).await;
     let transport = Arc::new(HttpTransport::new(&server.url(), Some("alice-token")).unwrap());
