@@ -239,19 +239,18 @@ impl Cycle<'_> {
     }
 
     /// Pulls every collection of the unit from its cursor until the server has no more.
+    /// While one page is written to the store, the next is already being fetched (its
+    /// cursors are known as soon as the current page arrives), so the network and the
+    /// disk work at the same time; memory holds at most two pages.
     async fn pull(&mut self) -> Result<(), Error> {
         let mut cursors: BTreeMap<CollectionName, Option<Cursor>> = BTreeMap::new();
         for c in &self.unit.collections {
             cursors.insert(c.clone(), self.shared.store.cursor(c).await?);
         }
         let requested: BTreeSet<CollectionName> = cursors.keys().cloned().collect();
-        loop {
-            let request = PullRequest {
-                client_id: self.shared.client_id.clone(),
-                collections: cursors.clone(),
-                limit: Some(i64::from(self.shared.options.pull_limit)),
-            };
-            let response = self.shared.transport.pull(&request).await?;
+        let mut fetched = Some(self.shared.transport.pull(&self.pull_request(&cursors)).await);
+        while let Some(response) = fetched.take() {
+            let response = response?;
             let mut pages: BTreeMap<CollectionName, CollectionPage> = BTreeMap::new();
             for c in response.cursors.keys().chain(&response.reset) {
                 if !requested.contains(c) {
@@ -276,19 +275,27 @@ impl Cycle<'_> {
             if response.has_more && !progressed {
                 return Err(Error::malformed("pull page has more to come but moved no cursor"));
             }
-            let collections = &self.shared.collections;
-            let decide =
-                |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
-                    Some(entry) => entry.pattern.on_incoming(local, change),
-                    None => PullAction::Skip,
-                };
-            let applied = self.shared.store.apply_pull_page(pages.into_values().collect(), &decide, Utc::now()).await?;
             for c in &response.reset {
                 cursors.insert(c.clone(), None);
             }
             for (c, cursor) in response.cursors {
                 cursors.insert(c, Some(cursor));
             }
+            let collections = &self.shared.collections;
+            let decide =
+                |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
+                    Some(entry) => entry.pattern.on_incoming(local, change),
+                    None => PullAction::Skip,
+                };
+            let apply = self.shared.store.apply_pull_page(pages.into_values().collect(), &decide, Utc::now());
+            let applied = if response.has_more {
+                let next = self.pull_request(&cursors);
+                let (applied, next_page) = tokio::join!(apply, self.shared.transport.pull(&next));
+                fetched = Some(next_page);
+                applied?
+            } else {
+                apply.await?
+            };
             self.report.pages += 1;
             self.report.pulled += applied.changed.len() as u64;
             for (collection, id) in &applied.changed {
@@ -296,9 +303,15 @@ impl Cycle<'_> {
             }
             self.conflicts_found(applied.conflicts).await?;
             self.progress();
-            if !response.has_more {
-                return Ok(());
-            }
+        }
+        Ok(())
+    }
+
+    fn pull_request(&self, cursors: &BTreeMap<CollectionName, Option<Cursor>>) -> PullRequest {
+        PullRequest {
+            client_id: self.shared.client_id.clone(),
+            collections: cursors.clone(),
+            limit: Some(i64::from(self.shared.options.pull_limit)),
         }
     }
 
