@@ -4,8 +4,9 @@ use sqlx::Connection;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Row;
+use sqlx::{QueryBuilder, Sqlite};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::store::{CollectionPage, PageApplied, PullDecider};
 use sync_core::{CollectionName, Error, RecordId};
@@ -73,7 +74,7 @@ pub(crate) async fn apply_page(
             );
         }
         // The last applied change of each record wins (a page may hold several).
-        let mut applied: HashMap<&str, Option<Value>> = HashMap::new();
+        let mut applied: HashMap<&str, Option<(i64, Option<String>)>> = HashMap::new();
         let mut conflicts = Vec::new();
         for change in &page.changes {
             let state = local.get(change.record_id.as_str());
@@ -86,9 +87,8 @@ pub(crate) async fn apply_page(
                             result.changed.push((page.collection.clone(), change.record_id.clone()));
                         }
                     } else {
-                        let data = change.data.as_ref().map(json_text);
-                        let row = json!({"id": change.record_id.as_str(), "v": version_param(Some(change.version)), "d": data});
-                        applied.insert(change.record_id.as_str(), Some(row));
+                        let version = version_param(Some(change.version)).unwrap_or(i64::MAX);
+                        applied.insert(change.record_id.as_str(), Some((version, change.data.as_ref().map(json_text))));
                         result.changed.push((page.collection.clone(), change.record_id.clone()));
                     }
                     // A later change to the same record in this page sees this one.
@@ -120,26 +120,30 @@ pub(crate) async fn apply_page(
         let mut deletes = Vec::new();
         for (id, row) in applied {
             match row {
-                Some(row) => upserts.push(row),
+                Some((version, data)) => upserts.push((id, version, data)),
                 None => deletes.push(id),
             }
         }
-        if !upserts.is_empty() {
-            sqlx::query(
-                "INSERT INTO offsync_records (collection, id, data, deleted, server_version, base, modified_at) \
-                 SELECT ?, json_extract(value, '$.id'), json_extract(value, '$.d'), 0, json_extract(value, '$.v'), \
-                        json_extract(value, '$.d'), ? \
-                   FROM json_each(?) WHERE true \
-                 ON CONFLICT (collection, id) DO UPDATE SET \
-                   data = excluded.data, deleted = 0, server_version = excluded.server_version, \
-                   base = excluded.base, modified_at = excluded.modified_at",
-            )
-            .bind(page.collection.as_str())
-            .bind(now)
-            .bind(Value::from(upserts).to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
+        // Multi-row INSERTs with bound parameters: the same statements a hand-written
+        // bulk insert would use (7 parameters a row, 1,000 rows a statement).
+        for chunk in upserts.chunks(1000) {
+            let mut b: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "INSERT INTO offsync_records (collection, id, data, deleted, server_version, base, modified_at) ",
+            );
+            b.push_values(chunk, |mut row, (id, version, data)| {
+                row.push_bind(page.collection.as_str())
+                    .push_bind(*id)
+                    .push_bind(data.as_deref())
+                    .push_bind(0i64)
+                    .push_bind(*version)
+                    .push_bind(data.as_deref())
+                    .push_bind(now);
+            });
+            b.push(
+                " ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data, deleted = 0, \
+                   server_version = excluded.server_version, base = excluded.base, modified_at = excluded.modified_at",
+            );
+            b.build().persistent(true).execute(&mut *tx).await.map_err(storage)?;
         }
         if !deletes.is_empty() {
             sqlx::query("DELETE FROM offsync_records WHERE collection = ? AND id IN (SELECT value FROM json_each(?))")

@@ -121,6 +121,7 @@ pub(crate) async fn record_results(
             .map_err(storage)?;
     }
     if !acks.is_empty() {
+        let acks_json = Value::from(acks).to_string();
         // The acknowledged data becomes the record's base, and its version the one the
         // next local edit is based on (never moving backwards).
         sqlx::query(
@@ -131,16 +132,20 @@ pub(crate) async fn record_results(
               WHERE r.collection = a.c AND r.id = a.id \
                 AND (r.server_version IS NULL OR r.server_version < a.v)",
         )
-        .bind(Value::from(acks).to_string())
+        .bind(&acks_json)
         .execute(&mut *tx)
         .await
         .map_err(storage)?;
-        // A local tombstone whose delete the server applied has nothing left to say.
+        // A local tombstone whose delete the server applied has nothing left to say
+        // (only the acknowledged records are looked at, never the whole table).
         sqlx::query(
-            "DELETE FROM offsync_records AS r WHERE r.deleted = 1 \
+            "DELETE FROM offsync_records AS r \
+              WHERE (r.collection, r.id) IN (SELECT json_extract(value, '$.c'), json_extract(value, '$.id') FROM json_each(?)) \
+                AND r.deleted = 1 \
                 AND NOT EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) \
                 AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)",
         )
+        .bind(&acks_json)
         .execute(&mut *tx)
         .await
         .map_err(storage)?;
