@@ -19,6 +19,9 @@ pub(crate) async fn claim(
     let names = Value::from(collections.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string();
     // One statement: choosing the batch, counting the attempt and fixing the base version
     // are atomic, so a local write can never fold into an entry being pushed.
+    // `+o.collection` keeps SQLite off the collection index: walking the outbox in seq
+    // order stops after `limit` entries, where the index would visit every entry of the
+    // collection and sort them (O(outbox) per batch, measured: push fell to 10k/s).
     let sql = format!(
         "UPDATE offsync_outbox \
             SET attempts = attempts + 1, \
@@ -28,7 +31,7 @@ pub(crate) async fn claim(
           WHERE seq IN ( \
             SELECT o.seq FROM offsync_outbox o \
              WHERE o.status = 0 \
-               AND o.collection IN (SELECT value FROM json_each(?)) \
+               AND +o.collection IN (SELECT value FROM json_each(?)) \
                AND (o.record_id IS NULL OR ( \
                     NOT EXISTS (SELECT 1 FROM offsync_outbox p \
                                  WHERE p.collection = o.collection AND p.record_id = o.record_id AND p.seq < o.seq) \
