@@ -19,7 +19,10 @@
 //! let memory = SqliteStore::in_memory().await?;                       // nothing on disk
 //! # let _ = (store, memory);
 //! # Ok(()) }
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(demo())?;
+//! #     Ok(())
+//! # }
 //! ```
 
 mod codec;
