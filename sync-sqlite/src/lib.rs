@@ -160,6 +160,14 @@ impl SqliteStore {
             warm.push(reader.acquire().await.map_err(storage)?);
         }
         drop(warm);
+        // Dropped connections go back to the pool from a spawned task; wait until they
+        // are idle, so the first reads find them there instead of waiting on a timer.
+        for _ in 0..10_000 {
+            if reader.num_idle() >= readers as usize {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         Ok(Self { writer: Arc::new(Mutex::new(writer)), reader: Some(reader) })
     }
 

@@ -67,11 +67,8 @@ pub(crate) async fn record_results(
                 applied_seqs.push(entry.seq);
                 result.applied += 1;
                 if let (Some(id), Op::Upsert | Op::Delete) = (&entry.record_id, entry.op) {
-                    let base = match entry.op {
-                        Op::Upsert => entry.data.as_ref().map(json_text),
-                        _ => None,
-                    };
-                    acks.push(json!({"c": entry.collection.as_str(), "id": id.as_str(), "v": version_param(Some(version)), "b": base}));
+                    // The acknowledged data is read from the outbox row itself, below.
+                    acks.push(json!({"c": entry.collection.as_str(), "id": id.as_str(), "v": version_param(Some(version)), "s": entry.seq}));
                 }
             }
             MutationOutcome::Conflict { server } => {
@@ -116,22 +113,18 @@ pub(crate) async fn record_results(
             }
         }
     }
-    if !applied_seqs.is_empty() {
-        sqlx::query("DELETE FROM offsync_outbox WHERE seq IN (SELECT value FROM json_each(?))")
-            .bind(Value::from(applied_seqs).to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
-    }
-    if !acks.is_empty() {
-        let acks_json = Value::from(acks).to_string();
-        // The acknowledged data becomes the record's base, and its version the one the
-        // next local edit is based on (never moving backwards).
+    let acks_json = Value::from(acks).to_string();
+    if acks_json != "[]" {
+        // The acknowledged data becomes the record's base (read from the outbox row, so
+        // it is not shipped to SQLite again), and its version the one the next local edit
+        // is based on (never moving backwards).
         sqlx::query(
-            "UPDATE offsync_records AS r SET server_version = a.v, base = a.b \
+            "UPDATE offsync_records AS r \
+                SET server_version = a.v, base = CASE WHEN o.op = 'upsert' THEN o.data END \
                FROM (SELECT json_extract(value, '$.c') AS c, json_extract(value, '$.id') AS id, \
-                            json_extract(value, '$.v') AS v, json_extract(value, '$.b') AS b \
+                            json_extract(value, '$.v') AS v, json_extract(value, '$.s') AS s \
                        FROM json_each(?)) AS a \
+               JOIN offsync_outbox AS o ON o.seq = a.s \
               WHERE r.collection = a.c AND r.id = a.id \
                 AND (r.server_version IS NULL OR r.server_version < a.v)",
         )
@@ -139,6 +132,15 @@ pub(crate) async fn record_results(
         .execute(&mut *tx)
         .await
         .map_err(storage)?;
+    }
+    if !applied_seqs.is_empty() {
+        sqlx::query("DELETE FROM offsync_outbox WHERE seq IN (SELECT value FROM json_each(?))")
+            .bind(Value::from(applied_seqs).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+    }
+    if acks_json != "[]" {
         // A local tombstone whose delete the server applied has nothing left to say
         // (only the acknowledged records are looked at, never the whole table).
         sqlx::query(
