@@ -151,3 +151,25 @@ async fn a_server_change_notification_makes_the_other_device_pull() {
     follower.abort();
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_batch_larger_than_the_server_allows_is_split_not_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "database = \"sqlite://{}\"\nmax_batch = 10\n[[users]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n[collections.work_orders]\naccess = \"owner\"\n",
+        dir.path().join("server.db").display(),
+        token_sha256("alice-token")
+    );
+    let config = ServerConfig::from_toml(&text).unwrap();
+    let (state, store) = from_config(&config).await.unwrap();
+    let server = start("127.0.0.1:0", state, store, config.tombstone_retention).await.unwrap();
+    let options = EngineOptions { push_batch: 64, ..quiet() };
+    let engine = device(&dir, "phone", &server.url(), options).await;
+    let orders = engine.collection::<WorkOrder>().unwrap();
+    let items: Vec<_> = (0..100).map(|i| wo(&format!("r{i:03}"), "x", i)).collect();
+    orders.insert_many(&items).await.unwrap();
+    let report = engine.sync_now().await.unwrap();
+    assert_eq!(report.pushed, 100, "every mutation went out in batches the server accepts");
+    assert_eq!(engine.status().borrow().pending, 0);
+    server.stop().await.unwrap();
+}

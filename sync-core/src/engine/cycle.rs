@@ -92,9 +92,9 @@ impl Cycle<'_> {
     /// Pushes batches until no claimable mutation is left. Each round sends at most one
     /// mutation per record, so per-record order holds whatever the server does in a batch.
     async fn push(&mut self) -> Result<(), Error> {
+        let mut batch_limit = self.shared.options.push_batch;
         loop {
-            let batch =
-                self.shared.store.claim_push_batch(&self.unit.collections, self.shared.options.push_batch).await?;
+            let batch = self.shared.store.claim_push_batch(&self.unit.collections, batch_limit).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -122,7 +122,17 @@ impl Cycle<'_> {
             }
             if !wire.is_empty() {
                 let request = PushRequest { client_id: self.shared.client_id.clone(), mutations: wire };
-                let response = self.shared.transport.push(&request).await?;
+                let response = match self.shared.transport.push(&request).await {
+                    // The server's limits are smaller than our batch (body size or count):
+                    // the same entries go again in halves; nothing was applied.
+                    Err(Error::Rejected { status, code, .. })
+                        if batch_limit > 1 && (status == 413 || code == "batch_too_large") =>
+                    {
+                        batch_limit /= 2;
+                        continue;
+                    }
+                    other => other?,
+                };
                 if response.results.len() != sent.len() {
                     return Err(Error::malformed(format!(
                         "push answered {} results for {} mutations",
