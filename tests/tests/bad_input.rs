@@ -227,7 +227,13 @@ async fn a_refused_token_pauses_pushes_and_new_credentials_send_the_same_ids() {
 
     let mut status = engine.status();
     engine.set_credentials(sync_core::Credentials { token: "good".into() });
-    status.wait_for(|s| s.pending == 0 && s.auth == sync_core::AuthState::Ok).await.unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        status.wait_for(|s| s.pending == 0 && s.auth == sync_core::AuthState::Ok),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(server.applied()[0].mutation_id, queued[0], "the same mutation id went out");
     assert_eq!(server.applied().len(), 2);
 }
