@@ -14,6 +14,7 @@ use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
 
 use crate::config::{Access, CollectionConfig};
+use crate::cursor::Position;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{self, Decision, StoredRecord, User, WireResult};
@@ -202,6 +203,26 @@ pub trait ServerStore: Send + Sync + 'static {
     }
 }
 
+/// Where a collection's pull starts, from the client's parsed cursor (position, and
+/// whether its epoch is this database's) and the collection's purged-tombstone mark;
+/// true when the client must reset.
+pub(crate) fn start_position(parsed: Option<(Position, bool)>, purged: i64) -> (Position, bool) {
+    match parsed {
+        None => (Position { seq: 0, full: true }, false),
+        Some((pos, true)) if pos.full || pos.seq >= purged => (pos, false),
+        // Too old (tombstones purged past it) or from another database: start over.
+        Some(_) => (Position { seq: 0, full: true }, true),
+    }
+}
+
+/// The position after a page: the last change sent when more follow, else the feed
+/// head read in the same snapshot. A full download keeps its mark only until it has
+/// caught up.
+pub(crate) fn next_position(start: Position, last_sent: i64, more: bool, head: i64) -> Position {
+    let seq = if more { last_sent } else { head.max(start.seq) };
+    Position { seq, full: start.full && more }
+}
+
 /// Touched collections of a plan, for notifications.
 pub(crate) fn touched(plan: &PushPlan) -> Vec<Touched> {
     let set: HashSet<Touched> = plan
@@ -210,4 +231,31 @@ pub(crate) fn touched(plan: &PushPlan) -> Vec<Touched> {
         .map(|w| Touched { collection: w.collection.clone(), owner: w.record.owner.clone() })
         .collect();
     set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(seq: i64, full: bool) -> Position {
+        Position { seq, full }
+    }
+
+    #[test]
+    fn where_pulls_start_and_when_they_reset() {
+        let cases = [
+            (None, 10, (p(0, true), false)),
+            (Some((p(12, false), true)), 10, (p(12, false), false)),
+            (Some((p(10, false), true)), 10, (p(10, false), false)),
+            (Some((p(9, false), true)), 10, (p(0, true), true)),
+            (Some((p(3, true), true)), 10, (p(3, true), false)),
+            (Some((p(50, false), false)), 10, (p(0, true), true)),
+        ];
+        for (parsed, purged, expected) in cases {
+            assert_eq!(start_position(parsed, purged), expected, "{parsed:?} purged {purged}");
+        }
+        assert_eq!(next_position(p(0, true), 1000, true, 5000), p(1000, true));
+        assert_eq!(next_position(p(1000, true), 1500, false, 5000), p(5000, false));
+        assert_eq!(next_position(p(7000, false), 7000, false, 5000), p(7000, false));
+    }
 }

@@ -22,9 +22,11 @@ use sync_core::{CollectionName, RecordId, Version};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{PullItem, PushContext, ServerStore, Touched, plan_push, prefetch_keys, touched};
+use super::{
+    PullItem, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys, start_position, touched,
+};
 use crate::config::Access;
-use crate::cursor::{self, Position};
+use crate::cursor;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{StoredRecord, User, WireResult};
@@ -238,14 +240,10 @@ impl ServerStore for PgServerStore {
                     .bind(item.collection.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-            let start = match parsed {
-                None => Position { seq: 0, full: true },
-                Some((pos, true)) if pos.full || pos.seq >= purged => pos,
-                Some(_) => {
-                    response.reset.push(item.collection.clone());
-                    Position { seq: 0, full: true }
-                }
-            };
+            let (start, reset) = start_position(parsed, purged);
+            if reset {
+                response.reset.push(item.collection.clone());
+            }
             let remaining = limit.saturating_sub(response.changes.len());
             if remaining == 0 {
                 response.has_more = true;
@@ -278,9 +276,8 @@ impl ServerStore for PgServerStore {
                     data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
                 });
             }
-            let next = if more { last } else { head.max(start.seq) };
             response.has_more |= more;
-            let position = Position { seq: next, full: start.full && more };
+            let position = next_position(start, last, more, head);
             response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
         }
         tx.commit().await?;

@@ -15,9 +15,11 @@ use sync_core::protocol::{Change, MutationOutcome, PullResponse};
 use sync_core::{CollectionName, RecordId, Version};
 use uuid::Uuid;
 
-use super::{PullItem, PushContext, ServerStore, Touched, plan_push, prefetch_keys, touched};
+use super::{
+    PullItem, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys, start_position, touched,
+};
 use crate::config::Access;
-use crate::cursor::{self, Position};
+use crate::cursor;
 use crate::error::ServerError;
 use crate::logic::{StoredRecord, User, WireResult};
 
@@ -195,15 +197,10 @@ impl ServerStore for SqliteServerStore {
                     .bind(item.collection.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-            let start = match parsed {
-                None => Position { seq: 0, full: true },
-                Some((pos, true)) if pos.full || pos.seq >= purged => pos,
-                // Too old (tombstones purged past it) or from another database: start over.
-                Some(_) => {
-                    response.reset.push(item.collection.clone());
-                    Position { seq: 0, full: true }
-                }
-            };
+            let (start, reset) = start_position(parsed, purged);
+            if reset {
+                response.reset.push(item.collection.clone());
+            }
             let remaining = limit.saturating_sub(response.changes.len());
             if remaining == 0 {
                 response.has_more = true;
@@ -236,10 +233,8 @@ impl ServerStore for SqliteServerStore {
                     data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
                 });
             }
-            let next = if more { last } else { head.max(start.seq) };
             response.has_more |= more;
-            // A full download keeps its mark only until it has caught up.
-            let position = Position { seq: next, full: start.full && more };
+            let position = next_position(start, last, more, head);
             response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
         }
         tx.commit().await?;
