@@ -40,11 +40,12 @@ pub trait ServerMapping: Send + Sync + 'static {
     /// A [`MappingError`] when the record cannot be expressed on the server.
     fn to_server(&self, local: &Value) -> Result<Value, MappingError>;
 
-    /// The local shape of a server record.
+    /// The local shape of a server record. Takes the record by value: pulled data is
+    /// not needed afterwards, so a mapping that changes little needs no copy.
     ///
     /// # Errors
     /// A [`MappingError`] when the server's record cannot be expressed locally.
-    fn to_local(&self, server: &Value) -> Result<Value, MappingError>;
+    fn to_local(&self, server: Value) -> Result<Value, MappingError>;
 }
 
 /// The mapping used when none is given: both shapes are the same.
@@ -56,7 +57,7 @@ impl ServerMapping for IdentityMapping {
         Ok(local.clone())
     }
 
-    fn to_local(&self, server: &Value) -> Result<Value, MappingError> {
-        Ok(server.clone())
+    fn to_local(&self, server: Value) -> Result<Value, MappingError> {
+        Ok(server)
     }
 }

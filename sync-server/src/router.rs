@@ -11,14 +11,13 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sync_core::protocol::PullResponse;
 use sync_core::{CollectionName, Cursor};
 
 use crate::config::{Role, ServerConfig};
 use crate::error::ServerError;
 use crate::events::{ChangeHub, sse_for};
 use crate::logic::{User, WireResult, json_depth};
-use crate::store::{ActionHandler, PullItem, PushContext, ServerStore};
+use crate::store::{ActionHandler, PullItem, PullPage, PushContext, ServerStore};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -163,7 +162,7 @@ async fn pull(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<PullResponse>, ServerError> {
+) -> Result<Json<PullPage>, ServerError> {
     let user = state.authenticate(&headers)?;
     let body = state.json_body(&headers, body).await?;
     let shape = || {

@@ -1,20 +1,24 @@
 //! One sync cycle of one unit: push the outbox in order, then pull until `has_more` is false.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::Utc;
+use tokio::sync::mpsc;
 
 use super::Shared;
 use super::builder::UnitSpec;
 use crate::error::Error;
 use crate::ids::{CollectionName, Cursor, RecordId};
 use crate::pattern::{LocalRecordState, PullAction};
-use crate::protocol::{Change, MutationOutcome, Op, PullRequest, PushRequest, ServerRecord, WireMutation};
+use crate::protocol::{
+    Change, MutationOutcome, Op, PullRequest, PullResponse, PushRequest, ServerRecord, WireMutation,
+};
 use crate::status::{Origin, Phase, SyncEvent, SyncReport};
 use crate::store::{CollectionPage, OutboxEntry};
 
 /// Runs one cycle and keeps the status and events true whatever the outcome.
-pub(super) async fn run(shared: &Shared, unit: &UnitSpec) -> Result<SyncReport, Error> {
+pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncReport, Error> {
     shared.emit(SyncEvent::CycleStarted { unit: unit.name.clone() });
     let push_total = shared.store.counts().await.map(|c| c.pending).unwrap_or(0);
     shared.status.send_modify(|s| {
@@ -62,7 +66,7 @@ pub(super) async fn run(shared: &Shared, unit: &UnitSpec) -> Result<SyncReport, 
 }
 
 struct Cycle<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     unit: &'a UnitSpec,
     report: SyncReport,
     push_total: u64,
@@ -207,32 +211,12 @@ impl Cycle<'_> {
         };
         let data = match (server.deleted, server.data) {
             (true, _) => None,
-            (false, Some(data)) => Some(self.to_local(&entry.collection, entry.record_id.as_ref(), &data)?),
+            (false, Some(data)) => Some(to_local(self.shared, &entry.collection, entry.record_id.as_ref(), data)?),
             (false, None) => return Err(Error::malformed("a conflict answer's live server record has no data")),
         };
         Ok(MutationOutcome::Conflict {
             server: Some(ServerRecord { version: server.version, deleted: server.deleted, data }),
         })
-    }
-
-    /// Maps server data to the local shape and checks it fits the entity type.
-    fn to_local(
-        &self,
-        collection: &CollectionName,
-        id: Option<&RecordId>,
-        data: &serde_json::Value,
-    ) -> Result<serde_json::Value, Error> {
-        let entry = self.shared.collection(collection.as_str())?;
-        let local = entry
-            .mapping
-            .to_local(data)
-            .map_err(|e| Error::Mapping { collection: collection.clone(), message: e.0 })?;
-        (entry.validate)(&local).map_err(|message| Error::InvalidRecord {
-            collection: collection.clone(),
-            id: id.map(|i| i.to_string()).unwrap_or_default(),
-            message,
-        })?;
-        Ok(local)
     }
 
     async fn conflicts_found(&mut self, conflicts: Vec<(CollectionName, RecordId)>) -> Result<(), Error> {
@@ -250,63 +234,27 @@ impl Cycle<'_> {
     }
 
     /// Pulls every collection of the unit from its cursor until the server has no more.
-    /// While one page is written to the store, the next is already being fetched (its
-    /// cursors are known as soon as the current page arrives), so the network and the
-    /// disk work at the same time; memory holds at most two pages.
+    /// A fetcher task runs ahead of the writer: it asks for the next page as soon as the
+    /// current one has arrived (the cursors come from the answer, not from the store),
+    /// checks it and maps it to the local shape, while this task writes the previous
+    /// page. Network, JSON and disk work on both cores at once; memory holds at most
+    /// three pages (one written, one queued, one being fetched).
     async fn pull(&mut self) -> Result<(), Error> {
         let mut cursors: BTreeMap<CollectionName, Option<Cursor>> = BTreeMap::new();
         for c in &self.unit.collections {
             cursors.insert(c.clone(), self.shared.store.cursor(c).await?);
         }
-        let requested: BTreeSet<CollectionName> = cursors.keys().cloned().collect();
-        let mut fetched = Some(self.shared.transport.pull(&self.pull_request(&cursors)).await);
-        while let Some(response) = fetched.take() {
-            let response = response?;
-            let mut pages: BTreeMap<CollectionName, CollectionPage> = BTreeMap::new();
-            for c in response.cursors.keys().chain(&response.reset) {
-                if !requested.contains(c) {
-                    return Err(Error::malformed(format!("pull answered for collection {c}, which was not asked for")));
-                }
-            }
-            let change_count = response.changes.len() as u64;
-            for change in response.changes {
-                let change = self.localize_change(&requested, change)?;
-                page_of(&mut pages, &change.collection).changes.push(change);
-            }
-            for c in &response.reset {
-                page_of(&mut pages, c).reset = true;
-            }
-            let mut progressed = change_count > 0 || !response.reset.is_empty();
-            for (c, cursor) in &response.cursors {
-                if cursors.get(c).and_then(Option::as_ref) != Some(cursor) {
-                    progressed = true;
-                }
-                page_of(&mut pages, c).cursor = Some(cursor.clone());
-            }
-            if response.has_more && !progressed {
-                return Err(Error::malformed("pull page has more to come but moved no cursor"));
-            }
-            for c in &response.reset {
-                cursors.insert(c.clone(), None);
-            }
-            for (c, cursor) in response.cursors {
-                cursors.insert(c, Some(cursor));
-            }
+        let (pages_tx, mut pages_rx) = mpsc::channel(1);
+        let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, pages_tx)));
+        while let Some(page) = pages_rx.recv().await {
+            let FetchedPage { pages } = page?;
             let collections = &self.shared.collections;
             let decide =
                 |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
                     Some(entry) => entry.pattern.on_incoming(local, change),
                     None => PullAction::Skip,
                 };
-            let apply = self.shared.store.apply_pull_page(pages.into_values().collect(), &decide, Utc::now());
-            let applied = if response.has_more {
-                let next = self.pull_request(&cursors);
-                let (applied, next_page) = tokio::join!(apply, self.shared.transport.pull(&next));
-                fetched = Some(next_page);
-                applied?
-            } else {
-                apply.await?
-            };
+            let applied = self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?;
             self.report.pages += 1;
             self.report.pulled += applied.changed.len() as u64;
             for (collection, id) in &applied.changed {
@@ -315,42 +263,133 @@ impl Cycle<'_> {
             self.conflicts_found(applied.conflicts).await?;
             self.progress();
         }
+        drop(fetcher);
         Ok(())
     }
+}
 
-    fn pull_request(&self, cursors: &BTreeMap<CollectionName, Option<Cursor>>) -> PullRequest {
-        PullRequest {
-            client_id: self.shared.client_id.clone(),
-            collections: cursors.clone(),
-            limit: Some(i64::from(self.shared.options.pull_limit)),
+/// A pulled page, checked and mapped to the local shape, ready for the store.
+struct FetchedPage {
+    pages: Vec<CollectionPage>,
+}
+
+/// Aborts the fetcher when the cycle ends early (an error, or the engine dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The fetcher: pulls pages until `has_more` is false and hands each over, checked.
+/// Stops at the first error (handed over too) or when the writer stops listening.
+async fn fetch_pages(
+    shared: Arc<Shared>,
+    mut cursors: BTreeMap<CollectionName, Option<Cursor>>,
+    pages: mpsc::Sender<Result<FetchedPage, Error>>,
+) {
+    let requested: BTreeSet<CollectionName> = cursors.keys().cloned().collect();
+    loop {
+        let request = pull_request(&shared, &cursors);
+        let page = match shared.transport.pull(&request).await {
+            Ok(response) => check_page(&shared, &requested, &mut cursors, response),
+            Err(e) => Err(e),
+        };
+        let (page, more) = match page {
+            Ok((page, more)) => (Ok(page), more),
+            Err(e) => (Err(e), false),
+        };
+        if pages.send(page).await.is_err() || !more {
+            return;
         }
     }
+}
 
-    /// Checks a pulled change and brings its data into the local shape.
-    fn localize_change(&self, requested: &BTreeSet<CollectionName>, change: Change) -> Result<Change, Error> {
-        if !requested.contains(&change.collection) {
+fn pull_request(shared: &Shared, cursors: &BTreeMap<CollectionName, Option<Cursor>>) -> PullRequest {
+    PullRequest {
+        client_id: shared.client_id.clone(),
+        collections: cursors.clone(),
+        limit: Some(i64::from(shared.options.pull_limit)),
+    }
+}
+
+/// Checks one pull answer, maps its changes to the local shape and advances `cursors`.
+/// Returns the store's pages and whether more follow.
+fn check_page(
+    shared: &Shared,
+    requested: &BTreeSet<CollectionName>,
+    cursors: &mut BTreeMap<CollectionName, Option<Cursor>>,
+    response: PullResponse,
+) -> Result<(FetchedPage, bool), Error> {
+    for c in response.cursors.keys().chain(&response.reset) {
+        if !requested.contains(c) {
+            return Err(Error::malformed(format!("pull answered for collection {c}, which was not asked for")));
+        }
+    }
+    let mut pages: BTreeMap<CollectionName, CollectionPage> = BTreeMap::new();
+    let mut progressed = !response.changes.is_empty() || !response.reset.is_empty();
+    for change in response.changes {
+        let change = localize_change(shared, requested, change)?;
+        page_of(&mut pages, &change.collection).changes.push(change);
+    }
+    for c in &response.reset {
+        page_of(&mut pages, c).reset = true;
+        cursors.insert(c.clone(), None);
+    }
+    for (c, cursor) in response.cursors {
+        if cursors.get(&c).and_then(Option::as_ref) != Some(&cursor) {
+            progressed = true;
+        }
+        page_of(&mut pages, &c).cursor = Some(cursor.clone());
+        cursors.insert(c, Some(cursor));
+    }
+    if response.has_more && !progressed {
+        return Err(Error::malformed("pull page has more to come but moved no cursor"));
+    }
+    Ok((FetchedPage { pages: pages.into_values().collect() }, response.has_more))
+}
+
+/// Checks a pulled change and brings its data into the local shape.
+fn localize_change(shared: &Shared, requested: &BTreeSet<CollectionName>, change: Change) -> Result<Change, Error> {
+    if !requested.contains(&change.collection) {
+        return Err(Error::malformed(format!(
+            "pull returned a change for collection {}, which was not asked for",
+            change.collection
+        )));
+    }
+    if change.version.0 == 0 {
+        return Err(Error::malformed(format!("change {}/{} has version 0", change.collection, change.record_id)));
+    }
+    let Change { collection, record_id, version, deleted, data } = change;
+    let data = match (deleted, data) {
+        (true, None) => None,
+        (false, Some(data)) if data.is_object() => Some(to_local(shared, &collection, Some(&record_id), data)?),
+        _ => {
             return Err(Error::malformed(format!(
-                "pull returned a change for collection {}, which was not asked for",
-                change.collection
+                "change {collection}/{record_id}: data must be an object for a live record and null for a tombstone"
             )));
         }
-        if change.version.0 == 0 {
-            return Err(Error::malformed(format!("change {}/{} has version 0", change.collection, change.record_id)));
-        }
-        let data = match (change.deleted, &change.data) {
-            (true, None) => None,
-            (false, Some(data)) if data.is_object() => {
-                Some(self.to_local(&change.collection, Some(&change.record_id), data)?)
-            }
-            _ => {
-                return Err(Error::malformed(format!(
-                    "change {}/{}: data must be an object for a live record and null for a tombstone",
-                    change.collection, change.record_id
-                )));
-            }
-        };
-        Ok(Change { data, ..change })
-    }
+    };
+    Ok(Change { collection, record_id, version, deleted, data })
+}
+
+/// Maps server data to the local shape and checks it fits the entity type.
+fn to_local(
+    shared: &Shared,
+    collection: &CollectionName,
+    id: Option<&RecordId>,
+    data: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    let entry = shared.collection(collection.as_str())?;
+    let local =
+        entry.mapping.to_local(data).map_err(|e| Error::Mapping { collection: collection.clone(), message: e.0 })?;
+    (entry.validate)(&local).map_err(|message| Error::InvalidRecord {
+        collection: collection.clone(),
+        id: id.map(|i| i.to_string()).unwrap_or_default(),
+        message,
+    })?;
+    Ok(local)
 }
 
 fn page_of<'p>(pages: &'p mut BTreeMap<CollectionName, CollectionPage>, c: &CollectionName) -> &'p mut CollectionPage {

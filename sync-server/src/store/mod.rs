@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sync_core::protocol::{ErrorDetail, MutationOutcome, PullResponse};
 use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
@@ -18,6 +20,80 @@ use crate::cursor::Position;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{self, Decision, StoredRecord, User, WireResult};
+
+/// `POST /v1/pull`'s answer as the store builds it: the wire shape of
+/// [`PullResponse`], with the page's changes as one JSON array the database assembled
+/// (SQLite's `json_group_array`, PostgreSQL's `json_agg`). The server hands the records'
+/// stored JSON to the client as it is: parsing and re-serializing every record, and
+/// moving it row by row out of the driver, was most of an initial sync's server time.
+#[derive(Debug, Serialize)]
+pub struct PullPage {
+    /// The changes of this page: a JSON array of `{"collection", "record_id",
+    /// "version", "deleted", "data"}` objects, in feed order.
+    pub changes: Box<RawValue>,
+    /// The new cursor of each pulled collection.
+    pub cursors: BTreeMap<CollectionName, Cursor>,
+    /// More pages follow.
+    pub has_more: bool,
+    /// Collections whose cursor was too old.
+    pub reset: Vec<CollectionName>,
+    /// How many changes `changes` holds (not on the wire).
+    #[serde(skip)]
+    pub count: usize,
+}
+
+impl PullPage {
+    /// The page as the protocol type, parsing the changes (for callers in the same
+    /// process, such as test kits; the HTTP router serializes the page directly).
+    ///
+    /// # Errors
+    /// [`ServerError::Database`] when the stored changes do not parse as changes.
+    pub fn into_response(self) -> Result<PullResponse, ServerError> {
+        let changes = serde_json::from_str(self.changes.get())
+            .map_err(|e| ServerError::Database { message: format!("stored change: {e}"), retryable: false })?;
+        Ok(PullResponse { changes, cursors: self.cursors, has_more: self.has_more, reset: self.reset })
+    }
+}
+
+/// Collects the per-collection page parts of one pull into a [`PullPage`].
+#[derive(Default)]
+pub(crate) struct PageBuilder {
+    /// The JSON arrays of each collection's changes, in order.
+    parts: Vec<String>,
+    pub(crate) count: usize,
+    pub(crate) cursors: BTreeMap<CollectionName, Cursor>,
+    pub(crate) has_more: bool,
+    pub(crate) reset: Vec<CollectionName>,
+}
+
+impl PageBuilder {
+    /// Adds one collection's changes, a JSON array of `n` change objects.
+    pub(crate) fn add(&mut self, array: String, n: usize) {
+        if n > 0 {
+            self.parts.push(array);
+            self.count += n;
+        }
+    }
+
+    /// Joins the collections' arrays into one.
+    pub(crate) fn finish(self) -> Result<PullPage, ServerError> {
+        let mut joined = String::with_capacity(self.parts.iter().map(|p| p.len()).sum::<usize>() + 2);
+        joined.push('[');
+        for (i, part) in self.parts.iter().enumerate() {
+            let inner = part.trim().strip_prefix('[').and_then(|p| p.strip_suffix(']')).ok_or_else(|| {
+                ServerError::Database { message: "page is not a JSON array".into(), retryable: false }
+            })?;
+            if i > 0 {
+                joined.push(',');
+            }
+            joined.push_str(inner);
+        }
+        joined.push(']');
+        let changes = RawValue::from_string(joined)
+            .map_err(|e| ServerError::Database { message: format!("page JSON: {e}"), retryable: false })?;
+        Ok(PullPage { changes, cursors: self.cursors, has_more: self.has_more, reset: self.reset, count: self.count })
+    }
+}
 
 /// A custom action's server side, registered per action name.
 pub trait ActionHandler: Send + Sync + 'static {
@@ -182,7 +258,7 @@ pub trait ServerStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// 400 for a malformed cursor; [`ServerError::Database`].
-    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullResponse, ServerError>;
+    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError>;
 
     /// Deletes tombstones last changed before `older_than`; returns how many.
     ///

@@ -17,13 +17,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use sync_core::protocol::{Change, MutationOutcome, PullResponse};
-use sync_core::{CollectionName, RecordId, Version};
+use sync_core::protocol::MutationOutcome;
+use sync_core::{CollectionName, RecordId};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
-    PullItem, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys, start_position, touched,
+    PageBuilder, PullItem, PullPage, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys,
+    start_position, touched,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -227,12 +228,11 @@ impl ServerStore for PgServerStore {
         Ok((plan.results, touched))
     }
 
-    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullResponse, ServerError> {
+    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
         let head: i64 = sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1").fetch_one(&mut *tx).await?;
-        let mut response =
-            PullResponse { changes: Vec::new(), cursors: Default::default(), has_more: false, reset: Vec::new() };
+        let mut response = PageBuilder::default();
         for item in items {
             let parsed = cursor::parse(item.cursor.as_ref(), &self.epoch)?;
             let purged: i64 =
@@ -244,44 +244,46 @@ impl ServerStore for PgServerStore {
             if reset {
                 response.reset.push(item.collection.clone());
             }
-            let remaining = limit.saturating_sub(response.changes.len());
+            let remaining = limit.saturating_sub(response.count);
             if remaining == 0 {
                 response.has_more = true;
                 response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, start));
                 continue;
             }
             let everyone = user.admin || item.access == Access::ReadOnly;
-            let rows = sqlx::query(
-                "SELECT id, version, deleted, data, seq FROM sync_records \
-                  WHERE collection = $1 AND seq > $2 AND ($3 OR owner = $4) ORDER BY seq LIMIT $5",
+            let page = sqlx::query(
+                "SELECT count(*)::int8 AS n, coalesce(max(seq), $2)::int8 AS last, \
+                   coalesce(json_agg(json_build_object('collection', $1::text, 'record_id', id, 'version', version, \
+                     'deleted', deleted, 'data', data::json) ORDER BY seq), '[]'::json)::text AS page \
+                 FROM (SELECT id, version, deleted, data, seq FROM sync_records \
+                        WHERE collection = $1 AND seq > $2 AND ($3 OR owner = $4) ORDER BY seq LIMIT $5) r",
             )
             .bind(item.collection.as_str())
             .bind(start.seq)
             .bind(everyone)
             .bind(&user.name)
-            .bind(i64::try_from(remaining + 1).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
+            .bind(i64::try_from(remaining).unwrap_or(i64::MAX))
+            .fetch_one(&mut *tx)
             .await?;
-            let more = rows.len() > remaining;
-            let mut last = start.seq;
-            for row in rows.iter().take(remaining) {
-                let data: Option<String> = row.try_get("data")?;
-                let version: i64 = row.try_get("version")?;
-                last = row.try_get("seq")?;
-                response.changes.push(Change {
-                    collection: item.collection.clone(),
-                    record_id: RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?,
-                    version: Version(u64::try_from(version).map_err(|_| corrupt("negative version"))?),
-                    deleted: row.try_get("deleted")?,
-                    data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
-                });
-            }
+            let n = usize::try_from(page.try_get::<i64, _>("n")?).map_err(|_| corrupt("negative count"))?;
+            let last: i64 = page.try_get("last")?;
+            let more = n == remaining
+                && sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = $1 AND seq > $2 AND ($3 OR owner = $4))",
+                )
+                .bind(item.collection.as_str())
+                .bind(last)
+                .bind(everyone)
+                .bind(&user.name)
+                .fetch_one(&mut *tx)
+                .await?;
+            response.add(page.try_get("page")?, n);
             response.has_more |= more;
             let position = next_position(start, last, more, head);
             response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
         }
         tx.commit().await?;
-        Ok(response)
+        response.finish()
     }
 
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {

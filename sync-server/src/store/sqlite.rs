@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use sync_core::protocol::{Change, MutationOutcome, PullResponse};
-use sync_core::{CollectionName, RecordId, Version};
+use sync_core::protocol::MutationOutcome;
+use sync_core::{CollectionName, RecordId};
 use uuid::Uuid;
 
 use super::{
-    PullItem, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys, start_position, touched,
+    PageBuilder, PullItem, PullPage, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys,
+    start_position, touched,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -181,15 +182,14 @@ impl ServerStore for SqliteServerStore {
         Ok((plan.results, touched))
     }
 
-    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullResponse, ServerError> {
+    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
         // One read transaction: every query sees the same snapshot, so the feed's end
         // read here is exactly what the queries below could see.
         let mut tx = self.pool.begin().await?;
         let head: String =
             sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
         let head: i64 = head.parse().map_err(|_| corrupt("bad seq counter"))?;
-        let mut response =
-            PullResponse { changes: Vec::new(), cursors: Default::default(), has_more: false, reset: Vec::new() };
+        let mut response = PageBuilder::default();
         for item in items {
             let parsed = cursor::parse(item.cursor.as_ref(), &self.epoch)?;
             let purged: i64 =
@@ -201,44 +201,46 @@ impl ServerStore for SqliteServerStore {
             if reset {
                 response.reset.push(item.collection.clone());
             }
-            let remaining = limit.saturating_sub(response.changes.len());
+            let remaining = limit.saturating_sub(response.count);
             if remaining == 0 {
                 response.has_more = true;
                 response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, start));
                 continue;
             }
             let everyone = user.admin || item.access == Access::ReadOnly;
-            let rows = sqlx::query(
-                "SELECT id, version, deleted, data, seq FROM sync_records \
-                  WHERE collection = ? AND seq > ? AND (? OR owner = ?) ORDER BY seq LIMIT ?",
+            let page = sqlx::query(
+                "SELECT count(*) AS n, coalesce(max(seq), ?2) AS last, \
+                   json_group_array(json_object('collection', ?1, 'record_id', id, 'version', version, \
+                     'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data)) ORDER BY seq) AS page \
+                 FROM (SELECT id, version, deleted, data, seq FROM sync_records \
+                        WHERE collection = ?1 AND seq > ?2 AND (?3 OR owner = ?4) ORDER BY seq LIMIT ?5)",
             )
             .bind(item.collection.as_str())
             .bind(start.seq)
             .bind(everyone)
             .bind(&user.name)
-            .bind(i64::try_from(remaining + 1).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
+            .bind(i64::try_from(remaining).unwrap_or(i64::MAX))
+            .fetch_one(&mut *tx)
             .await?;
-            let more = rows.len() > remaining;
-            let mut last = start.seq;
-            for row in rows.iter().take(remaining) {
-                let data: Option<String> = row.try_get("data")?;
-                let version: i64 = row.try_get("version")?;
-                last = row.try_get("seq")?;
-                response.changes.push(Change {
-                    collection: item.collection.clone(),
-                    record_id: RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?,
-                    version: Version(u64::try_from(version).map_err(|_| corrupt("negative version"))?),
-                    deleted: row.try_get::<i64, _>("deleted")? != 0,
-                    data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(e.to_string()))?,
-                });
-            }
+            let n = usize::try_from(page.try_get::<i64, _>("n")?).map_err(|_| corrupt("negative count"))?;
+            let last: i64 = page.try_get("last")?;
+            let more = n == remaining
+                && sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ? AND seq > ? AND (? OR owner = ?))",
+                )
+                .bind(item.collection.as_str())
+                .bind(last)
+                .bind(everyone)
+                .bind(&user.name)
+                .fetch_one(&mut *tx)
+                .await?;
+            response.add(page.try_get("page")?, n);
             response.has_more |= more;
             let position = next_position(start, last, more, head);
             response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
         }
         tx.commit().await?;
-        Ok(response)
+        response.finish()
     }
 
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
