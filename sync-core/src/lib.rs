@@ -67,7 +67,7 @@ pub use engine::{
 pub use entity::{IdentityMapping, LocalEntity, MappingError, ServerMapping};
 pub use error::{Error, StorageErrorKind};
 pub use ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
-pub use pattern::{ConflictDetector, ConflictResolver, PullAction, Resolution, SyncPattern};
+pub use pattern::{ConflictDetector, ConflictResolver, PullAction, PullMode, Resolution, SyncPattern};
 pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
 pub use store::{Conflict, LocalStore, Order, StoredRecord};
 pub use transport::{Credentials, Transport};

@@ -32,6 +32,17 @@ pub enum PullAction {
     RefreshConflict,
 }
 
+/// How a pattern pulls a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullMode {
+    /// From the stored cursor: only what changed, tombstones applied.
+    #[default]
+    Incremental,
+    /// The whole collection every time, from no cursor, staged and swapped in with one
+    /// transaction at the end (the read-only pattern).
+    Replace,
+}
+
 /// How a conflict is settled.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
@@ -98,6 +109,11 @@ pub trait SyncPattern: Send + Sync + 'static {
     /// Whether the app may write to the collection locally.
     fn accepts_local_writes(&self) -> bool {
         true
+    }
+
+    /// How the collection is pulled; incremental by default.
+    fn pull_mode(&self) -> PullMode {
+        PullMode::Incremental
     }
 
     /// Whether pushes carry `base_version` (conflict detection) or not (last write wins).

@@ -217,7 +217,13 @@ pub enum StoreResolution {
 pub struct CollectionPage {
     /// The collection.
     pub collection: CollectionName,
-    /// The server said the cursor was too old: drop clean records first.
+    /// The changes go to the collection's staging area, not into its records: the
+    /// collection is being replaced (a read-only pattern, or a resync after `reset`) and
+    /// its records stay whole until [`LocalStore::finish_replacement`]. The page's cursor
+    /// is then not stored either.
+    pub stage: bool,
+    /// A replacement starts with this page: empty the staging area first (it may hold
+    /// what an interrupted replacement left).
     pub reset: bool,
     /// The changes.
     pub changes: Vec<Change>,
@@ -331,6 +337,22 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn apply_pull_page(
         &self,
         pages: Vec<CollectionPage>,
+        decide: PullDecider<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<PageApplied, Error>;
+
+    /// Ends a collection's replacement in one transaction: applies the staged records
+    /// (through `decide`, as a pull page would), deletes the collection's clean records
+    /// the server no longer has, stores `cursor` and empties the staging area. Records
+    /// with pending mutations or an open conflict are never swept. A crash before this
+    /// call leaves the old records whole.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; nothing changes then.
+    async fn finish_replacement(
+        &self,
+        collection: &CollectionName,
+        cursor: Option<Cursor>,
         decide: PullDecider<'_>,
         at: DateTime<Utc>,
     ) -> Result<PageApplied, Error>;

@@ -183,8 +183,11 @@ pub fn decide(
     if m.op == Op::Action {
         return Decision::Action;
     }
+    // A missing record is at version 0: base 0 is "create only if absent" (a record
+    // that exists, or left a tombstone, is a conflict); any other number on a missing
+    // record is a conflict, as DESIGN.md says.
     if let Some(base) = m.base_version {
-        if current.map(|c| c.version) != Some(base) {
+        if current.map_or(0, |c| c.version) != base {
             let server = current.map(|c| ServerRecord {
                 version: Version(c.version),
                 deleted: c.deleted,
@@ -335,6 +338,10 @@ mod tests {
             ),
             (&alice, Access::Owner, m(Op::Upsert, Some(2), None), Some(rec(3, "alice", false)), "conflict"),
             (&alice, Access::Owner, m(Op::Upsert, Some(1), None), None, "conflict"),
+            (&alice, Access::Owner, m(Op::Upsert, Some(0), None), None, "write v1 alice deleted=false"),
+            (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(1, "alice", false)), "conflict"),
+            (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(2, "alice", true)), "conflict"),
+            (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(1, "bob", false)), "forbidden"),
             (&alice, Access::Owner, m(Op::Delete, None, None), None, "write v1 alice deleted=true"),
             (
                 &alice,

@@ -9,10 +9,11 @@ use sqlx::Row;
 use sqlx::{QueryBuilder, Sqlite};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::store::{CollectionPage, PageApplied, PullDecider};
-use sync_core::{CollectionName, Error, RecordId};
+use sync_core::protocol::Change;
+use sync_core::{CollectionName, Cursor, Error, RecordId, Version};
 
 use crate::SqliteStore;
-use crate::codec::{json_text, micros, version, version_param};
+use crate::codec::{json_text, micros, parse_json, record_id, version, version_param};
 use crate::errors::storage;
 
 pub(crate) async fn apply_page(
@@ -27,144 +28,92 @@ pub(crate) async fn apply_page(
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for page in &pages {
         if page.reset {
-            // The cursor was too old: drop what is clean and take the full set that follows.
-            sqlx::query(
-                "DELETE FROM offsync_records AS r WHERE r.collection = ? \
-                   AND NOT EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) \
-                   AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)",
-            )
-            .bind(page.collection.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
-            sqlx::query("DELETE FROM offsync_cursors WHERE collection = ?")
+            // A replacement starts: whatever an interrupted one staged is stale.
+            sqlx::query("DELETE FROM offsync_stage WHERE collection = ?")
                 .bind(page.collection.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(storage)?;
         }
-        if page.changes.is_empty() {
-            continue;
-        }
-        // The local state of every record the page touches, in one query.
-        let ids = Value::from(page.changes.iter().map(|c| c.record_id.as_str()).collect::<Vec<_>>()).to_string();
-        let rows = sqlx::query(
-            "SELECT r.id, r.server_version, r.deleted, \
-                    EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) AS pending, \
-                    EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) AS conflict \
-               FROM offsync_records r \
-              WHERE r.collection = ? AND r.id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(page.collection.as_str())
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(storage)?;
-        let mut local: HashMap<String, LocalRecordState> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("id").map_err(storage)?;
-            local.insert(
-                id,
-                LocalRecordState {
-                    server_version: version(row.try_get("server_version").map_err(storage)?),
-                    has_pending: row.try_get::<i64, _>("pending").map_err(storage)? != 0,
-                    in_conflict: row.try_get::<i64, _>("conflict").map_err(storage)? != 0,
-                    deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
-                },
-            );
-        }
-        // The last applied change of each record wins (a page may hold several).
-        let mut applied: HashMap<&str, Option<(i64, Option<String>)>> = HashMap::new();
-        let mut conflicts = Vec::new();
-        for change in &page.changes {
-            let state = local.get(change.record_id.as_str());
-            match decide(&page.collection, state, change) {
-                PullAction::Skip => {}
-                PullAction::Apply => {
-                    if change.deleted {
-                        if state.is_some() {
-                            applied.insert(change.record_id.as_str(), None);
-                            result.changed.push((page.collection.clone(), change.record_id.clone()));
-                        }
-                    } else {
-                        let version = version_param(Some(change.version)).unwrap_or(i64::MAX);
-                        applied.insert(change.record_id.as_str(), Some((version, change.data.as_ref().map(json_text))));
-                        result.changed.push((page.collection.clone(), change.record_id.clone()));
-                    }
-                    // A later change to the same record in this page sees this one.
-                    local.insert(
-                        change.record_id.to_string(),
-                        LocalRecordState {
-                            server_version: Some(change.version),
-                            has_pending: false,
-                            in_conflict: false,
-                            deleted: change.deleted,
-                        },
-                    );
-                }
-                PullAction::Conflict | PullAction::RefreshConflict => {
-                    let data = change.data.as_ref().map(json_text);
-                    conflicts.push((
-                        change.record_id.clone(),
-                        version_param(Some(change.version)),
-                        change.deleted,
-                        data,
-                    ));
-                    if let Some(state) = local.get_mut(change.record_id.as_str()) {
-                        state.in_conflict = true;
-                    }
-                }
-            }
-        }
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        for (id, row) in applied {
-            match row {
-                Some((version, data)) => upserts.push((id, version, data)),
-                None => deletes.push(id),
-            }
-        }
-        // Multi-row INSERTs with bound parameters: the same statements a hand-written
-        // bulk insert would use (7 parameters a row, 1,000 rows a statement).
-        for chunk in upserts.chunks(1000) {
-            let mut b: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-                "INSERT INTO offsync_records (collection, id, data, deleted, server_version, base, modified_at) ",
-            );
-            b.push_values(chunk, |mut row, (id, version, data)| {
-                row.push_bind(page.collection.as_str())
-                    .push_bind(*id)
-                    .push_bind(data.as_deref())
-                    .push_bind(0i64)
-                    .push_bind(*version)
-                    .push_bind(data.as_deref())
-                    .push_bind(now);
-            });
-            b.push(
-                " ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data, deleted = 0, \
-                   server_version = excluded.server_version, base = excluded.base, modified_at = excluded.modified_at",
-            );
-            b.build().persistent(true).execute(&mut *tx).await.map_err(storage)?;
-        }
-        if !deletes.is_empty() {
-            sqlx::query("DELETE FROM offsync_records WHERE collection = ? AND id IN (SELECT value FROM json_each(?))")
-                .bind(page.collection.as_str())
-                .bind(Value::from(deletes).to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(storage)?;
-        }
-        for (id, version, deleted, data) in conflicts {
-            let created = record_conflict(&mut tx, &page.collection, &id, version, deleted, data, now).await?;
-            if created {
-                result.conflicts.push((page.collection.clone(), id));
+        if page.stage {
+            stage_changes(&mut tx, &page.collection, &page.changes).await?;
+        } else {
+            apply_changes(&mut tx, &page.collection, &page.changes, decide, now, &mut result).await?;
+            if let Some(cursor) = &page.cursor {
+                store_cursor(&mut tx, &page.collection, cursor).await?;
             }
         }
     }
-    for page in &pages {
-        if let Some(cursor) = &page.cursor {
-            sqlx::query("INSERT INTO offsync_cursors (collection, cursor) VALUES (?, ?) ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor")
-                .bind(page.collection.as_str())
-                .bind(&cursor.0)
+    tx.commit().await.map_err(storage)?;
+    Ok(result)
+}
+
+/// Swaps a staged replacement in, in one transaction (see `LocalStore::finish_replacement`).
+pub(crate) async fn finish_replacement(
+    store: &SqliteStore,
+    collection: &CollectionName,
+    cursor: Option<&Cursor>,
+    decide: PullDecider<'_>,
+    at: DateTime<Utc>,
+) -> Result<PageApplied, Error> {
+    let mut result = PageApplied::default();
+    let now = micros(at);
+    let mut writer = store.write_conn().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    // Staged records go through the same decisions as a page, 1,000 at a time (memory
+    // stays bounded; the transaction does not).
+    let mut after = String::new();
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, version, deleted, data FROM offsync_stage WHERE collection = ? AND id > ? ORDER BY id LIMIT 1000",
+        )
+        .bind(collection.as_str())
+        .bind(&after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(storage)?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get("id").map_err(storage)?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let data: Option<String> = row.try_get("data").map_err(storage)?;
+            changes.push(Change {
+                collection: collection.clone(),
+                record_id: record_id(row.try_get("id").map_err(storage)?)?,
+                version: version(row.try_get("version").map_err(storage)?).unwrap_or(Version(0)),
+                deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
+                data: data.map(|d| parse_json(&d)).transpose()?,
+            });
+        }
+        apply_changes(&mut tx, collection, &changes, decide, now, &mut result).await?;
+    }
+    // What the server no longer has goes, unless local edits or a conflict hold it.
+    let swept = sqlx::query(
+        "DELETE FROM offsync_records AS r WHERE r.collection = ? \
+           AND NOT EXISTS (SELECT 1 FROM offsync_stage s WHERE s.collection = r.collection AND s.id = r.id AND s.deleted = 0) \
+           AND NOT EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) \
+           AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) \
+         RETURNING id, deleted",
+    )
+    .bind(collection.as_str())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(storage)?;
+    for row in &swept {
+        if row.try_get::<i64, _>("deleted").map_err(storage)? == 0 {
+            result.changed.push((collection.clone(), record_id(row.try_get("id").map_err(storage)?)?));
+        }
+    }
+    sqlx::query("DELETE FROM offsync_stage WHERE collection = ?")
+        .bind(collection.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+    match cursor {
+        Some(cursor) => store_cursor(&mut tx, collection, cursor).await?,
+        None => {
+            sqlx::query("DELETE FROM offsync_cursors WHERE collection = ?")
+                .bind(collection.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(storage)?;
@@ -172,6 +121,177 @@ pub(crate) async fn apply_page(
     }
     tx.commit().await.map_err(storage)?;
     Ok(result)
+}
+
+async fn store_cursor(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    collection: &CollectionName,
+    cursor: &Cursor,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO offsync_cursors (collection, cursor) VALUES (?, ?) \
+         ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor",
+    )
+    .bind(collection.as_str())
+    .bind(&cursor.0)
+    .execute(&mut **tx)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// Writes a staged page: the later change of a record replaces the earlier.
+async fn stage_changes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    collection: &CollectionName,
+    changes: &[Change],
+) -> Result<(), Error> {
+    for chunk in changes.chunks(1000) {
+        let mut b: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("INSERT INTO offsync_stage (collection, id, version, deleted, data) ");
+        b.push_values(chunk, |mut row, change| {
+            row.push_bind(collection.as_str())
+                .push_bind(change.record_id.as_str())
+                .push_bind(version_param(Some(change.version)).unwrap_or(i64::MAX))
+                .push_bind(i64::from(change.deleted))
+                .push_bind(change.data.as_ref().map(json_text));
+        });
+        b.push(
+            " ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, \
+               data = excluded.data",
+        );
+        b.build().execute(&mut **tx).await.map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Applies one collection's changes inside the page transaction: local state read in
+/// one query, decisions in memory, writes as multi-row statements.
+async fn apply_changes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    collection: &CollectionName,
+    changes: &[Change],
+    decide: PullDecider<'_>,
+    now: i64,
+    result: &mut PageApplied,
+) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // The local state of every record the page touches, in one query.
+    let ids = Value::from(changes.iter().map(|c| c.record_id.as_str()).collect::<Vec<_>>()).to_string();
+    let rows = sqlx::query(
+        "SELECT r.id, r.server_version, r.deleted, \
+                EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) AS pending, \
+                EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) AS conflict \
+           FROM offsync_records r \
+          WHERE r.collection = ? AND r.id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(collection.as_str())
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(storage)?;
+    let mut local: HashMap<String, LocalRecordState> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id").map_err(storage)?;
+        local.insert(
+            id,
+            LocalRecordState {
+                server_version: version(row.try_get("server_version").map_err(storage)?),
+                has_pending: row.try_get::<i64, _>("pending").map_err(storage)? != 0,
+                in_conflict: row.try_get::<i64, _>("conflict").map_err(storage)? != 0,
+                deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
+            },
+        );
+    }
+    // The last applied change of each record wins (a page may hold several).
+    let mut applied: HashMap<&str, Option<(i64, Option<String>)>> = HashMap::new();
+    let mut conflicts = Vec::new();
+    for change in changes {
+        let state = local.get(change.record_id.as_str());
+        match decide(&collection, state, change) {
+            PullAction::Skip => {}
+            PullAction::Apply => {
+                if change.deleted {
+                    if state.is_some() {
+                        applied.insert(change.record_id.as_str(), None);
+                        result.changed.push((collection.clone(), change.record_id.clone()));
+                    }
+                } else {
+                    let version = version_param(Some(change.version)).unwrap_or(i64::MAX);
+                    applied.insert(change.record_id.as_str(), Some((version, change.data.as_ref().map(json_text))));
+                    result.changed.push((collection.clone(), change.record_id.clone()));
+                }
+                // A later change to the same record in this page sees this one.
+                local.insert(
+                    change.record_id.to_string(),
+                    LocalRecordState {
+                        server_version: Some(change.version),
+                        has_pending: false,
+                        in_conflict: false,
+                        deleted: change.deleted,
+                    },
+                );
+            }
+            PullAction::Conflict | PullAction::RefreshConflict => {
+                let data = change.data.as_ref().map(json_text);
+                conflicts.push((
+                    change.record_id.clone(),
+                    version_param(Some(change.version)),
+                    change.deleted,
+                    data,
+                ));
+                if let Some(state) = local.get_mut(change.record_id.as_str()) {
+                    state.in_conflict = true;
+                }
+            }
+        }
+    }
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for (id, row) in applied {
+        match row {
+            Some((version, data)) => upserts.push((id, version, data)),
+            None => deletes.push(id),
+        }
+    }
+    // Multi-row INSERTs with bound parameters: the same statements a hand-written
+    // bulk insert would use (7 parameters a row, 1,000 rows a statement).
+    for chunk in upserts.chunks(1000) {
+        let mut b: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "INSERT INTO offsync_records (collection, id, data, deleted, server_version, base, modified_at) ",
+        );
+        b.push_values(chunk, |mut row, (id, version, data)| {
+            row.push_bind(collection.as_str())
+                .push_bind(*id)
+                .push_bind(data.as_deref())
+                .push_bind(0i64)
+                .push_bind(*version)
+                .push_bind(data.as_deref())
+                .push_bind(now);
+        });
+        b.push(
+            " ON CONFLICT (collection, id) DO UPDATE SET data = excluded.data, deleted = 0, \
+               server_version = excluded.server_version, base = excluded.base, modified_at = excluded.modified_at",
+        );
+        b.build().persistent(true).execute(&mut **tx).await.map_err(storage)?;
+    }
+    if !deletes.is_empty() {
+        sqlx::query("DELETE FROM offsync_records WHERE collection = ? AND id IN (SELECT value FROM json_each(?))")
+            .bind(collection.as_str())
+            .bind(Value::from(deletes).to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(storage)?;
+    }
+    for (id, version, deleted, data) in conflicts {
+        let created = record_conflict(tx, collection, &id, version, deleted, data, now).await?;
+        if created {
+            result.conflicts.push((collection.clone(), id));
+        }
+    }
+    Ok(())
 }
 
 /// Stores the server's side of a conflict found by a pull; true when it is new.

@@ -18,16 +18,19 @@ pub(crate) async fn claim(
 ) -> Result<Vec<OutboxEntry>, Error> {
     let names = Value::from(collections.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string();
     // One statement: choosing the batch, counting the attempt and fixing the base version
-    // are atomic, so a local write can never fold into an entry being pushed.
+    // are atomic, so a local write can never fold into an entry being pushed. A versioned
+    // write to a record the server never acknowledged goes with base 0, "create only if
+    // absent": two devices creating the same id conflict instead of overwriting.
     // `+o.collection` keeps SQLite off the collection index: walking the outbox in seq
     // order stops after `limit` entries, where the index would visit every entry of the
     // collection and sort them (O(outbox) per batch, measured: push fell to 10k/s).
     let sql = format!(
         "UPDATE offsync_outbox \
             SET attempts = attempts + 1, \
-                base_version = CASE WHEN versioned = 1 THEN \
+                base_version = CASE WHEN versioned = 1 THEN coalesce( \
                     (SELECT r.server_version FROM offsync_records r \
-                      WHERE r.collection = offsync_outbox.collection AND r.id = offsync_outbox.record_id) END \
+                      WHERE r.collection = offsync_outbox.collection AND r.id = offsync_outbox.record_id), \
+                    CASE WHEN op = 'action' THEN NULL ELSE 0 END) END \
           WHERE seq IN ( \
             SELECT o.seq FROM offsync_outbox o \
              WHERE o.status = 0 \

@@ -58,6 +58,16 @@ impl LocalStore for SqliteStore {
         pull::apply_page(self, pages, decide, at).await
     }
 
+    async fn finish_replacement(
+        &self,
+        collection: &CollectionName,
+        cursor: Option<Cursor>,
+        decide: PullDecider<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<PageApplied, Error> {
+        pull::finish_replacement(self, collection, cursor.as_ref(), decide, at).await
+    }
+
     async fn counts(&self) -> Result<Counts, Error> {
         reads::counts(self).await
     }

@@ -257,8 +257,8 @@ fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
             let key = (m.collection.clone(), id.clone());
             let current = s.records.get(&key).cloned();
             if let Some(base) = m.base_version {
-                let matches = current.as_ref().is_some_and(|r| r.version == base.0);
-                if !matches {
+                // A missing record is at version 0 ("create only if absent").
+                if current.as_ref().map_or(0, |r| r.version) != base.0 {
                     let server =
                         current.map(|r| ServerRecord { version: Version(r.version), deleted: r.deleted, data: r.data });
                     return MutationOutcome::Conflict { server };

@@ -10,7 +10,7 @@ use super::Shared;
 use super::builder::UnitSpec;
 use crate::error::Error;
 use crate::ids::{CollectionName, Cursor, RecordId};
-use crate::pattern::{LocalRecordState, PullAction};
+use crate::pattern::{LocalRecordState, PullAction, PullMode};
 use crate::protocol::{
     Change, MutationOutcome, Op, PullRequest, PullResponse, PushRequest, ServerRecord, WireMutation,
 };
@@ -238,24 +238,40 @@ impl Cycle<'_> {
     /// current one has arrived (the cursors come from the answer, not from the store),
     /// checks it and maps it to the local shape, while this task writes the previous
     /// page. Network, JSON and disk work on both cores at once; memory holds at most
-    /// three pages (one written, one queued, one being fetched).
+    /// three pages (one written, one queued, one being fetched). Collections being
+    /// replaced (read-only pattern, or `reset`) are staged and swapped in at the end.
     async fn pull(&mut self) -> Result<(), Error> {
         let mut cursors: BTreeMap<CollectionName, Option<Cursor>> = BTreeMap::new();
+        let mut replacing = BTreeSet::new();
         for c in &self.unit.collections {
-            cursors.insert(c.clone(), self.shared.store.cursor(c).await?);
+            let entry = self.shared.collection(c.as_str())?;
+            if entry.pattern.pull_mode() == PullMode::Replace {
+                // The whole collection, every time: no cursor, staged, swapped at the end.
+                cursors.insert(c.clone(), None);
+                replacing.insert(c.clone());
+            } else {
+                cursors.insert(c.clone(), self.shared.store.cursor(c).await?);
+            }
         }
         let (pages_tx, mut pages_rx) = mpsc::channel(1);
-        let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, pages_tx)));
-        while let Some(page) = pages_rx.recv().await {
-            let FetchedPage { pages } = page?;
+        let fetcher =
+            AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx)));
+        while let Some(fetched) = pages_rx.recv().await {
             let collections = &self.shared.collections;
             let decide =
                 |c: &CollectionName, local: Option<&LocalRecordState>, change: &Change| match collections.get(c) {
                     Some(entry) => entry.pattern.on_incoming(local, change),
                     None => PullAction::Skip,
                 };
-            let applied = self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?;
-            self.report.pages += 1;
+            let applied = match fetched? {
+                Fetched::Page(pages) => {
+                    self.report.pages += 1;
+                    self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?
+                }
+                Fetched::Replaced(collection, cursor) => {
+                    self.shared.store.finish_replacement(&collection, cursor, &decide, Utc::now()).await?
+                }
+            };
             self.report.pulled += applied.changed.len() as u64;
             for (collection, id) in &applied.changed {
                 self.shared.record_changed(collection, id, Origin::Remote);
@@ -268,9 +284,12 @@ impl Cycle<'_> {
     }
 }
 
-/// A pulled page, checked and mapped to the local shape, ready for the store.
-struct FetchedPage {
-    pages: Vec<CollectionPage>,
+/// What the fetcher hands to the page writer.
+enum Fetched {
+    /// A pulled page, checked and mapped to the local shape, ready for the store.
+    Page(Vec<CollectionPage>),
+    /// The pull is complete: swap in this collection's staged replacement, with its cursor.
+    Replaced(CollectionName, Option<Cursor>),
 }
 
 /// Aborts the fetcher when the cycle ends early (an error, or the engine dropped).
@@ -282,25 +301,43 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The fetcher: pulls pages until `has_more` is false and hands each over, checked.
-/// Stops at the first error (handed over too) or when the writer stops listening.
+/// The fetcher: pulls pages until `has_more` is false and hands each over, checked;
+/// then one `Replaced` for each collection that was being replaced. Stops at the first
+/// error (handed over too) or when the writer stops listening.
+///
+/// `replacing` starts with the collections pulled whole; a `reset` from the server adds
+/// its collection: from then on its pages are staged and its records stay whole until
+/// the swap, so a resync never shows the app a half-empty collection.
 async fn fetch_pages(
     shared: Arc<Shared>,
     mut cursors: BTreeMap<CollectionName, Option<Cursor>>,
-    pages: mpsc::Sender<Result<FetchedPage, Error>>,
+    mut replacing: BTreeSet<CollectionName>,
+    pages: mpsc::Sender<Result<Fetched, Error>>,
 ) {
     let requested: BTreeSet<CollectionName> = cursors.keys().cloned().collect();
+    // Collections whose staging area the next page must empty first.
+    let mut fresh = replacing.clone();
     loop {
         let request = pull_request(&shared, &cursors);
         let page = match shared.transport.pull(&request).await {
-            Ok(response) => check_page(&shared, &requested, &mut cursors, response),
+            Ok(response) => check_page(&shared, &requested, &mut cursors, &mut replacing, &mut fresh, response),
             Err(e) => Err(e),
         };
         let (page, more) = match page {
-            Ok((page, more)) => (Ok(page), more),
+            Ok((page, more)) => (Ok(Fetched::Page(page)), more),
             Err(e) => (Err(e), false),
         };
-        if pages.send(page).await.is_err() || !more {
+        let failed = page.is_err();
+        if pages.send(page).await.is_err() || failed {
+            return;
+        }
+        if !more {
+            break;
+        }
+    }
+    for collection in replacing {
+        let cursor = cursors.get(&collection).cloned().flatten();
+        if pages.send(Ok(Fetched::Replaced(collection, cursor))).await.is_err() {
             return;
         }
     }
@@ -320,8 +357,10 @@ fn check_page(
     shared: &Shared,
     requested: &BTreeSet<CollectionName>,
     cursors: &mut BTreeMap<CollectionName, Option<Cursor>>,
+    replacing: &mut BTreeSet<CollectionName>,
+    fresh: &mut BTreeSet<CollectionName>,
     response: PullResponse,
-) -> Result<(FetchedPage, bool), Error> {
+) -> Result<(Vec<CollectionPage>, bool), Error> {
     for c in response.cursors.keys().chain(&response.reset) {
         if !requested.contains(c) {
             return Err(Error::malformed(format!("pull answered for collection {c}, which was not asked for")));
@@ -334,8 +373,11 @@ fn check_page(
         page_of(&mut pages, &change.collection).changes.push(change);
     }
     for c in &response.reset {
-        page_of(&mut pages, c).reset = true;
+        // The cursor was too old: the full set follows, staged and swapped in at the end.
+        page_of(&mut pages, c);
         cursors.insert(c.clone(), None);
+        replacing.insert(c.clone());
+        fresh.insert(c.clone());
     }
     for (c, cursor) in response.cursors {
         if cursors.get(&c).and_then(Option::as_ref) != Some(&cursor) {
@@ -347,7 +389,11 @@ fn check_page(
     if response.has_more && !progressed {
         return Err(Error::malformed("pull page has more to come but moved no cursor"));
     }
-    Ok((FetchedPage { pages: pages.into_values().collect() }, response.has_more))
+    for page in pages.values_mut() {
+        page.stage = replacing.contains(&page.collection);
+        page.reset = fresh.remove(&page.collection);
+    }
+    Ok((pages.into_values().collect(), response.has_more))
 }
 
 /// Checks a pulled change and brings its data into the local shape.
@@ -395,6 +441,7 @@ fn to_local(
 fn page_of<'p>(pages: &'p mut BTreeMap<CollectionName, CollectionPage>, c: &CollectionName) -> &'p mut CollectionPage {
     pages.entry(c.clone()).or_insert_with(|| CollectionPage {
         collection: c.clone(),
+        stage: false,
         reset: false,
         changes: Vec::new(),
         cursor: None,
