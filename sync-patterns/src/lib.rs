@@ -1,5 +1,15 @@
 //! Ready-made sync patterns for offsync, each a [`SyncPattern`] the engine runs per
-//! collection. This release has read/write with conflict detection; the others follow.
+//! collection, and conflict resolvers.
+//!
+//! | pattern | use it for |
+//! | --- | --- |
+//! | [`ReadOnly`] | small server-owned data, replaced whole on each sync |
+//! | [`ReadOnlyOptimized`] | large server-owned data, pulled incrementally with tombstones |
+//! | [`LastWriteWins`] | data where the latest write is right; never reports conflicts |
+//! | [`ConflictDetection`] | shared records whose concurrent edits must not be lost |
+//!
+//! Resolvers ([`resolvers`]): keep local, keep server, three-way field merge, a closure,
+//! or defer to the user.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -19,6 +29,11 @@
 //! ```
 
 mod conflict_detection;
+mod last_write_wins;
+mod read_only;
+pub mod resolvers;
 
 pub use conflict_detection::ConflictDetection;
+pub use last_write_wins::LastWriteWins;
+pub use read_only::{ReadOnly, ReadOnlyOptimized};
 pub use sync_core::SyncPattern;
