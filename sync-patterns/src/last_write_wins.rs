@@ -1,8 +1,8 @@
 //! Read/write, last write wins.
 
+use sync_core::SyncPattern;
 use sync_core::pattern::{LocalRecordState, PullAction, standard_pull_decision};
 use sync_core::protocol::Change;
-use sync_core::SyncPattern;
 
 /// Read/write, last write wins: pushes carry no base version and the server applies
 /// them in arrival order.
@@ -66,8 +66,12 @@ mod tests {
             deleted: false,
             data: Some(serde_json::json!({})),
         };
-        let pending =
-            LocalRecordState { server_version: Some(Version(2)), has_pending: true, in_conflict: false, deleted: false };
+        let pending = LocalRecordState {
+            server_version: Some(Version(2)),
+            has_pending: true,
+            in_conflict: false,
+            deleted: false,
+        };
         assert_eq!(LastWriteWins.on_incoming(Some(&pending), &change), PullAction::Skip);
         let clean = LocalRecordState { has_pending: false, ..pending };
         assert_eq!(LastWriteWins.on_incoming(Some(&clean), &change), PullAction::Apply);

@@ -1,8 +1,8 @@
 //! Read-only patterns: the server's data, never edited on the device.
 
+use sync_core::SyncPattern;
 use sync_core::pattern::{LocalRecordState, PullAction, PullMode, standard_pull_decision};
 use sync_core::protocol::Change;
-use sync_core::SyncPattern;
 
 /// Read-only: every sync replaces the local collection with the server's.
 ///

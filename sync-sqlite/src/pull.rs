@@ -8,8 +8,8 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::{QueryBuilder, Sqlite};
 use sync_core::pattern::{LocalRecordState, PullAction};
-use sync_core::store::{CollectionPage, PageApplied, PullDecider};
 use sync_core::protocol::Change;
+use sync_core::store::{CollectionPage, PageApplied, PullDecider};
 use sync_core::{CollectionName, Cursor, Error, RecordId, Version};
 
 use crate::SqliteStore;
@@ -210,7 +210,7 @@ async fn apply_changes(
     let mut conflicts = Vec::new();
     for change in changes {
         let state = local.get(change.record_id.as_str());
-        match decide(&collection, state, change) {
+        match decide(collection, state, change) {
             PullAction::Skip => {}
             PullAction::Apply => {
                 if change.deleted {
@@ -236,12 +236,7 @@ async fn apply_changes(
             }
             PullAction::Conflict | PullAction::RefreshConflict => {
                 let data = change.data.as_ref().map(json_text);
-                conflicts.push((
-                    change.record_id.clone(),
-                    version_param(Some(change.version)),
-                    change.deleted,
-                    data,
-                ));
+                conflicts.push((change.record_id.clone(), version_param(Some(change.version)), change.deleted, data));
                 if let Some(state) = local.get_mut(change.record_id.as_str()) {
                     state.in_conflict = true;
                 }

@@ -254,8 +254,7 @@ impl Cycle<'_> {
             }
         }
         let (pages_tx, mut pages_rx) = mpsc::channel(1);
-        let fetcher =
-            AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx)));
+        let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx)));
         while let Some(fetched) = pages_rx.recv().await {
             let collections = &self.shared.collections;
             let decide =
