@@ -22,6 +22,17 @@ async fn shared_order(a: &Device, b: &Device) {
     assert_eq!(b.orders().get("o1").await.unwrap(), Some(Order::new("o1", "inspect pump", 1)));
 }
 
+/// Given that shared order, A's edit reached the server first and B's edit met it:
+/// B holds one conflict.
+async fn conflict_on_b(a: &Device, b: &Device, a_title: &str, b_title: &str) {
+    shared_order(a, b).await;
+    a.orders().update(&Order::new("o1", a_title, 1)).await.unwrap();
+    a.sync().await;
+    b.orders().update(&Order::new("o1", b_title, 1)).await.unwrap();
+    b.sync().await;
+    assert_eq!(b.conflicts().await.len(), 1);
+}
+
 // ---------- conflict detection ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,12 +78,7 @@ async fn a_conflict_holds_back_only_its_own_record() {
 async fn edits_made_during_a_conflict_go_into_the_resolution() {
     let world = World::new().await;
     let (a, b) = two_devices(&world, Resolver::Defer).await;
-    shared_order(&a, &b).await;
-    a.orders().update(&Order::new("o1", "A", 1)).await.unwrap();
-    a.sync().await;
-    b.orders().update(&Order::new("o1", "B", 1)).await.unwrap();
-    b.sync().await;
-    assert_eq!(b.conflicts().await.len(), 1);
+    conflict_on_b(&a, &b, "A", "B").await;
     // When B keeps editing before resolving, then keeps its side
     b.orders().update(&Order::new("o1", "B later", 7)).await.unwrap();
     assert_eq!(b.conflicts().await[0].local.as_ref().unwrap()["title"], "B later");
@@ -151,12 +157,7 @@ async fn the_same_id_created_on_two_devices_is_a_conflict() {
 async fn a_resolution_that_conflicts_again_is_a_new_conflict() {
     let world = World::new().await;
     let (a, b) = two_devices(&world, Resolver::Defer).await;
-    shared_order(&a, &b).await;
-    a.orders().update(&Order::new("o1", "A1", 1)).await.unwrap();
-    a.sync().await;
-    b.orders().update(&Order::new("o1", "B1", 1)).await.unwrap();
-    b.sync().await;
-    assert_eq!(b.conflicts().await.len(), 1);
+    conflict_on_b(&a, &b, "A1", "B1").await;
     // When B resolves against version 2 while A moves the record to version 3
     b.engine
         .resolve("orders", "o1", Resolution::Merged(serde_json::json!({"id": "o1", "title": "merged", "n": 1})))
@@ -248,11 +249,7 @@ async fn a_true_field_conflict_under_three_way_merge_waits_for_the_user() {
 async fn resolving_raises_an_event_and_updates_the_counts() {
     let world = World::new().await;
     let (a, b) = two_devices(&world, Resolver::Defer).await;
-    shared_order(&a, &b).await;
-    a.orders().update(&Order::new("o1", "A", 1)).await.unwrap();
-    a.sync().await;
-    b.orders().update(&Order::new("o1", "B", 1)).await.unwrap();
-    b.sync().await;
+    conflict_on_b(&a, &b, "A", "B").await;
     assert_eq!(b.engine.status().borrow().conflicts, 1);
     let mut events = b.engine.events();
     b.engine.resolve("orders", "o1", Resolution::KeepServer).await.unwrap();
