@@ -4,6 +4,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::store::FieldPath;
+
 /// A record type the app stores locally and syncs. The whole value is stored as JSON.
 ///
 /// ```
@@ -46,6 +48,31 @@ pub trait ServerMapping: Send + Sync + 'static {
     /// # Errors
     /// A [`MappingError`] when the server's record cannot be expressed locally.
     fn to_local(&self, server: Value) -> Result<Value, MappingError>;
+
+    /// Who chooses the ids of records created on this device. By default the device
+    /// does ([`IdAssignment::Client`], UUIDv7s): the server keeps them. A mapping for a
+    /// server that gives created records ids of its own answers
+    /// [`IdAssignment::Server`]: the create goes out under the local id, and when the
+    /// server answers with the id it chose, the engine renames the record, rewrites the
+    /// foreign keys of related records that point at it (see [`crate::pattern::Parent`])
+    /// and remembers the old id ([`crate::Engine::server_id`]).
+    fn id_assignment(&self) -> IdAssignment {
+        IdAssignment::Client
+    }
+}
+
+/// Who chooses the ids of records created on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IdAssignment {
+    /// The device: the server stores records under the ids they were created with.
+    #[default]
+    Client,
+    /// The server may store a created record under an id of its own and answer with it.
+    Server {
+        /// The field of the local data that holds the record's own id (such as `id`),
+        /// rewritten to the server's id; None when the data does not hold its id.
+        id_field: Option<FieldPath>,
+    },
 }
 
 /// The mapping used when none is given: both shapes are the same.

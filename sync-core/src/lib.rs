@@ -64,10 +64,10 @@ pub use engine::{
     ALL_UNIT, ChangeNotifier, Collection, CollectionSpec, Direction, Engine, EngineBuilder, EngineOptions,
     QueryBuilder, SyncUnit, TriggerOptions, WatchStream,
 };
-pub use entity::{IdentityMapping, LocalEntity, MappingError, ServerMapping};
+pub use entity::{IdAssignment, IdentityMapping, LocalEntity, MappingError, ServerMapping};
 pub use error::{Error, StorageErrorKind};
 pub use ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
-pub use pattern::{ConflictDetector, ConflictResolver, PullAction, PullMode, Resolution, SyncPattern};
+pub use pattern::{ConflictDetector, ConflictResolver, Parent, PullAction, PullMode, Resolution, SyncPattern};
 pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
-pub use store::{Conflict, LocalStore, Order, StoredRecord};
+pub use store::{Conflict, FieldPath, LocalStore, Order, StoredRecord};
 pub use transport::{Credentials, Transport};

@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
-use crate::ids::Version;
+use crate::ids::{CollectionName, Version};
 use crate::protocol::Change;
-use crate::store::Conflict;
+use crate::store::{Conflict, FieldPath};
 
 /// What the store knows of a local record when a change for it arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +127,23 @@ pub trait SyncPattern: Send + Sync + 'static {
         let _ = conflict;
         Resolution::Defer
     }
+
+    /// The collections this collection's records point at (one-to-many: the child's side).
+    /// The engine then pushes a child's change only once the server knows its parent,
+    /// pushes a parent's delete only after its children's changes, and rewrites the
+    /// foreign keys when the server assigns the parent an id. None by default.
+    fn parents(&self) -> Vec<Parent> {
+        Vec::new()
+    }
+}
+
+/// A foreign key: a field of a child record that holds the id of a parent record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    /// The child's field holding the parent's id (such as `order_id`).
+    pub field: FieldPath,
+    /// The parent's collection.
+    pub collection: CollectionName,
 }
 
 /// The decision every pattern shares: stale changes and echoes of our own acknowledged
@@ -155,7 +172,7 @@ pub fn standard_pull_decision(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{CollectionName, RecordId};
+    use crate::ids::RecordId;
 
     fn change(version: u64) -> Change {
         Change {

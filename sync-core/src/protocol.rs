@@ -82,6 +82,11 @@ pub enum MutationOutcome {
     Applied {
         /// The record's new version.
         version: Version,
+        /// The id the server stored a created record under, when it assigned one itself
+        /// (a collection whose [`crate::ServerMapping::id_assignment`] is
+        /// [`crate::IdAssignment::Server`]); absent when it kept the mutation's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record_id: Option<RecordId>,
     },
     /// Not applied: the record moved on. `server` is its current state (None: missing).
     Conflict {
@@ -252,6 +257,7 @@ mod tests {
         check(
             json!({"results": [
                 {"mutation_id": M1, "status": "applied", "version": 4},
+                {"mutation_id": M1, "status": "applied", "version": 1, "record_id": "srv-9"},
                 {"mutation_id": M1, "status": "conflict",
                  "server": {"version": 7, "deleted": false, "data": {"title": "theirs"}}},
                 {"mutation_id": M1, "status": "conflict", "server": null},
@@ -262,7 +268,17 @@ mod tests {
             ]}),
             PushResponse {
                 results: vec![
-                    MutationResult { mutation_id: mid(), outcome: MutationOutcome::Applied { version: Version(4) } },
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Applied { version: Version(4), record_id: None },
+                    },
+                    MutationResult {
+                        mutation_id: mid(),
+                        outcome: MutationOutcome::Applied {
+                            version: Version(1),
+                            record_id: Some(RecordId::new("srv-9").unwrap()),
+                        },
+                    },
                     MutationResult {
                         mutation_id: mid(),
                         outcome: MutationOutcome::Conflict {

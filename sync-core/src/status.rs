@@ -152,6 +152,17 @@ pub enum SyncEvent {
         /// Local write or server data.
         origin: Origin,
     },
+    /// The server gave a record created here an id of its own: the record, its queued
+    /// mutations and the foreign keys pointing at it now use `server_id`
+    /// ([`crate::IdAssignment::Server`]). A UI holding `local_id` follows it here.
+    RecordIdAssigned {
+        /// The collection.
+        collection: CollectionName,
+        /// The id the record was created with.
+        local_id: RecordId,
+        /// The id it has from now on.
+        server_id: RecordId,
+    },
     /// A conflict was stored.
     ConflictDetected {
         /// The collection.

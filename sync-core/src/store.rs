@@ -132,6 +132,27 @@ impl FieldPath {
         }
     }
 
+    /// The path as written, `a.b`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Sets the field at this path in `value` to `new`, creating missing objects on the
+    /// way. Returns false (and changes nothing) when a step is not an object.
+    pub fn set(&self, value: &mut Value, new: Value) -> bool {
+        let mut parts = self.0.split('.').peekable();
+        let mut node = value;
+        while let Some(part) = parts.next() {
+            let Some(object) = node.as_object_mut() else { return false };
+            if parts.peek().is_none() {
+                object.insert(part.to_owned(), new);
+                return true;
+            }
+            node = object.entry(part.to_owned()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+        false
+    }
+
     /// The JSON path form, `$.a.b`.
     pub fn json_path(&self) -> String {
         format!("$.{}", self.0)
@@ -249,6 +270,51 @@ pub struct PushApplied {
     pub conflicts: Vec<(CollectionName, RecordId)>,
     /// Mutations parked as failed, with their code and message.
     pub rejected: Vec<(OutboxEntry, String, String)>,
+    /// Records the server gave ids of its own: renamed from the local id to the server's.
+    pub renamed: Vec<IdAssigned>,
+    /// Records whose foreign keys were rewritten to a renamed parent's new id.
+    pub repointed: Vec<(CollectionName, RecordId)>,
+}
+
+/// A record the server stored under an id of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdAssigned {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The id it was created with on this device.
+    pub local_id: RecordId,
+    /// The id the server gave it, which it has locally from now on.
+    pub server_id: RecordId,
+}
+
+/// A one-to-many link between two collections, as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The collection whose records hold the key.
+    pub child: CollectionName,
+    /// The child's field holding the parent's id.
+    pub field: FieldPath,
+    /// The collection the key points into.
+    pub parent: CollectionName,
+}
+
+/// What the store must know of how collections relate when it claims pushes and
+/// records their answers: the foreign keys (parents are pushed before children, deletes
+/// go children first, keys follow a renamed parent) and the collections whose ids the
+/// server assigns (with the field of the data that holds the record's own id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relations {
+    /// Every foreign key between registered collections.
+    pub foreign_keys: Vec<ForeignKey>,
+    /// Collections whose created records the server may rename, with their id field.
+    pub server_ids: Vec<(CollectionName, Option<FieldPath>)>,
+}
+
+impl Relations {
+    /// True when a push answer may rename records of `collection`.
+    pub fn server_assigns_ids(&self, collection: &CollectionName) -> bool {
+        self.server_ids.iter().any(|(c, _)| c == collection)
+    }
 }
 
 /// Counts shown in the sync status.
@@ -308,20 +374,43 @@ pub trait LocalStore: Send + Sync + 'static {
     /// outbox order, at most `limit`. Claiming counts an attempt and fixes the base
     /// version, in the same statement, so a local write can no longer fold into them.
     ///
+    /// Along `relations`' foreign keys, a child's upsert waits while the parent it
+    /// points at is stored locally and the server never acknowledged it (parents first),
+    /// and a parent's delete waits while a child that points at it (in its local data
+    /// or its acknowledged base) has mutations queued or parked (children first).
+    ///
     /// # Errors
     /// [`Error::Storage`].
-    async fn claim_push_batch(&self, collections: &[CollectionName], limit: usize) -> Result<Vec<OutboxEntry>, Error>;
+    async fn claim_push_batch(
+        &self,
+        collections: &[CollectionName],
+        limit: usize,
+        relations: &Relations,
+    ) -> Result<Vec<OutboxEntry>, Error>;
 
     /// Records the server's answers to a push in one transaction. `outcomes` pairs each
     /// pushed entry with its answer (server data already in local shape).
+    ///
+    /// An applied upsert answered with another `record_id` (a collection in
+    /// `relations.server_ids`) renames the record, its queued mutations and its id
+    /// field to the server's id, rewrites the foreign keys of every child pointing at
+    /// the local id (records and queued mutations), and remembers the mapping.
     ///
     /// # Errors
     /// [`Error::Storage`].
     async fn record_push_results(
         &self,
         outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+        relations: &Relations,
         at: DateTime<Utc>,
     ) -> Result<PushApplied, Error>;
+
+    /// The id the server gave a record created here as `local_id` (None: it was never
+    /// renamed).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn server_id(&self, collection: &CollectionName, local_id: &RecordId) -> Result<Option<RecordId>, Error>;
 
     /// The stored cursor of a collection.
     ///

@@ -7,6 +7,7 @@
 //! | [`ReadOnlyOptimized`] | large server-owned data, pulled incrementally with tombstones |
 //! | [`LastWriteWins`] | data where the latest write is right; never reports conflicts |
 //! | [`ConflictDetection`] | shared records whose concurrent edits must not be lost |
+//! | [`OneToMany`] | children that point at parents (parents first, ids remapped) |
 //!
 //! Resolvers ([`resolvers`]): keep local, keep server, three-way field merge, a closure,
 //! or defer to the user.
@@ -30,10 +31,12 @@
 
 mod conflict_detection;
 mod last_write_wins;
+mod one_to_many;
 mod read_only;
 pub mod resolvers;
 
 pub use conflict_detection::ConflictDetection;
 pub use last_write_wins::LastWriteWins;
+pub use one_to_many::OneToMany;
 pub use read_only::{ReadOnly, ReadOnlyOptimized};
 pub use sync_core::SyncPattern;

@@ -46,12 +46,28 @@ fn default_role() -> Role {
     Role::User
 }
 
+/// Who chooses the ids of created records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ids {
+    /// The client: records are stored under the ids they were pushed with.
+    #[default]
+    Client,
+    /// The server: an upsert of an id the server has never stored creates the record
+    /// under a new id (a UUIDv7) and answers `applied` with it as `record_id`; the ledger
+    /// replays that answer, so a retried create never makes a second record.
+    Server,
+}
+
 /// One configured collection.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
     /// Who may read and write it.
     pub access: Access,
+    /// Who chooses created records' ids (`ids = "server"`; the client by default).
+    #[serde(default)]
+    pub ids: Ids,
 }
 
 /// The file as written (see DESIGN.md for an example).

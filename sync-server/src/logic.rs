@@ -225,12 +225,13 @@ pub fn json_depth(value: &Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Ids;
     use serde_json::json;
 
     fn collections() -> BTreeMap<CollectionName, CollectionConfig> {
         [
-            (CollectionName::new("orders").unwrap(), CollectionConfig { access: Access::Owner }),
-            (CollectionName::new("products").unwrap(), CollectionConfig { access: Access::ReadOnly }),
+            (CollectionName::new("orders").unwrap(), CollectionConfig { access: Access::Owner, ids: Ids::Client }),
+            (CollectionName::new("products").unwrap(), CollectionConfig { access: Access::ReadOnly, ids: Ids::Client }),
         ]
         .into_iter()
         .collect()

@@ -226,3 +226,44 @@ async fn bad_input_gets_the_right_4xx_with_a_code_changes_nothing_and_the_server
         assert_eq!(resp.status(), 200, "still serving");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_with_server_ids_stores_creates_under_ids_of_its_own() {
+    let extra = "[collections.jobs]\naccess = \"owner\"\nids = \"server\"\n";
+    for s in common::servers(extra).await {
+        let create = upsert("jobs", "tmp-1", Some(0), json!({"title": "a"}));
+        let (status, body) = s.push("alice-token", vec![create.clone()]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(status_of(&body, 0), "applied");
+        assert_eq!(body["results"][0]["version"], 1);
+        let id = body["results"][0]["record_id"].as_str().expect("the server's id").to_owned();
+        assert_ne!(id, "tmp-1");
+        // A retry of the same mutation gets the same id back and makes no second record
+        let (_, again) = s.push("alice-token", vec![create]).await;
+        assert_eq!(again["results"][0], body["results"][0], "{} backend", s.backend);
+        // Updates and deletes name the server's id and are answered without one
+        let (_, body) = s.push("alice-token", vec![upsert("jobs", &id, Some(1), json!({"title": "b"}))]).await;
+        assert_eq!(body["results"][0]["version"], 2);
+        assert!(body["results"][0].get("record_id").is_none(), "{body}");
+        // A create without a base version is renamed as well; a numbered base on a missing
+        // record is still a conflict
+        let (_, body) = s
+            .push(
+                "alice-token",
+                vec![upsert("jobs", "tmp-2", None, json!({"title": "c"})), upsert("jobs", "tmp-3", Some(4), json!({}))],
+            )
+            .await;
+        let second = body["results"][0]["record_id"].as_str().unwrap().to_owned();
+        assert!(second != id && second != "tmp-2");
+        assert_eq!(status_of(&body, 1), "conflict");
+        let (changes, _) = s.pull_all("alice-token", "jobs", Value::Null).await;
+        let mut ids: Vec<_> = changes.iter().map(|c| c["record_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        let mut want = vec![id.clone(), second];
+        want.sort();
+        assert_eq!(ids, want, "{} backend: only the server's ids exist", s.backend);
+        // Collections with client ids never answer with one
+        let (_, body) = s.push("alice-token", vec![upsert("work_orders", "w1", Some(0), json!({}))]).await;
+        assert!(body["results"][0].get("record_id").is_none(), "{body}");
+    }
+}

@@ -31,6 +31,7 @@ mod errors;
 mod pull;
 mod push;
 mod reads;
+mod renames;
 mod store_impl;
 mod writes;
 

@@ -4,19 +4,26 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sync_core::protocol::{MutationOutcome, Op};
-use sync_core::store::{OutboxEntry, PushApplied};
+use sync_core::store::{IdAssigned, OutboxEntry, PushApplied, Relations};
 use sync_core::{CollectionName, Error};
 
 use crate::SqliteStore;
 use crate::codec::{OUTBOX_COLUMNS, json_text, micros, outbox_entry, version_param};
 use crate::errors::storage;
+use crate::renames;
 
 pub(crate) async fn claim(
     store: &SqliteStore,
     collections: &[CollectionName],
     limit: usize,
+    relations: &Relations,
 ) -> Result<Vec<OutboxEntry>, Error> {
     let names = Value::from(collections.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string();
+    // The one-to-many guards only when there are foreign keys: apps without them pay
+    // nothing for them.
+    let keys = (!relations.foreign_keys.is_empty()).then(|| foreign_keys_json(relations));
+    let (parents_first, children_deleted_first) =
+        if keys.is_some() { (PARENTS_FIRST, CHILDREN_DELETED_FIRST) } else { ("", "") };
     // One statement: choosing the batch, counting the attempt and fixing the base version
     // are atomic, so a local write can never fold into an entry being pushed. A versioned
     // write to a record the server never acknowledged goes with base 0, "create only if
@@ -40,11 +47,16 @@ pub(crate) async fn claim(
                                  WHERE p.collection = o.collection AND p.record_id = o.record_id AND p.seq < o.seq) \
                 AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c \
                                  WHERE c.collection = o.collection AND c.record_id = o.record_id))) \
+               {parents_first} \
+               {children_deleted_first} \
              ORDER BY o.seq LIMIT ?) \
          RETURNING {OUTBOX_COLUMNS}"
     );
-    let rows = sqlx::query(&sql)
-        .bind(names)
+    let mut query = sqlx::query(&sql).bind(names);
+    if let Some(keys) = &keys {
+        query = query.bind(keys.clone()).bind(keys.clone());
+    }
+    let rows = query
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *store.write_conn().await)
         .await
@@ -54,21 +66,63 @@ pub(crate) async fn claim(
     Ok(entries)
 }
 
+/// A child's upsert waits while the parent it points at is stored here and the server
+/// never acknowledged it: with server-assigned ids its key is not even known yet, and a
+/// server with foreign keys would refuse it. (A parent that is not stored here, or was
+/// deleted before it was ever sent, holds nothing.)
+const PARENTS_FIRST: &str = "AND NOT EXISTS ( \
+    SELECT 1 FROM json_each(?) k \
+      JOIN offsync_records p ON p.collection = json_extract(k.value, '$.parent') \
+                            AND p.id = json_extract(o.data, json_extract(k.value, '$.path')) \
+     WHERE o.op = 'upsert' AND json_extract(k.value, '$.child') = o.collection \
+       AND p.server_version IS NULL)";
+
+/// A parent's delete waits while a child that points at it, in its local data or in the
+/// data the server has (its base), has mutations queued or parked: children go first.
+const CHILDREN_DELETED_FIRST: &str = "AND NOT EXISTS ( \
+    SELECT 1 FROM json_each(?) k \
+      JOIN offsync_outbox q ON q.collection = json_extract(k.value, '$.child') AND q.seq <> o.seq \
+      JOIN offsync_records c ON c.collection = q.collection AND c.id = q.record_id \
+     WHERE o.op = 'delete' AND json_extract(k.value, '$.parent') = o.collection \
+       AND (json_extract(c.data, json_extract(k.value, '$.path')) = o.record_id \
+            OR json_extract(c.base, json_extract(k.value, '$.path')) = o.record_id))";
+
+/// The foreign keys as the JSON the claim reads with `json_each`.
+fn foreign_keys_json(relations: &Relations) -> String {
+    let keys: Vec<Value> = relations
+        .foreign_keys
+        .iter()
+        .map(|k| json!({"child": k.child.as_str(), "path": k.field.json_path(), "parent": k.parent.as_str()}))
+        .collect();
+    Value::from(keys).to_string()
+}
+
 pub(crate) async fn record_results(
     store: &SqliteStore,
     outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+    relations: &Relations,
     at: DateTime<Utc>,
 ) -> Result<PushApplied, Error> {
     let mut result = PushApplied::default();
     let mut applied_seqs = Vec::new();
     let mut acks = Vec::new();
+    let mut renames = Vec::new();
     let mut writer = store.write_conn().await;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for (entry, outcome) in outcomes {
         match outcome {
-            MutationOutcome::Applied { version } => {
+            MutationOutcome::Applied { version, record_id: server_id } => {
                 applied_seqs.push(entry.seq);
                 result.applied += 1;
+                if let (Some(local_id), Some(server_id), Op::Upsert) = (&entry.record_id, server_id, entry.op) {
+                    if *local_id != server_id && relations.server_assigns_ids(&entry.collection) {
+                        renames.push(IdAssigned {
+                            collection: entry.collection.clone(),
+                            local_id: local_id.clone(),
+                            server_id,
+                        });
+                    }
+                }
                 if let (Some(id), Op::Upsert | Op::Delete) = (&entry.record_id, entry.op) {
                     // The acknowledged data is read from the outbox row itself, below.
                     acks.push(json!({"c": entry.collection.as_str(), "id": id.as_str(), "v": version_param(Some(version)), "s": entry.seq}));
@@ -157,6 +211,13 @@ pub(crate) async fn record_results(
         .execute(&mut *tx)
         .await
         .map_err(storage)?;
+    }
+    // Renames come last: the acknowledgements above find the records by their local id.
+    for rename in renames {
+        if let Some(repointed) = renames::rename(&mut tx, &rename, relations).await? {
+            result.repointed.extend(repointed);
+            result.renamed.push(rename);
+        }
     }
     tx.commit().await.map_err(storage)?;
     Ok(result)

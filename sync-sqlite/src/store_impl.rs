@@ -5,11 +5,11 @@ use chrono::{DateTime, Utc};
 use sync_core::protocol::MutationOutcome;
 use sync_core::store::{
     CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied,
-    Query, StoreResolution, StoredRecord,
+    Query, Relations, StoreResolution, StoredRecord,
 };
 use sync_core::{ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 
-use crate::{SqliteStore, conflicts, pull, push, reads, writes};
+use crate::{SqliteStore, conflicts, pull, push, reads, renames, writes};
 
 #[async_trait]
 impl LocalStore for SqliteStore {
@@ -33,16 +33,26 @@ impl LocalStore for SqliteStore {
         reads::query(self, query).await
     }
 
-    async fn claim_push_batch(&self, collections: &[CollectionName], limit: usize) -> Result<Vec<OutboxEntry>, Error> {
-        push::claim(self, collections, limit).await
+    async fn claim_push_batch(
+        &self,
+        collections: &[CollectionName],
+        limit: usize,
+        relations: &Relations,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        push::claim(self, collections, limit, relations).await
     }
 
     async fn record_push_results(
         &self,
         outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+        relations: &Relations,
         at: DateTime<Utc>,
     ) -> Result<PushApplied, Error> {
-        push::record_results(self, outcomes, at).await
+        push::record_results(self, outcomes, relations, at).await
+    }
+
+    async fn server_id(&self, collection: &CollectionName, local_id: &RecordId) -> Result<Option<RecordId>, Error> {
+        renames::server_id(self, collection, local_id).await
     }
 
     async fn cursor(&self, collection: &CollectionName) -> Result<Option<Cursor>, Error> {

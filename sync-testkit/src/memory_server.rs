@@ -245,7 +245,7 @@ fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
                 data: m.args.clone(),
                 version: 0,
             });
-            MutationOutcome::Applied { version: Version(0) }
+            MutationOutcome::Applied { version: Version(0), record_id: None }
         }
         (_, None) => rejected("invalid_mutation", "record_id is required"),
         (op, Some(id)) => {
@@ -273,7 +273,7 @@ fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
                 data,
                 version,
             });
-            MutationOutcome::Applied { version: Version(version) }
+            MutationOutcome::Applied { version: Version(version), record_id: None }
         }
     }
 }

@@ -237,3 +237,69 @@ async fn a_refused_token_pauses_pushes_and_new_credentials_send_the_same_ids() {
     assert_eq!(server.applied()[0].mutation_id, queued[0], "the same mutation id went out");
     assert_eq!(server.applied().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_pointing_at_an_unregistered_parent_is_a_configuration_error() {
+    let server = Arc::new(MemoryServer::new());
+    let built = Engine::builder()
+        .store(Arc::new(SqliteStore::in_memory().await.unwrap()))
+        .transport(server)
+        .collection(CollectionSpec::of::<WorkOrder>(
+            sync_patterns::OneToMany::new(ConflictDetection::new()).belongs_to("site_id", "sites").unwrap(),
+        ))
+        .build()
+        .await;
+    assert!(
+        matches!(built, Err(Error::Config { ref message }) if message.contains("sites") && message.contains("site_id")),
+        "{:?}",
+        built.err()
+    );
+}
+
+/// Answers every applied push as if the server had renamed the record.
+struct RenamingServer(Arc<MemoryServer>);
+
+#[async_trait::async_trait]
+impl sync_core::Transport for RenamingServer {
+    async fn push(
+        &self,
+        request: &sync_core::protocol::PushRequest,
+    ) -> Result<sync_core::protocol::PushResponse, Error> {
+        let mut response = self.0.push(request).await?;
+        for r in &mut response.results {
+            if let sync_core::protocol::MutationOutcome::Applied { record_id, .. } = &mut r.outcome {
+                *record_id = Some(RecordId::new("forged").unwrap());
+            }
+        }
+        Ok(response)
+    }
+    async fn pull(&self, request: &sync_core::protocol::PullRequest) -> Result<PullResponse, Error> {
+        self.0.pull(request).await
+    }
+    async fn probe(&self) -> Result<(), Error> {
+        self.0.probe().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_in_a_collection_with_client_ids_is_malformed_and_renames_nothing() {
+    let server = Arc::new(MemoryServer::new());
+    let store = SqliteStore::in_memory().await.unwrap();
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .transport(Arc::new(RenamingServer(server)))
+        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
+        .options(quiet())
+        .build()
+        .await
+        .unwrap();
+    let orders = engine.collection::<WorkOrder>().unwrap();
+    orders.insert(&wo("w1", "mine", 1)).await.unwrap();
+    let err = engine.sync_now().await.unwrap_err();
+    assert!(matches!(err, Error::MalformedResponse { .. }), "{err}");
+    // The record keeps its id, nothing was recorded as renamed, and the create stays queued
+    assert_eq!(orders.get("w1").await.unwrap(), Some(wo("w1", "mine", 1)));
+    assert_eq!(orders.get("forged").await.unwrap(), None);
+    assert_eq!(engine.server_id("work_orders", "w1").await.unwrap(), None);
+    assert_eq!(engine.status().borrow().pending, 1);
+}

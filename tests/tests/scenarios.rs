@@ -5,10 +5,13 @@
 #[path = "scenarios/world.rs"]
 mod world;
 
-use sync_core::{Error, Resolution};
+use serde_json::json;
+use sync_core::protocol::Op;
+use sync_core::{Collection, Engine, Error, LocalStore, Resolution, SyncEvent};
 use sync_patterns::ConflictDetection;
 use sync_patterns::resolvers::{KeepLocal, KeepServer, Side, ThreeWayMerge};
-use world::{Customer, Device, Note, Order, Product, Resolver, World};
+use sync_sqlite::SqliteStore;
+use world::{Customer, Device, Job, Note, Order, Product, Resolver, Task, World};
 
 async fn two_devices(world: &World, resolver: Resolver) -> (Device, Device) {
     (world.device("a", resolver.clone()).await, world.device("b", resolver).await)
@@ -22,10 +25,17 @@ async fn shared_order(a: &Device, b: &Device) {
     assert_eq!(b.orders().get("o1").await.unwrap(), Some(Order::new("o1", "inspect pump", 1)));
 }
 
-/// Given that shared order, A's edit reached the server first and B's edit met it:
+/// A world with devices A and B (orders resolved by `resolver`) sharing order o1.
+async fn given_a_shared_order(resolver: Resolver) -> (World, Device, Device) {
+    let world = World::new().await;
+    let (a, b) = two_devices(&world, resolver).await;
+    shared_order(&a, &b).await;
+    (world, a, b)
+}
+
+/// Given the shared order, A's edit reached the server first and B's edit met it:
 /// B holds one conflict.
 async fn conflict_on_b(a: &Device, b: &Device, a_title: &str, b_title: &str) {
-    shared_order(a, b).await;
     a.orders().update(&Order::new("o1", a_title, 1)).await.unwrap();
     a.sync().await;
     b.orders().update(&Order::new("o1", b_title, 1)).await.unwrap();
@@ -33,13 +43,45 @@ async fn conflict_on_b(a: &Device, b: &Device, a_title: &str, b_title: &str) {
     assert_eq!(b.conflicts().await.len(), 1);
 }
 
+/// Given the admin published `n` products `p0..` titled `title`.
+async fn publish_products(world: &World, n: u32, title: &str) -> (Engine, Collection<Product>) {
+    let admin = world.admin().await;
+    let products = admin.collection::<Product>().unwrap();
+    for i in 0..n {
+        products.insert(&Product::new(&format!("p{i}"), title, i)).await.unwrap();
+    }
+    admin.sync_now().await.unwrap();
+    (admin, products)
+}
+
+/// Given the admin published `n` customers `c0..` titled `title`.
+async fn publish_customers(world: &World, n: u32, title: &str) -> (Engine, Collection<Customer>) {
+    let admin = world.admin().await;
+    let customers = admin.collection::<Customer>().unwrap();
+    for i in 0..n {
+        customers.insert(&Customer::new(&format!("c{i}"), title, i)).await.unwrap();
+    }
+    admin.sync_now().await.unwrap();
+    (admin, customers)
+}
+
+/// (id, title) pairs, sorted by id.
+fn id_titles(records: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut pairs: Vec<_> = records.into_iter().collect();
+    pairs.sort();
+    pairs
+}
+
+/// The server's (id, title) pairs of alice's `collection`.
+async fn server_id_titles(world: &World, collection: &str) -> Vec<(String, String)> {
+    id_titles(world.server_view(collection).await.into_iter().map(|(id, _, t)| (id, t)))
+}
+
 // ---------- conflict detection ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_edit_the_same_record_offline_and_the_second_sees_a_conflict() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
-    shared_order(&a, &b).await;
+    let (world, a, b) = given_a_shared_order(Resolver::Defer).await;
     // When both edit offline and A syncs first
     a.orders().update(&Order::new("o1", "A's title", 1)).await.unwrap();
     b.orders().update(&Order::new("o1", "B's title", 1)).await.unwrap();
@@ -59,9 +101,7 @@ async fn two_devices_edit_the_same_record_offline_and_the_second_sees_a_conflict
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_holds_back_only_its_own_record() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
-    shared_order(&a, &b).await;
+    let (_world, a, b) = given_a_shared_order(Resolver::Defer).await;
     a.orders().update(&Order::new("o1", "A", 1)).await.unwrap();
     a.sync().await;
     // When B edits the conflicting record and creates another
@@ -76,8 +116,7 @@ async fn a_conflict_holds_back_only_its_own_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_made_during_a_conflict_go_into_the_resolution() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
+    let (world, a, b) = given_a_shared_order(Resolver::Defer).await;
     conflict_on_b(&a, &b, "A", "B").await;
     // When B keeps editing before resolving, then keeps its side
     b.orders().update(&Order::new("o1", "B later", 7)).await.unwrap();
@@ -92,9 +131,7 @@ async fn edits_made_during_a_conflict_go_into_the_resolution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_against_delete_is_a_conflict_both_ways() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
-    shared_order(&a, &b).await;
+    let (_world, a, b) = given_a_shared_order(Resolver::Defer).await;
     // When A deletes and B edits: B's update meets a tombstone
     a.orders().delete("o1").await.unwrap();
     b.orders().update(&Order::new("o1", "B edit", 1)).await.unwrap();
@@ -124,9 +161,8 @@ async fn edit_against_delete_is_a_conflict_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_against_delete_settles_without_a_user() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Pattern(ConflictDetection::new().resolver(ThreeWayMerge::new()))).await;
-    shared_order(&a, &b).await;
+    let (world, a, b) =
+        given_a_shared_order(Resolver::Pattern(ConflictDetection::new().resolver(ThreeWayMerge::new()))).await;
     a.orders().delete("o1").await.unwrap();
     b.orders().delete("o1").await.unwrap();
     a.sync().await;
@@ -155,8 +191,7 @@ async fn the_same_id_created_on_two_devices_is_a_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolution_that_conflicts_again_is_a_new_conflict() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
+    let (world, a, b) = given_a_shared_order(Resolver::Defer).await;
     conflict_on_b(&a, &b, "A1", "B1").await;
     // When B resolves against version 2 while A moves the record to version 3
     b.engine
@@ -224,9 +259,8 @@ async fn keep_server_and_keep_local_resolvers_settle_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_true_field_conflict_under_three_way_merge_waits_for_the_user() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Pattern(ConflictDetection::new().resolver(ThreeWayMerge::new()))).await;
-    shared_order(&a, &b).await;
+    let (world, a, b) =
+        given_a_shared_order(Resolver::Pattern(ConflictDetection::new().resolver(ThreeWayMerge::new()))).await;
     a.orders().update(&Order::new("o1", "A", 1)).await.unwrap();
     b.orders().update(&Order::new("o1", "B", 1)).await.unwrap();
     a.sync().await;
@@ -247,8 +281,7 @@ async fn a_true_field_conflict_under_three_way_merge_waits_for_the_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolving_raises_an_event_and_updates_the_counts() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
+    let (_world, a, b) = given_a_shared_order(Resolver::Defer).await;
     conflict_on_b(&a, &b, "A", "B").await;
     assert_eq!(b.engine.status().borrow().conflicts, 1);
     let mut events = b.engine.events();
@@ -290,27 +323,85 @@ async fn conflict_detection_survives_a_crash_after_the_server_applied_a_push() {
     assert_eq!(a.orders().get_stored("o1").await.unwrap().unwrap().server_version.unwrap().0, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_value_chosen_by_the_user_reaches_every_device() {
+    let (world, a, b) = given_a_shared_order(Resolver::Defer).await;
+    conflict_on_b(&a, &b, "A1", "B1").await;
+    // When the user on B writes a value of their own
+    b.engine
+        .resolve("orders", "o1", Resolution::Merged(json!({"id": "o1", "title": "A1 + B1", "n": 7})))
+        .await
+        .unwrap();
+    assert!(b.conflicts().await.is_empty());
+    b.sync().await;
+    a.sync().await;
+    // Then it is pushed over the server's version and both devices hold it
+    assert_eq!(world.server_view("orders").await, vec![("o1".into(), 3, "A1 + B1".into())]);
+    for d in [&a, &b] {
+        assert_eq!(d.orders().get("o1").await.unwrap(), Some(Order::new("o1", "A1 + B1", 7)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_after_reset_keeps_a_record_in_conflict_and_its_local_edit() {
+    let (world, a, b) = given_a_shared_order(Resolver::Defer).await;
+    b.orders().insert(&Order::new("o2", "second", 1)).await.unwrap();
+    b.sync().await;
+    a.sync().await;
+    // Given A's edit of o1 is in conflict with B's
+    b.orders().update(&Order::new("o1", "B edit", 1)).await.unwrap();
+    b.sync().await;
+    a.orders().update(&Order::new("o1", "A edit", 1)).await.unwrap();
+    a.engine.sync_now().await.unwrap();
+    assert_eq!(a.conflicts().await.len(), 1);
+    // When B deletes o2 and the tombstone is purged before A comes back
+    b.orders().delete("o2").await.unwrap();
+    b.sync().await;
+    world.purge_tombstones().await;
+    a.sync().await;
+    // Then A resynced the collection: o2 is gone, o1 keeps A's edit and its conflict
+    assert_eq!(a.orders().get("o2").await.unwrap(), None);
+    assert_eq!(a.orders().get("o1").await.unwrap().unwrap().title, "A edit");
+    let c = a.conflicts().await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].server.as_ref().unwrap().data.as_ref().unwrap()["title"], "B edit");
+}
+
 // ---------- last write wins ----------
+
+/// A world with devices A and B sharing note n1 titled `title`.
+async fn given_a_shared_note(title: &str) -> (World, Device, Device) {
+    let world = World::new().await;
+    let (a, b) = two_devices(&world, Resolver::Defer).await;
+    a.notes().insert(&Note::new("n1", title, 1)).await.unwrap();
+    sync_in_order(&[&a, &b]).await;
+    (world, a, b)
+}
+
+async fn sync_in_order(devices: &[&Device]) {
+    for d in devices {
+        d.sync().await;
+    }
+}
+
+/// Every device holds note n1 titled `title`, and none reported a conflict.
+async fn assert_all_hold_note(devices: &[&Device], title: &str) {
+    for d in devices {
+        assert_eq!(d.notes().get("n1").await.unwrap().unwrap().title, title, "device {}", d.name);
+        assert!(d.conflicts().await.is_empty(), "device {}", d.name);
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_write_wins_follows_arrival_order_and_never_reports_conflicts() {
-    let world = World::new().await;
-    let (a, b) = two_devices(&world, Resolver::Defer).await;
-    a.notes().insert(&Note::new("n1", "from A", 1)).await.unwrap();
-    a.sync().await;
-    b.sync().await;
+    let (world, a, b) = given_a_shared_note("from A").await;
     // When both edit offline; B's edit reaches the server last
     a.notes().update(&Note::new("n1", "A edit", 1)).await.unwrap();
     b.notes().update(&Note::new("n1", "B edit", 1)).await.unwrap();
-    a.sync().await;
-    b.sync().await;
-    a.sync().await;
+    sync_in_order(&[&a, &b, &a]).await;
     // Then B's edit wins everywhere and nobody has a conflict
     assert_eq!(world.server_view("notes").await, vec![("n1".into(), 3, "B edit".into())]);
-    for d in [&a, &b] {
-        assert_eq!(d.notes().get("n1").await.unwrap().unwrap().title, "B edit");
-        assert!(d.conflicts().await.is_empty());
-    }
+    assert_all_hold_note(&[&a, &b], "B edit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,6 +416,40 @@ async fn last_write_wins_create_is_idempotent_after_a_timed_out_answer_and_a_cra
     // Then the note exists once, at version 1 (a second apply would make it version 2)
     assert_eq!(world.server_view("notes").await, vec![("n1".into(), 1, "once".into())]);
     assert_eq!(a.engine.status().borrow().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_write_wins_delete_against_edit_converges_without_a_conflict() {
+    let (world, a, b) = given_a_shared_note("first").await;
+    // When A deletes and B edits offline, and B's edit arrives last
+    a.notes().delete("n1").await.unwrap();
+    b.notes().update(&Note::new("n1", "B edit", 1)).await.unwrap();
+    sync_in_order(&[&a, &b, &a]).await;
+    // Then the later edit brought the note back everywhere, with no conflict anywhere
+    assert_eq!(world.server_view("notes").await, vec![("n1".into(), 3, "B edit".into())]);
+    assert_all_hold_note(&[&a, &b], "B edit").await;
+    // And the other way round: an edit then a delete that arrives last deletes it
+    a.notes().update(&Note::new("n1", "A edit", 1)).await.unwrap();
+    b.notes().delete("n1").await.unwrap();
+    sync_in_order(&[&a, &b, &a]).await;
+    assert!(world.server_view("notes").await.is_empty());
+    assert_eq!(a.notes().get("n1").await.unwrap(), None);
+    assert!(a.conflicts().await.is_empty() && b.conflicts().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_write_wins_three_devices_converge_on_the_last_arrival() {
+    let (world, a, b) = given_a_shared_note("first").await;
+    let c = world.device("c", Resolver::Defer).await;
+    c.sync().await;
+    // When all three edit offline and they arrive C, A, B
+    for (d, title) in [(&a, "A"), (&b, "B"), (&c, "C")] {
+        d.notes().update(&Note::new("n1", title, 1)).await.unwrap();
+    }
+    sync_in_order(&[&c, &a, &b, &a, &c]).await;
+    // Then B's write won, every device holds it, and nothing was reported
+    assert_eq!(world.server_view("notes").await, vec![("n1".into(), 4, "B".into())]);
+    assert_all_hold_note(&[&a, &b, &c], "B").await;
 }
 
 // ---------- read-only ----------
@@ -343,12 +468,7 @@ async fn read_only_refuses_local_edits_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_equals_the_server_after_each_sync() {
     let world = World::new().await;
-    let admin = world.admin().await;
-    let products = admin.collection::<Product>().unwrap();
-    for i in 0..5 {
-        products.insert(&Product::new(&format!("p{i}"), "item", i)).await.unwrap();
-    }
-    admin.sync_now().await.unwrap();
+    let (admin, products) = publish_products(&world, 5, "item").await;
     let a = world.device("a", Resolver::Defer).await;
     a.sync().await;
     assert_eq!(a.products().list().await.unwrap().len(), 5);
@@ -360,23 +480,15 @@ async fn read_only_equals_the_server_after_each_sync() {
     world.purge_tombstones().await;
     a.sync().await;
     // Then the device holds exactly the server's set
-    let mut got: Vec<_> = a.products().list().await.unwrap().into_iter().map(|p| (p.id, p.title)).collect();
-    got.sort();
-    let mut want: Vec<_> = world.server_view("products").await.into_iter().map(|(id, _, t)| (id, t)).collect();
-    want.sort();
-    assert_eq!(got, want);
+    let got = id_titles(a.products().list().await.unwrap().into_iter().map(|p| (p.id, p.title)));
+    assert_eq!(got, server_id_titles(&world, "products").await);
     assert!(!got.iter().any(|(id, _)| id == "p0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_replacement_interrupted_midway_leaves_the_old_data_whole() {
     let world = World::new().await;
-    let admin = world.admin().await;
-    let products = admin.collection::<Product>().unwrap();
-    for i in 0..6 {
-        products.insert(&Product::new(&format!("p{i}"), "v1", i)).await.unwrap();
-    }
-    admin.sync_now().await.unwrap();
+    let (admin, products) = publish_products(&world, 6, "v1").await;
     let a = world.device("a", Resolver::Defer).await;
     a.sync().await;
     for i in 0..6 {
@@ -396,7 +508,81 @@ async fn read_only_replacement_interrupted_midway_leaves_the_old_data_whole() {
     assert_eq!(titles, vec!["v2"; 6]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_survives_a_crash_after_the_admins_push_was_applied() {
+    let world = World::new().await;
+    let (admin, faults) = world.admin_with_faults().await;
+    admin.collection::<Product>().unwrap().insert(&Product::new("p1", "pump", 1)).await.unwrap();
+    // When the admin's push is applied but its answer is lost, and the admin's app dies
+    faults.lose_next_push_answer();
+    assert!(admin.sync_now().await.is_err());
+    drop(admin);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (admin, _) = world.admin_with_faults().await;
+    admin.sync_now().await.unwrap();
+    // Then the product exists once, at version 1, and a device reads exactly that
+    assert_eq!(world.server_view("products").await, vec![("p1".into(), 1, "pump".into())]);
+    assert_eq!(admin.status().borrow().pending, 0);
+    let a = world.device("a", Resolver::Defer).await;
+    a.sync().await;
+    assert_eq!(a.products().list().await.unwrap(), vec![Product::new("p1", "pump", 1)]);
+}
+
 // ---------- read-only optimized ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_optimized_survives_a_crash_midway_through_a_pull() {
+    let world = World::new().await;
+    let (admin, customers) = publish_customers(&world, 7, "v1").await;
+    let a = world.device("a", Resolver::Defer).await;
+    // When the server has sent two pages (two records each) and the third is lost, and
+    // the device dies
+    a.transport.fail_pulls_after(2);
+    assert!(a.engine.sync_now().await.is_err());
+    let a = a.crash_and_restart(&world).await;
+    // Then what was stored is whole pages, with their cursor
+    assert_eq!(a.customers().list().await.unwrap().len(), 4);
+    // And while it was away the server moved on; the next sync resumes from the cursor
+    customers.delete("c0").await.unwrap();
+    customers.update(&Customer::new("c6", "v2", 6)).await.unwrap();
+    admin.sync_now().await.unwrap();
+    let report = a.engine.sync_now().await.unwrap();
+    assert!(report.pulled <= 5, "resumed from the stored cursor, not from scratch: {report:?}");
+    let got = id_titles(a.customers().list().await.unwrap().into_iter().map(|c| (c.id, c.title)));
+    assert_eq!(got, server_id_titles(&world, "customers").await);
+    assert_eq!(got.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_optimized_keeps_the_servers_cursor_and_never_the_device_clock() {
+    let world = World::new().await;
+    let (admin, customers) = publish_customers(&world, 3, "v1").await;
+    let a = world.device("a", Resolver::Defer).await;
+    a.sync().await;
+    // Then the stored cursor is, byte for byte, the one the server handed out for the end
+    // of the feed
+    let probe = sync_server::client::HttpTransport::new(&world.server.url(), Some("alice-token")).unwrap();
+    let name = sync_core::CollectionName::new("customers").unwrap();
+    let page = sync_core::Transport::pull(
+        &probe,
+        &sync_core::protocol::PullRequest {
+            client_id: sync_core::ClientId("probe".into()),
+            collections: [(name.clone(), None)].into(),
+            limit: Some(1000),
+        },
+    )
+    .await
+    .unwrap();
+    let store = SqliteStore::open(world.path("a")).await.unwrap();
+    let stored = store.cursor(&name).await.unwrap().expect("a cursor was stored");
+    assert_eq!(Some(&stored), page.cursors.get(&name));
+    // And a record the server changes later arrives, whatever the device's clock says
+    customers.update(&Customer::new("c1", "v2", 1)).await.unwrap();
+    admin.sync_now().await.unwrap();
+    let report = a.engine.sync_now().await.unwrap();
+    assert_eq!(report.pulled, 1);
+    assert_eq!(a.customers().get("c1").await.unwrap().unwrap().title, "v2");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_optimized_applies_a_delete_incrementally() {
@@ -430,12 +616,7 @@ async fn read_only_optimized_applies_a_delete_incrementally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_optimized_hard_reset_redownloads_and_leaves_nothing_stale() {
     let world = World::new().await;
-    let admin = world.admin().await;
-    let customers = admin.collection::<Customer>().unwrap();
-    for i in 0..5 {
-        customers.insert(&Customer::new(&format!("c{i}"), "v1", i)).await.unwrap();
-    }
-    admin.sync_now().await.unwrap();
+    let (admin, customers) = publish_customers(&world, 5, "v1").await;
     let a = world.device("a", Resolver::Defer).await;
     a.sync().await;
     // When, while A is away, records are deleted and their tombstones purged
@@ -446,7 +627,134 @@ async fn read_only_optimized_hard_reset_redownloads_and_leaves_nothing_stale() {
     world.purge_tombstones().await;
     a.sync().await;
     // Then the server answered reset, A downloaded the full set and holds exactly it
-    let mut got: Vec<_> = a.customers().list().await.unwrap().into_iter().map(|c| (c.id, c.title)).collect();
-    got.sort();
+    let got = id_titles(a.customers().list().await.unwrap().into_iter().map(|c| (c.id, c.title)));
     assert_eq!(got, vec![("c2".into(), "v2".into()), ("c3".into(), "v1".into()), ("c4".into(), "v1".into())]);
+}
+
+// ---------- one-to-many ----------
+
+/// Given job "j-old" and its task "t1", synced: the server renamed the job.
+async fn synced_job_with_task(a: &Device) -> String {
+    a.jobs().insert(&Job::new("j-old", "old job", 1)).await.unwrap();
+    a.tasks().insert(&Task::new("t1", "j-old", "replace seal")).await.unwrap();
+    a.sync().await;
+    let server_id = a.engine.server_id("jobs", "j-old").await.unwrap().expect("the server assigned an id").to_string();
+    assert_ne!(server_id, "j-old");
+    server_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_many_parent_created_offline_and_an_existing_child_repointed_to_it() {
+    let world = World::new().await;
+    let a = world.device("a", Resolver::Defer).await;
+    let old_job = synced_job_with_task(&a).await;
+    assert_eq!(world.server_data("tasks").await["t1"].1["job_id"], old_job.as_str());
+    let mut events = a.engine.events();
+    // When, offline, A creates a job, moves the existing task to it and adds a new task
+    a.jobs().insert(&Job::new("j-new", "new job", 2)).await.unwrap();
+    a.tasks().update(&Task::new("t1", "j-new", "replace seal")).await.unwrap();
+    a.tasks().insert(&Task::new("t2", "j-new", "test run")).await.unwrap();
+    let pushes_before = a.transport.pushed().len();
+    // and syncs once
+    a.engine.sync_now().await.unwrap();
+    // Then the server gave the job its own id, and both tasks point at it there
+    let new_job = a.engine.server_id("jobs", "j-new").await.unwrap().expect("renamed").to_string();
+    assert_ne!(new_job, "j-new");
+    let jobs = world.server_data("jobs").await;
+    assert_eq!(jobs[&new_job].1["title"], "new job");
+    assert!(!jobs.contains_key("j-new"));
+    let tasks = world.server_data("tasks").await;
+    assert_eq!(tasks["t1"].1["job_id"], new_job.as_str(), "the updated child was re-pointed");
+    assert_eq!(tasks["t2"].1["job_id"], new_job.as_str(), "the created child was re-pointed");
+    // And on the wire the parent went first, and no child ever carried the local id
+    let pushes = &a.transport.pushed()[pushes_before..];
+    let batch_of = |collection: &str| pushes.iter().position(|b| b.iter().any(|m| m.collection == collection)).unwrap();
+    assert!(batch_of("jobs") < batch_of("tasks"), "{pushes:?}");
+    for m in pushes.iter().flatten().filter(|m| m.collection == "tasks") {
+        assert_eq!(m.data.as_ref().unwrap()["job_id"], new_job.as_str());
+    }
+    // And locally everything uses the server's id; the app's old id still finds the job
+    let job = a.jobs().get("j-new").await.unwrap().unwrap();
+    assert_eq!(job.id, new_job);
+    assert_eq!(a.tasks().get("t1").await.unwrap().unwrap().job_id, new_job);
+    assert_eq!(a.tasks().get("t2").await.unwrap().unwrap().job_id, new_job);
+    assert_eq!(a.engine.status().borrow().pending, 0);
+    let mut assigned = false;
+    while let Ok(e) = events.try_recv() {
+        if let SyncEvent::RecordIdAssigned { local_id, server_id, .. } = e {
+            assigned |= local_id.as_str() == "j-new" && server_id.as_str() == new_job;
+        }
+    }
+    assert!(assigned, "the app heard about the new id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_many_the_app_keeps_using_the_id_it_created_the_parent_with() {
+    let world = World::new().await;
+    let a = world.device("a", Resolver::Defer).await;
+    let job = synced_job_with_task(&a).await;
+    // When the app, still holding the job it created, edits it by that id
+    a.jobs().update(&Job::new("j-old", "renamed job", 5)).await.unwrap();
+    a.sync().await;
+    // Then the edit went to the record under the server's id
+    let jobs = world.server_data("jobs").await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[&job].1["title"], "renamed job");
+    assert_eq!(a.jobs().get(&job).await.unwrap().unwrap(), Job::new(&job, "renamed job", 5));
+    // And a second device sees the job under the server's id, with its id field matching
+    let b = world.device("b", Resolver::Defer).await;
+    b.sync().await;
+    assert_eq!(b.jobs().get(&job).await.unwrap().unwrap().id, job);
+    assert_eq!(b.tasks().get("t1").await.unwrap().unwrap().job_id, job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_many_deletes_go_children_first() {
+    let world = World::new().await;
+    let a = world.device("a", Resolver::Defer).await;
+    let job = synced_job_with_task(&a).await;
+    a.tasks().insert(&Task::new("t2", &job, "second")).await.unwrap();
+    a.sync().await;
+    // When the app deletes the job first and its tasks after it
+    a.jobs().delete(&job).await.unwrap();
+    a.tasks().delete("t1").await.unwrap();
+    a.tasks().delete("t2").await.unwrap();
+    let pushes_before = a.transport.pushed().len();
+    a.engine.sync_now().await.unwrap();
+    // Then the tasks' deletes went in an earlier push than the job's, all in one cycle
+    let pushes = &a.transport.pushed()[pushes_before..];
+    let batch = |collection: &str, id: &str| {
+        pushes
+            .iter()
+            .position(|b| b.iter().any(|m| m.collection == collection && m.record_id == id && m.op == Op::Delete))
+            .unwrap()
+    };
+    assert!(batch("tasks", "t1") < batch("jobs", &job), "{pushes:?}");
+    assert!(batch("tasks", "t2") < batch("jobs", &job), "{pushes:?}");
+    assert!(world.server_data("jobs").await.is_empty());
+    assert!(world.server_data("tasks").await.is_empty());
+    assert_eq!(a.engine.status().borrow().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_many_survives_a_crash_after_the_server_applied_the_parents_create() {
+    let world = World::new().await;
+    let a = world.device("a", Resolver::Defer).await;
+    a.jobs().insert(&Job::new("j1", "job", 1)).await.unwrap();
+    a.tasks().insert(&Task::new("t1", "j1", "task")).await.unwrap();
+    // When the job's create is applied but the answer is lost, and the device dies
+    a.transport.lose_next_push_answer();
+    assert!(a.engine.sync_now().await.is_err());
+    let a = a.crash_and_restart(&world).await;
+    a.sync().await;
+    // Then the server holds one job (the retry got the same id back, not a second job)
+    let jobs = world.server_data("jobs").await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs.keys().next().unwrap().clone();
+    assert_eq!(a.engine.server_id("jobs", "j1").await.unwrap().unwrap().as_str(), job);
+    // And the task points at it on the server and here, and nothing waits
+    assert_eq!(world.server_data("tasks").await["t1"].1["job_id"], job.as_str());
+    assert_eq!(a.tasks().get("t1").await.unwrap().unwrap().job_id, job);
+    assert_eq!(a.engine.status().borrow().pending, 0);
+    assert!(a.conflicts().await.is_empty());
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::backoff::Backoff;
-use crate::entity::{IdentityMapping, LocalEntity, ServerMapping};
+use crate::entity::{IdAssignment, IdentityMapping, LocalEntity, ServerMapping};
 use crate::error::Error;
 use crate::ids::CollectionName;
 use crate::pattern::SyncPattern;
-use crate::store::LocalStore;
+use crate::store::{FieldPath, ForeignKey, LocalStore, Relations};
 use crate::transport::Transport;
 
 use super::Engine;
@@ -59,6 +59,9 @@ pub(crate) struct CollectionEntry {
     pub(crate) pattern: Arc<dyn SyncPattern>,
     pub(crate) mapping: Arc<dyn ServerMapping>,
     pub(crate) validate: Validator,
+    /// Where the data holds the record's own id, when the server assigns ids: pulled
+    /// data gets the record's id written there, so the two never disagree.
+    pub(crate) server_id_field: Option<FieldPath>,
 }
 
 /// Which way a sync unit moves data.
@@ -188,7 +191,8 @@ impl EngineBuilder {
     ///
     /// # Errors
     /// [`Error::Config`] for a missing store or transport, no collections, duplicate
-    /// collections or units, a unit naming an unregistered collection, or zero batch
+    /// collections or units, a unit or a pattern's parent naming an unregistered
+    /// collection, or zero batch
     /// sizes; [`Error::InvalidCollectionName`] for a bad name; [`Error::Storage`] when
     /// the store cannot give its client id.
     ///
@@ -207,16 +211,22 @@ impl EngineBuilder {
         let mut collections = BTreeMap::new();
         for spec in self.collections {
             let name = CollectionName::new(spec.name)?;
+            let server_id_field = match spec.mapping.id_assignment() {
+                IdAssignment::Server { id_field } => id_field,
+                IdAssignment::Client => None,
+            };
             let entry = CollectionEntry {
                 name: name.clone(),
                 pattern: spec.pattern,
                 mapping: spec.mapping,
                 validate: spec.validate,
+                server_id_field,
             };
             if collections.insert(name.clone(), Arc::new(entry)).is_some() {
                 return Err(Error::Config { message: format!("collection {name} is registered twice") });
             }
         }
+        let relations = relations(&collections)?;
         let mut units = BTreeMap::new();
         units.insert(
             ALL_UNIT.to_owned(),
@@ -254,6 +264,34 @@ impl EngineBuilder {
         let client_id = store.client_id().await?;
         // The first status already tells the truth about what waits on disk.
         let counts = store.counts().await?;
-        Ok(Engine::start(store, transport, collections, units, self.options, client_id, counts))
+        Ok(Engine::start(store, transport, collections, units, relations, self.options, client_id, counts))
     }
+}
+
+/// Collects the patterns' foreign keys and the mappings' id assignment; a key into an
+/// unregistered collection is a configuration error.
+fn relations(collections: &BTreeMap<CollectionName, Arc<CollectionEntry>>) -> Result<Relations, Error> {
+    let mut relations = Relations::default();
+    for (name, entry) in collections {
+        for parent in entry.pattern.parents() {
+            if !collections.contains_key(&parent.collection) {
+                return Err(Error::Config {
+                    message: format!(
+                        "collection {name} points at {} through {:?}, which is not registered",
+                        parent.collection,
+                        parent.field.as_str()
+                    ),
+                });
+            }
+            relations.foreign_keys.push(ForeignKey {
+                child: name.clone(),
+                field: parent.field,
+                parent: parent.collection,
+            });
+        }
+        if let IdAssignment::Server { id_field } = entry.mapping.id_assignment() {
+            relations.server_ids.push((name.clone(), id_field));
+        }
+    }
+    Ok(relations)
 }

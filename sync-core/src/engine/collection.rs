@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use super::Shared;
 use super::builder::CollectionEntry;
-use crate::entity::LocalEntity;
+use crate::entity::{IdAssignment, LocalEntity};
 use crate::error::Error;
 use crate::ids::{MutationId, RecordId};
 use crate::status::{Origin, SyncEvent};
@@ -65,11 +65,38 @@ impl<E: LocalEntity> Collection<E> {
     }
 
     async fn write(&self, id: RecordId, kind: WriteKind) -> Result<(), Error> {
-        let write = self.local_write(Some(id.clone()), kind)?;
-        self.shared.store.write(write).await?;
+        let write = self.local_write(Some(id.clone()), kind.clone())?;
+        let id = match self.shared.store.write(write).await {
+            Ok(()) => id,
+            // The server may have renamed the record since the app read it: follow the
+            // new id (only looked up on this error path, so writes pay nothing for it).
+            Err(not_found @ Error::NotFound { .. }) if !matches!(kind, WriteKind::Insert { .. }) => {
+                let Some((server_id, id_field)) = self.renamed(&id).await? else {
+                    return Err(not_found);
+                };
+                let kind = match kind {
+                    WriteKind::Update { data } => WriteKind::Update {
+                        data: with_id(data, id_field, &server_id).map_err(|message| self.invalid(&id, message))?,
+                    },
+                    other => other,
+                };
+                self.shared.store.write(self.local_write(Some(server_id.clone()), kind)?).await?;
+                server_id
+            }
+            Err(e) => return Err(e),
+        };
         self.shared.record_changed(&self.entry.name, &id, Origin::Local);
         self.shared.local_write_happened();
         Ok(())
+    }
+
+    /// The id the server gave a record created here as `id`, with the field of the data
+    /// that holds it; None unless the server assigns this collection's ids and renamed it.
+    async fn renamed(&self, id: &RecordId) -> Result<Option<(RecordId, Option<FieldPath>)>, Error> {
+        let IdAssignment::Server { id_field } = self.entry.mapping.id_assignment() else {
+            return Ok(None);
+        };
+        Ok(self.shared.store.server_id(&self.entry.name, id).await?.map(|server_id| (server_id, id_field)))
     }
 
     /// Creates a record.
@@ -153,7 +180,8 @@ impl<E: LocalEntity> Collection<E> {
         serde_json::from_value(record.data).map_err(|e| self.invalid(&record.id, e.to_string()))
     }
 
-    /// One record, with its pending local changes (None when missing or deleted).
+    /// One record, with its pending local changes (None when missing or deleted). An id
+    /// the server has since replaced with its own still finds the record.
     ///
     /// # Errors
     /// [`Error::InvalidRecordId`], [`Error::InvalidRecord`] (stored data that no longer
@@ -162,8 +190,7 @@ impl<E: LocalEntity> Collection<E> {
     /// # Cancel safety
     /// Safe: it only reads.
     pub async fn get(&self, id: &str) -> Result<Option<E>, Error> {
-        let id = RecordId::new(id)?;
-        match self.shared.store.get(&self.entry.name, &id).await? {
+        match self.get_stored(id).await? {
             Some(record) => self.decode(record).map(Some),
             None => Ok(None),
         }
@@ -178,7 +205,13 @@ impl<E: LocalEntity> Collection<E> {
     /// Safe: it only reads.
     pub async fn get_stored(&self, id: &str) -> Result<Option<StoredRecord>, Error> {
         let id = RecordId::new(id)?;
-        self.shared.store.get(&self.entry.name, &id).await
+        match self.shared.store.get(&self.entry.name, &id).await? {
+            Some(record) => Ok(Some(record)),
+            None => match self.renamed(&id).await? {
+                Some((server_id, _)) => self.shared.store.get(&self.entry.name, &server_id).await,
+                None => Ok(None),
+            },
+        }
     }
 
     /// Every live record, by id.
@@ -285,6 +318,14 @@ impl<E: LocalEntity> QueryBuilder<E> {
             Some((result, (collection, query, events, shutdown, false)))
         }))
     }
+}
+
+/// `data` with the field at `path` (if any) set to `id`.
+fn with_id(data: JsonObject, path: Option<FieldPath>, id: &RecordId) -> Result<JsonObject, String> {
+    let Some(path) = path else { return Ok(data) };
+    let mut value: Value = serde_json::from_str(data.as_str()).map_err(|e| e.to_string())?;
+    path.set(&mut value, Value::String(id.to_string()));
+    JsonObject::from_serialize(&value)
 }
 
 async fn fetch<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<E>, Error> {

@@ -98,7 +98,8 @@ impl Cycle<'_> {
     async fn push(&mut self) -> Result<(), Error> {
         let mut batch_limit = self.shared.options.push_batch;
         loop {
-            let batch = self.shared.store.claim_push_batch(&self.unit.collections, batch_limit).await?;
+            let batch =
+                self.shared.store.claim_push_batch(&self.unit.collections, batch_limit, &self.shared.relations).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -156,7 +157,18 @@ impl Cycle<'_> {
                 }
             }
             let answered = outcomes.len() as u64;
-            let applied = self.shared.store.record_push_results(outcomes, Utc::now()).await?;
+            let applied = self.shared.store.record_push_results(outcomes, &self.shared.relations, Utc::now()).await?;
+            for assigned in applied.renamed {
+                self.shared.record_changed(&assigned.collection, &assigned.server_id, Origin::Remote);
+                self.shared.emit(SyncEvent::RecordIdAssigned {
+                    collection: assigned.collection,
+                    local_id: assigned.local_id,
+                    server_id: assigned.server_id,
+                });
+            }
+            for (collection, id) in &applied.repointed {
+                self.shared.record_changed(collection, id, Origin::Remote);
+            }
             self.report.pushed += applied.applied as u64;
             self.report.rejected += applied.rejected.len() as u64;
             for (entry, code, message) in applied.rejected {
@@ -206,6 +218,18 @@ impl Cycle<'_> {
 
     /// Brings the server's side of a conflict answer into the local shape.
     fn localize_outcome(&self, entry: &OutboxEntry, outcome: MutationOutcome) -> Result<MutationOutcome, Error> {
+        if let MutationOutcome::Applied { record_id: Some(server_id), .. } = &outcome {
+            // Only a create in a collection whose ids the server assigns may come back
+            // under another id; anything else would silently fork the record.
+            let renamed = entry.record_id.as_ref() != Some(server_id);
+            if renamed && (entry.op != Op::Upsert || !self.shared.relations.server_assigns_ids(&entry.collection)) {
+                return Err(Error::malformed(format!(
+                    "push answered mutation {} of {} with record id {server_id}, but this collection's ids are not \
+                     assigned by the server",
+                    entry.mutation_id, entry.collection
+                )));
+            }
+        }
         let MutationOutcome::Conflict { server: Some(server) } = outcome else {
             return Ok(outcome);
         };
@@ -427,8 +451,13 @@ fn to_local(
     data: serde_json::Value,
 ) -> Result<serde_json::Value, Error> {
     let entry = shared.collection(collection.as_str())?;
-    let local =
+    let mut local =
         entry.mapping.to_local(data).map_err(|e| Error::Mapping { collection: collection.clone(), message: e.0 })?;
+    // Where the server assigns ids, the record's id field follows the record id (the
+    // server may still hold the id the record was created with in its data).
+    if let (Some(field), Some(id)) = (&entry.server_id_field, id) {
+        field.set(&mut local, serde_json::Value::String(id.to_string()));
+    }
     (entry.validate)(&local).map_err(|message| Error::InvalidRecord {
         collection: collection.clone(),
         id: id.map(|i| i.to_string()).unwrap_or_default(),

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::ids::{ClientId, CollectionName, MutationId, RecordId};
 use crate::pattern::Resolution;
 use crate::status::{AuthState, Network, Origin, SyncEvent, SyncReport, SyncStatus};
-use crate::store::{Conflict, LocalStore, OutboxEntry, StoreResolution};
+use crate::store::{Conflict, LocalStore, OutboxEntry, Relations, StoreResolution};
 use crate::transport::{Credentials, Transport};
 use builder::{CollectionEntry, UnitSpec};
 use driver::Command;
@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
     pub(crate) units: BTreeMap<String, UnitSpec>,
+    /// Foreign keys and server-assigned ids, for the store's push calls.
+    pub(crate) relations: Relations,
     pub(crate) options: EngineOptions,
     pub(crate) client_id: ClientId,
     pub(crate) status: watch::Sender<SyncStatus>,
@@ -206,11 +208,13 @@ impl Engine {
         EngineBuilder::default()
     }
 
+    #[expect(clippy::too_many_arguments, reason = "private; every part is built and checked by EngineBuilder")]
     fn start(
         store: Arc<dyn LocalStore>,
         transport: Arc<dyn Transport>,
         collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
         units: BTreeMap<String, UnitSpec>,
+        relations: Relations,
         options: EngineOptions,
         client_id: ClientId,
         counts: crate::store::Counts,
@@ -227,6 +231,7 @@ impl Engine {
             transport,
             collections,
             units,
+            relations,
             options,
             client_id,
             status,
@@ -330,6 +335,20 @@ impl Engine {
         if was_required {
             let _ = self.shared.commands.try_send(Command::Reconnected);
         }
+    }
+
+    /// The id the server gave a record created here as `local_id`, for a collection
+    /// whose ids the server assigns ([`crate::IdAssignment::Server`]); None when it was
+    /// never renamed. [`Collection::get`], `update` and `delete` follow it already.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCollection`], [`Error::InvalidRecordId`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn server_id(&self, collection: &str, local_id: &str) -> Result<Option<RecordId>, Error> {
+        let entry = self.shared.collection(collection)?;
+        self.shared.store.server_id(&entry.name, &RecordId::new(local_id)?).await
     }
 
     /// Every open conflict, with local, server and base data side by side.

@@ -11,11 +11,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sync_core::protocol::{ErrorDetail, MutationOutcome, PullResponse};
+use sync_core::protocol::{ErrorDetail, MutationOutcome, Op, PullResponse};
 use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
 
-use crate::config::{Access, CollectionConfig};
+use crate::config::{Access, CollectionConfig, Ids};
 use crate::cursor::Position;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
@@ -192,11 +192,19 @@ pub fn plan_push(
                     Decision::Action => run_action(ctx, &mutation, cur, access),
                     Decision::Write(record) => {
                         let version = record.version;
+                        // A create in a collection whose ids the server assigns is stored
+                        // under a new id, answered with it (and replayed by the ledger).
+                        let assigned = (cur.is_none()
+                            && mutation.op == Op::Upsert
+                            && ctx.collections.get(&mutation.collection).is_some_and(|c| c.ids == Ids::Server))
+                        .then(|| RecordId::new(Uuid::now_v7().to_string()))
+                        .and_then(Result::ok);
                         if let Some((collection, rid)) = key {
+                            let rid = assigned.clone().unwrap_or(rid);
                             current.insert((collection.clone(), rid.clone()), record.clone());
                             plan.writes.push(RecordWrite { collection, id: rid, record });
                         }
-                        MutationOutcome::Applied { version: Version(version) }
+                        MutationOutcome::Applied { version: Version(version), record_id: assigned }
                     }
                 }
             }
@@ -220,7 +228,7 @@ fn run_action(
     };
     let args = m.args.clone().unwrap_or(Value::Null);
     match handler.apply(ctx.user, &m.collection, m.record_id.as_ref(), &args) {
-        Ok(()) => MutationOutcome::Applied { version: Version(current.map_or(0, |c| c.version)) },
+        Ok(()) => MutationOutcome::Applied { version: Version(current.map_or(0, |c| c.version)), record_id: None },
         Err(error) => MutationOutcome::Rejected { error },
     }
 }

@@ -9,9 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use sync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
-use sync_core::{CollectionSpec, Conflict, Credentials, Engine, EngineOptions, Error, LocalEntity, Transport};
-use sync_patterns::{ConflictDetection, LastWriteWins, ReadOnly, ReadOnlyOptimized};
+use serde_json::Value;
+use sync_core::entity::MappingError;
+use sync_core::protocol::{Op, PullRequest, PullResponse, PushRequest, PushResponse};
+use sync_core::{
+    CollectionSpec, Conflict, Credentials, Engine, EngineOptions, Error, FieldPath, IdAssignment, LocalEntity,
+    ServerMapping, Transport,
+};
+use sync_patterns::{ConflictDetection, LastWriteWins, OneToMany, ReadOnly, ReadOnlyOptimized};
 use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
@@ -48,6 +53,43 @@ entity!(Order, "orders");
 entity!(Note, "notes");
 entity!(Product, "products");
 entity!(Customer, "customers");
+entity!(Job, "jobs");
+
+/// A task of a job (one-to-many: `job_id` points at a job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub job_id: String,
+    pub title: String,
+}
+
+impl LocalEntity for Task {
+    const COLLECTION: &'static str = "tasks";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Task {
+    pub fn new(id: &str, job_id: &str, title: &str) -> Self {
+        Self { id: id.to_owned(), job_id: job_id.to_owned(), title: title.to_owned() }
+    }
+}
+
+/// Jobs get their ids from the server (`ids = "server"`); the job's id is its `id` field.
+struct JobMapping;
+
+impl ServerMapping for JobMapping {
+    fn to_server(&self, local: &Value) -> Result<Value, MappingError> {
+        Ok(local.clone())
+    }
+    fn to_local(&self, server: Value) -> Result<Value, MappingError> {
+        Ok(server)
+    }
+    fn id_assignment(&self) -> IdAssignment {
+        IdAssignment::Server { id_field: FieldPath::new("id").ok() }
+    }
+}
 
 /// Which resolver the device's conflict-detection collection uses.
 #[derive(Clone)]
@@ -73,7 +115,8 @@ impl World {
              [[users]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n\
              [[users]]\nname = \"admin\"\ntoken_sha256 = \"{}\"\nrole = \"admin\"\n\
              [collections.orders]\naccess = \"owner\"\n[collections.notes]\naccess = \"owner\"\n\
-             [collections.products]\naccess = \"read_only\"\n[collections.customers]\naccess = \"read_only\"\n",
+             [collections.products]\naccess = \"read_only\"\n[collections.customers]\naccess = \"read_only\"\n\
+             [collections.jobs]\naccess = \"owner\"\nids = \"server\"\n[collections.tasks]\naccess = \"owner\"\n",
             token_sha256("alice-token"),
             token_sha256("admin-token"),
         );
@@ -84,7 +127,8 @@ impl World {
         World { dir, server, store }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    /// The file of device `name`'s store.
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.db"))
     }
 
@@ -107,6 +151,10 @@ impl World {
             .collection(CollectionSpec::of::<Note>(LastWriteWins))
             .collection(CollectionSpec::of::<Product>(ReadOnly))
             .collection(CollectionSpec::of::<Customer>(ReadOnlyOptimized))
+            .collection(CollectionSpec::of::<Job>(ConflictDetection::new()).mapping(JobMapping))
+            .collection(CollectionSpec::of::<Task>(
+                OneToMany::new(ConflictDetection::new()).belongs_to("job_id", "jobs").unwrap(),
+            ))
             .options(EngineOptions {
                 sync_on_start: false,
                 debounce: std::time::Duration::from_secs(3600),
@@ -121,12 +169,17 @@ impl World {
 
     /// The admin's device: writes the read-only collections (last write wins).
     pub async fn admin(&self) -> Engine {
-        let transport = Arc::new(HttpTransport::new(&self.server.url(), Some("admin-token")).unwrap());
-        Engine::builder()
+        self.admin_with_faults().await.0
+    }
+
+    /// The admin's device (reopened from its file if it existed) and its transport.
+    pub async fn admin_with_faults(&self) -> (Engine, Arc<Faulty>) {
+        let transport = Arc::new(Faulty::new(HttpTransport::new(&self.server.url(), Some("admin-token")).unwrap()));
+        let engine = Engine::builder()
             .store(Arc::new(SqliteStore::open(self.path("admin")).await.unwrap()))
-            .transport(transport)
             .collection(CollectionSpec::of::<Product>(LastWriteWins))
             .collection(CollectionSpec::of::<Customer>(LastWriteWins))
+            .transport(transport.clone())
             .options(EngineOptions {
                 sync_on_start: false,
                 debounce: std::time::Duration::from_secs(3600),
@@ -134,7 +187,8 @@ impl World {
             })
             .build()
             .await
-            .unwrap()
+            .unwrap();
+        (engine, transport)
     }
 
     /// Purges every tombstone on the server now (as the retention loop would later).
@@ -144,6 +198,18 @@ impl World {
 
     /// What the server holds of alice's `collection`: (id, version, title) of live records.
     pub async fn server_view(&self, collection: &str) -> Vec<(String, u64, String)> {
+        self.server_data(collection)
+            .await
+            .into_iter()
+            .map(|(id, (v, data))| {
+                let title = data["title"].as_str().unwrap_or_default().to_owned();
+                (id, v, title)
+            })
+            .collect()
+    }
+
+    /// The live records of alice's `collection` on the server: id → (version, data).
+    pub async fn server_data(&self, collection: &str) -> std::collections::BTreeMap<String, (u64, Value)> {
         let probe = HttpTransport::new(&self.server.url(), Some("alice-token")).unwrap();
         let mut cursor = None;
         let mut out = std::collections::BTreeMap::new();
@@ -155,11 +221,13 @@ impl World {
             };
             let page = probe.pull(&request).await.unwrap();
             for c in page.changes {
-                if c.deleted {
-                    out.remove(c.record_id.as_str());
-                } else {
-                    let title = c.data.as_ref().and_then(|d| d["title"].as_str()).unwrap_or_default().to_owned();
-                    out.insert(c.record_id.to_string(), (c.version.0, title));
+                match c.data {
+                    Some(data) if !c.deleted => {
+                        out.insert(c.record_id.to_string(), (c.version.0, data));
+                    }
+                    _ => {
+                        out.remove(c.record_id.as_str());
+                    }
                 }
             }
             cursor = page.cursors.values().next().cloned();
@@ -167,7 +235,7 @@ impl World {
                 break;
             }
         }
-        out.into_iter().map(|(id, (v, t))| (id, v, t)).collect()
+        out
     }
 }
 
@@ -190,6 +258,12 @@ impl Device {
     }
     pub fn customers(&self) -> sync_core::Collection<Customer> {
         self.engine.collection::<Customer>().unwrap()
+    }
+    pub fn jobs(&self) -> sync_core::Collection<Job> {
+        self.engine.collection::<Job>().unwrap()
+    }
+    pub fn tasks(&self) -> sync_core::Collection<Task> {
+        self.engine.collection::<Task>().unwrap()
     }
 
     /// Syncs until nothing is left to push and no follow-up is needed (resolutions
@@ -217,15 +291,36 @@ impl Device {
 
 /// `HttpTransport` with faults the real server cannot produce on demand: the answer to a
 /// push lost after the server applied it, or a pull failing after some pages.
+/// It also logs what each push carried, so scenarios can check the order on the wire.
 pub struct Faulty {
     inner: HttpTransport,
     lose_push_answers: AtomicUsize,
     fail_pull_after: AtomicUsize,
+    pushed: std::sync::Mutex<Vec<Vec<Pushed>>>,
+}
+
+/// One mutation as it went over the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pushed {
+    pub collection: String,
+    pub record_id: String,
+    pub op: Op,
+    pub data: Option<Value>,
 }
 
 impl Faulty {
     pub fn new(inner: HttpTransport) -> Self {
-        Self { inner, lose_push_answers: AtomicUsize::new(0), fail_pull_after: AtomicUsize::new(usize::MAX) }
+        Self {
+            inner,
+            lose_push_answers: AtomicUsize::new(0),
+            fail_pull_after: AtomicUsize::new(usize::MAX),
+            pushed: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every push request so far, in order, each with its mutations in order.
+    pub fn pushed(&self) -> Vec<Vec<Pushed>> {
+        self.pushed.lock().unwrap().clone()
     }
 
     /// The next push reaches the server, which applies it; its answer is lost.
@@ -242,6 +337,18 @@ impl Faulty {
 #[async_trait]
 impl Transport for Faulty {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, Error> {
+        self.pushed.lock().unwrap().push(
+            request
+                .mutations
+                .iter()
+                .map(|m| Pushed {
+                    collection: m.collection.to_string(),
+                    record_id: m.record_id.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                    op: m.op,
+                    data: m.data.clone(),
+                })
+                .collect(),
+        );
         let response = self.inner.push(request).await?;
         if self.lose_push_answers.swap(0, Ordering::SeqCst) > 0 {
             return Err(Error::Unreachable { message: "answer lost after the server applied the push".into() });
