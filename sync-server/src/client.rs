@@ -164,7 +164,11 @@ fn send_error(e: reqwest::Error) -> Error {
     }
 }
 
-fn status_error(status: u16, body: &[u8]) -> Error {
+/// The client-side error for an error answer: 401 is [`Error::Unauthorized`], 429 and
+/// 5xx are [`Error::Transient`], any other status is [`Error::Rejected`] with the body's
+/// protocol code. In-process transports (the test kit's) use it to fail exactly as
+/// `HttpTransport` does.
+pub fn status_error(status: u16, body: &[u8]) -> Error {
     let detail = serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error);
     let message = detail.as_ref().map_or_else(|| String::from_utf8_lossy(body).into_owned(), |d| d.message.clone());
     match status {

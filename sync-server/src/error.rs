@@ -55,6 +55,20 @@ impl ServerError {
         ServerError::BadRequest { code, message: message.into() }
     }
 
+    /// The error body the client sees, `{"error": {"code", "message"}}`; internal
+    /// details (database, I/O, configuration) stay in the log.
+    pub fn body(&self) -> sync_core::protocol::ErrorBody {
+        let message = match self {
+            ServerError::Database { .. } | ServerError::Io { .. } | ServerError::Config { .. } => {
+                "internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        sync_core::protocol::ErrorBody {
+            error: sync_core::protocol::ErrorDetail { code: self.code().to_owned(), message },
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
         match self {
@@ -101,16 +115,6 @@ impl axum::response::IntoResponse for ServerError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let message = match &self {
-            // Internal details stay in the log.
-            ServerError::Database { .. } | ServerError::Io { .. } | ServerError::Config { .. } => {
-                "internal server error".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let body = sync_core::protocol::ErrorBody {
-            error: sync_core::protocol::ErrorDetail { code: self.code().to_owned(), message },
-        };
-        (status, axum::Json(body)).into_response()
+        (status, axum::Json(self.body())).into_response()
     }
 }

@@ -73,10 +73,7 @@ impl AppState {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("expected 'Authorization: Bearer <token>'"))?;
-        self.users_by_token_hash
-            .get(&crate::config::token_sha256(token.trim()))
-            .cloned()
-            .ok_or_else(|| unauthorized("unknown token"))
+        self.user_for_token(token)
     }
 
     /// Reads a JSON body within the size and depth limits.
@@ -89,7 +86,21 @@ impl AppState {
         }
         let bytes: Bytes =
             axum::body::to_bytes(body, limit).await.map_err(|_| ServerError::PayloadTooLarge { limit })?;
-        let value: Value = serde_json::from_slice(&bytes)
+        self.parse_body(&bytes)
+    }
+
+    /// Parses a request body within the size and depth limits (`max_body_bytes`,
+    /// `max_json_depth`).
+    ///
+    /// # Errors
+    /// [`ServerError::PayloadTooLarge`]; [`ServerError::BadRequest`] `invalid_request` for
+    /// a body that is not JSON or is nested too deep.
+    pub fn parse_body(&self, bytes: &[u8]) -> Result<Value, ServerError> {
+        let limit = self.config.max_body_bytes;
+        if bytes.len() > limit {
+            return Err(ServerError::PayloadTooLarge { limit });
+        }
+        let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| ServerError::bad_request("invalid_request", format!("body is not JSON: {e}")))?;
         if json_depth(&value) > self.config.max_json_depth {
             return Err(ServerError::bad_request(
@@ -123,9 +134,96 @@ async fn not_found() -> Response {
     (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-#[derive(serde::Serialize)]
-struct PushAnswer {
-    results: Vec<WireResult>,
+/// `POST /v1/push`'s answer.
+#[derive(Debug, serde::Serialize)]
+pub struct PushAnswer {
+    /// One result per mutation, in order.
+    pub results: Vec<WireResult>,
+}
+
+impl AppState {
+    /// The user a bearer token belongs to.
+    ///
+    /// # Errors
+    /// [`ServerError::Unauthorized`] for an unknown token.
+    pub fn user_for_token(&self, token: &str) -> Result<User, ServerError> {
+        self.users_by_token_hash
+            .get(&crate::config::token_sha256(token.trim()))
+            .cloned()
+            .ok_or_else(|| ServerError::Unauthorized { message: "unknown token".into() })
+    }
+
+    /// Answers a push body (already parsed and within the size limits) for `user`:
+    /// checks its shape and batch size, applies it and announces the changes. The HTTP
+    /// handler and in-process servers (the test kit's) share it.
+    ///
+    /// # Errors
+    /// [`ServerError::BadRequest`] for a body that is not a push (nothing applied),
+    /// [`ServerError::Database`].
+    pub async fn handle_push(&self, user: &User, body: &Value) -> Result<PushAnswer, ServerError> {
+        let shape =
+            || ServerError::bad_request("invalid_request", "expected {\"client_id\": string, \"mutations\": [..]}");
+        let obj = body.as_object().ok_or_else(shape)?;
+        obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
+        let mutations = obj.get("mutations").and_then(Value::as_array).ok_or_else(shape)?;
+        if mutations.len() > self.config.max_batch {
+            return Err(ServerError::bad_request(
+                "batch_too_large",
+                format!("{} mutations; at most {} per push", mutations.len(), self.config.max_batch),
+            ));
+        }
+        let ctx = PushContext {
+            user,
+            collections: &self.config.collections,
+            users: &self.user_names,
+            actions: &self.actions,
+        };
+        let (results, touched) = self.store.push(&ctx, mutations).await?;
+        if self.publish_locally {
+            self.hub.publish(touched);
+        }
+        Ok(PushAnswer { results })
+    }
+
+    /// Answers a pull body (already parsed and within the size limits) for `user`.
+    ///
+    /// # Errors
+    /// [`ServerError::BadRequest`] for a body that is not a pull, an invalid or unknown
+    /// collection, or a bad limit or cursor; [`ServerError::Database`].
+    pub async fn handle_pull(&self, user: &User, body: &Value) -> Result<PullPage, ServerError> {
+        let shape = || {
+            ServerError::bad_request(
+                "invalid_request",
+                "expected {\"client_id\": string, \"collections\": {name: cursor|null}, \"limit\": int}",
+            )
+        };
+        let obj = body.as_object().ok_or_else(shape)?;
+        obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
+        let requested = obj.get("collections").and_then(Value::as_object).ok_or_else(shape)?;
+        let limit = match obj.get("limit") {
+            None | Some(Value::Null) => self.config.max_batch,
+            Some(v) => match v.as_i64() {
+                Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(self.config.max_batch),
+                Some(_) => return Err(ServerError::bad_request("invalid_request", "limit must be at least 1")),
+                None => return Err(ServerError::bad_request("invalid_request", "limit must be an integer")),
+            },
+        };
+        let mut items = Vec::with_capacity(requested.len());
+        for (name, cursor) in requested {
+            let collection = CollectionName::new(name.clone())
+                .map_err(|e| ServerError::bad_request("invalid_collection", e.to_string()))?;
+            let access = self.config.collections.get(&collection).map(|c| c.access).ok_or_else(|| {
+                ServerError::bad_request("unknown_collection", format!("collection {collection} is not served here"))
+            })?;
+            let cursor = match cursor {
+                Value::Null => None,
+                Value::String(s) => Some(Cursor(s.clone())),
+                _ => return Err(ServerError::bad_request("invalid_request", "a cursor is a string or null")),
+            };
+            items.push(PullItem { collection, access, cursor });
+        }
+        self.store.pull(user, &items, limit).await
+    }
 }
 
 async fn push(
@@ -135,27 +233,7 @@ async fn push(
 ) -> Result<Json<PushAnswer>, ServerError> {
     let user = state.authenticate(&headers)?;
     let body = state.json_body(&headers, body).await?;
-    let shape = || ServerError::bad_request("invalid_request", "expected {\"client_id\": string, \"mutations\": [..]}");
-    let obj = body.as_object().ok_or_else(shape)?;
-    obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
-    let mutations = obj.get("mutations").and_then(Value::as_array).ok_or_else(shape)?;
-    if mutations.len() > state.config.max_batch {
-        return Err(ServerError::bad_request(
-            "batch_too_large",
-            format!("{} mutations; at most {} per push", mutations.len(), state.config.max_batch),
-        ));
-    }
-    let ctx = PushContext {
-        user: &user,
-        collections: &state.config.collections,
-        users: &state.user_names,
-        actions: &state.actions,
-    };
-    let (results, touched) = state.store.push(&ctx, mutations).await?;
-    if state.publish_locally {
-        state.hub.publish(touched);
-    }
-    Ok(Json(PushAnswer { results }))
+    Ok(Json(state.handle_push(&user, &body).await?))
 }
 
 async fn pull(
@@ -165,39 +243,7 @@ async fn pull(
 ) -> Result<Json<PullPage>, ServerError> {
     let user = state.authenticate(&headers)?;
     let body = state.json_body(&headers, body).await?;
-    let shape = || {
-        ServerError::bad_request(
-            "invalid_request",
-            "expected {\"client_id\": string, \"collections\": {name: cursor|null}, \"limit\": int}",
-        )
-    };
-    let obj = body.as_object().ok_or_else(shape)?;
-    obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
-    let requested = obj.get("collections").and_then(Value::as_object).ok_or_else(shape)?;
-    let limit = match obj.get("limit") {
-        None | Some(Value::Null) => state.config.max_batch,
-        Some(v) => match v.as_i64() {
-            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(state.config.max_batch),
-            Some(_) => return Err(ServerError::bad_request("invalid_request", "limit must be at least 1")),
-            None => return Err(ServerError::bad_request("invalid_request", "limit must be an integer")),
-        },
-    };
-    let mut items = Vec::with_capacity(requested.len());
-    for (name, cursor) in requested {
-        let collection = CollectionName::new(name.clone())
-            .map_err(|e| ServerError::bad_request("invalid_collection", e.to_string()))?;
-        let access = state.config.collections.get(&collection).map(|c| c.access).ok_or_else(|| {
-            ServerError::bad_request("unknown_collection", format!("collection {collection} is not served here"))
-        })?;
-        let cursor = match cursor {
-            Value::Null => None,
-            Value::String(s) => Some(Cursor(s.clone())),
-            _ => return Err(ServerError::bad_request("invalid_request", "a cursor is a string or null")),
-        };
-        items.push(PullItem { collection, access, cursor });
-    }
-    let response = state.store.pull(&user, &items, limit).await?;
-    Ok(Json(response))
+    Ok(Json(state.handle_pull(&user, &body).await?))
 }
 
 async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ServerError> {

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{WorkOrder, engine_on, quiet, wo};
+use common::{WorkOrder, engine_on, engine_with, quiet, wo};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sync_core::protocol::{Change, PullResponse};
@@ -284,15 +284,7 @@ impl sync_core::Transport for RenamingServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_in_a_collection_with_client_ids_is_malformed_and_renames_nothing() {
     let server = Arc::new(MemoryServer::new());
-    let store = SqliteStore::in_memory().await.unwrap();
-    let engine = Engine::builder()
-        .store(Arc::new(store))
-        .transport(Arc::new(RenamingServer(server)))
-        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
-        .options(quiet())
-        .build()
-        .await
-        .unwrap();
+    let engine = engine_with(SqliteStore::in_memory().await.unwrap(), Arc::new(RenamingServer(server))).await;
     let orders = engine.collection::<WorkOrder>().unwrap();
     orders.insert(&wo("w1", "mine", 1)).await.unwrap();
     let err = engine.sync_now().await.unwrap_err();

@@ -110,6 +110,19 @@ pub trait ActionHandler: Send + Sync + 'static {
     ) -> Result<(), ErrorDetail>;
 }
 
+/// A shared handler is a handler (so one can be registered from an `Arc`).
+impl<H: ActionHandler + ?Sized> ActionHandler for Arc<H> {
+    fn apply(
+        &self,
+        user: &User,
+        collection: &CollectionName,
+        record_id: Option<&RecordId>,
+        args: &Value,
+    ) -> Result<(), ErrorDetail> {
+        (**self).apply(user, collection, record_id, args)
+    }
+}
+
 /// Everything a push is checked against.
 pub struct PushContext<'a> {
     /// Who pushes.

@@ -52,6 +52,18 @@ pub async fn engine_on(store: SqliteStore, server: &Arc<MemoryServer>, options: 
         .unwrap()
 }
 
+/// A quiet engine over `store` and `transport`, with work orders under conflict detection.
+pub async fn engine_with(store: SqliteStore, transport: Arc<dyn sync_core::Transport>) -> Engine {
+    Engine::builder()
+        .store(Arc::new(store))
+        .transport(transport)
+        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
+        .options(quiet())
+        .build()
+        .await
+        .unwrap()
+}
+
 pub async fn engine_at(path: &Path, server: &Arc<MemoryServer>, options: EngineOptions) -> Engine {
     engine_on(SqliteStore::open(path).await.unwrap(), server, options).await
 }
