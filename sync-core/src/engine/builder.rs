@@ -62,6 +62,8 @@ pub(crate) struct CollectionEntry {
     /// Where the data holds the record's own id, when the server assigns ids: pulled
     /// data gets the record's id written there, so the two never disagree.
     pub(crate) server_id_field: Option<FieldPath>,
+    /// The server assigns the ids of records created here (renamed records are followed).
+    pub(crate) server_ids: bool,
 }
 
 /// Which way a sync unit moves data.
@@ -211,9 +213,9 @@ impl EngineBuilder {
         let mut collections = BTreeMap::new();
         for spec in self.collections {
             let name = CollectionName::new(spec.name)?;
-            let server_id_field = match spec.mapping.id_assignment() {
-                IdAssignment::Server { id_field } => id_field,
-                IdAssignment::Client => None,
+            let (server_ids, server_id_field) = match spec.mapping.id_assignment() {
+                IdAssignment::Server { id_field } => (true, id_field),
+                IdAssignment::Client => (false, None),
             };
             let entry = CollectionEntry {
                 name: name.clone(),
@@ -221,6 +223,7 @@ impl EngineBuilder {
                 mapping: spec.mapping,
                 validate: spec.validate,
                 server_id_field,
+                server_ids,
             };
             if collections.insert(name.clone(), Arc::new(entry)).is_some() {
                 return Err(Error::Config { message: format!("collection {name} is registered twice") });

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use super::Shared;
 use super::builder::CollectionEntry;
-use crate::entity::{IdAssignment, LocalEntity};
+use crate::entity::LocalEntity;
 use crate::error::Error;
 use crate::ids::{MutationId, RecordId};
 use crate::status::{Origin, SyncEvent};
@@ -65,12 +65,14 @@ impl<E: LocalEntity> Collection<E> {
     }
 
     async fn write(&self, id: RecordId, kind: WriteKind) -> Result<(), Error> {
-        let write = self.local_write(Some(id.clone()), kind.clone())?;
-        let id = match self.shared.store.write(write).await {
-            Ok(()) => id,
+        // Only collections whose ids the server assigns may need the write again.
+        let retry = (self.entry.server_ids && !matches!(kind, WriteKind::Insert { .. })).then(|| kind.clone());
+        let write = self.local_write(Some(id.clone()), kind)?;
+        let id = match (self.shared.store.write(write).await, retry) {
+            (Ok(()), _) => id,
             // The server may have renamed the record since the app read it: follow the
-            // new id (only looked up on this error path, so writes pay nothing for it).
-            Err(not_found @ Error::NotFound { .. }) if !matches!(kind, WriteKind::Insert { .. }) => {
+            // new id (only looked up on this error path).
+            (Err(not_found @ Error::NotFound { .. }), Some(kind)) => {
                 let Some((server_id, id_field)) = self.renamed(&id).await? else {
                     return Err(not_found);
                 };
@@ -83,7 +85,7 @@ impl<E: LocalEntity> Collection<E> {
                 self.shared.store.write(self.local_write(Some(server_id.clone()), kind)?).await?;
                 server_id
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         };
         self.shared.record_changed(&self.entry.name, &id, Origin::Local);
         self.shared.local_write_happened();
@@ -93,9 +95,10 @@ impl<E: LocalEntity> Collection<E> {
     /// The id the server gave a record created here as `id`, with the field of the data
     /// that holds it; None unless the server assigns this collection's ids and renamed it.
     async fn renamed(&self, id: &RecordId) -> Result<Option<(RecordId, Option<FieldPath>)>, Error> {
-        let IdAssignment::Server { id_field } = self.entry.mapping.id_assignment() else {
+        if !self.entry.server_ids {
             return Ok(None);
-        };
+        }
+        let id_field = self.entry.server_id_field.clone();
         Ok(self.shared.store.server_id(&self.entry.name, id).await?.map(|server_id| (server_id, id_field)))
     }
 
