@@ -149,13 +149,14 @@ impl InProcessServer {
         (log.pushes, log.pulls)
     }
 
-    /// The live records of `collection` that `user` may read: id → (version, data),
-    /// read through the server's own pull.
+    /// The live records of `collection` that the user of bearer `token` may read
+    /// (with [`InProcessServer::start`], a user's token is its name): id → (version,
+    /// data), read through the server's own pull.
     ///
     /// # Errors
     /// [`ServerError`] as a pull would answer.
-    pub async fn records(&self, user: &str, collection: &str) -> Result<BTreeMap<String, (u64, Value)>, ServerError> {
-        let user = self.inner.state.user_for_token(user)?;
+    pub async fn records(&self, token: &str, collection: &str) -> Result<BTreeMap<String, (u64, Value)>, ServerError> {
+        let user = self.inner.state.user_for_token(token)?;
         let mut out = BTreeMap::new();
         let mut cursor = Value::Null;
         loop {

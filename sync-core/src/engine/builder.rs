@@ -59,11 +59,24 @@ pub(crate) struct CollectionEntry {
     pub(crate) pattern: Arc<dyn SyncPattern>,
     pub(crate) mapping: Arc<dyn ServerMapping>,
     pub(crate) validate: Validator,
+    /// Who chooses created records' ids (the mapping's answer, asked once).
+    pub(crate) ids: IdAssignment,
+}
+
+impl CollectionEntry {
     /// Where the data holds the record's own id, when the server assigns ids: pulled
     /// data gets the record's id written there, so the two never disagree.
-    pub(crate) server_id_field: Option<FieldPath>,
+    pub(crate) fn server_id_field(&self) -> Option<&FieldPath> {
+        match &self.ids {
+            IdAssignment::Server { id_field } => id_field.as_ref(),
+            IdAssignment::Client => None,
+        }
+    }
+
     /// The server assigns the ids of records created here (renamed records are followed).
-    pub(crate) server_ids: bool,
+    pub(crate) fn server_assigns_ids(&self) -> bool {
+        matches!(self.ids, IdAssignment::Server { .. })
+    }
 }
 
 /// Which way a sync unit moves data.
@@ -213,17 +226,13 @@ impl EngineBuilder {
         let mut collections = BTreeMap::new();
         for spec in self.collections {
             let name = CollectionName::new(spec.name)?;
-            let (server_ids, server_id_field) = match spec.mapping.id_assignment() {
-                IdAssignment::Server { id_field } => (true, id_field),
-                IdAssignment::Client => (false, None),
-            };
+            let ids = spec.mapping.id_assignment();
             let entry = CollectionEntry {
                 name: name.clone(),
                 pattern: spec.pattern,
                 mapping: spec.mapping,
                 validate: spec.validate,
-                server_id_field,
-                server_ids,
+                ids,
             };
             if collections.insert(name.clone(), Arc::new(entry)).is_some() {
                 return Err(Error::Config { message: format!("collection {name} is registered twice") });
@@ -292,8 +301,8 @@ fn relations(collections: &BTreeMap<CollectionName, Arc<CollectionEntry>>) -> Re
                 parent: parent.collection,
             });
         }
-        if let IdAssignment::Server { id_field } = entry.mapping.id_assignment() {
-            relations.server_ids.push((name.clone(), id_field));
+        if entry.server_assigns_ids() {
+            relations.server_ids.push((name.clone(), entry.server_id_field().cloned()));
         }
     }
     Ok(relations)

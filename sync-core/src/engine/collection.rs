@@ -66,7 +66,8 @@ impl<E: LocalEntity> Collection<E> {
 
     async fn write(&self, id: RecordId, kind: WriteKind) -> Result<(), Error> {
         // Only collections whose ids the server assigns may need the write again.
-        let retry = (self.entry.server_ids && !matches!(kind, WriteKind::Insert { .. })).then(|| kind.clone());
+        let retry =
+            (self.entry.server_assigns_ids() && !matches!(kind, WriteKind::Insert { .. })).then(|| kind.clone());
         let write = self.local_write(Some(id.clone()), kind)?;
         let id = match (self.shared.store.write(write).await, retry) {
             (Ok(()), _) => id,
@@ -95,10 +96,10 @@ impl<E: LocalEntity> Collection<E> {
     /// The id the server gave a record created here as `id`, with the field of the data
     /// that holds it; None unless the server assigns this collection's ids and renamed it.
     async fn renamed(&self, id: &RecordId) -> Result<Option<(RecordId, Option<FieldPath>)>, Error> {
-        if !self.entry.server_ids {
+        if !self.entry.server_assigns_ids() {
             return Ok(None);
         }
-        let id_field = self.entry.server_id_field.clone();
+        let id_field = self.entry.server_id_field().cloned();
         Ok(self.shared.store.server_id(&self.entry.name, id).await?.map(|server_id| (server_id, id_field)))
     }
 

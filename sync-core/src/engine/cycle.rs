@@ -455,7 +455,7 @@ fn to_local(
         entry.mapping.to_local(data).map_err(|e| Error::Mapping { collection: collection.clone(), message: e.0 })?;
     // Where the server assigns ids, the record's id field follows the record id (the
     // server may still hold the id the record was created with in its data).
-    if let (Some(field), Some(id)) = (&entry.server_id_field, id) {
+    if let (Some(field), Some(id)) = (entry.server_id_field(), id) {
         field.set(&mut local, serde_json::Value::String(id.to_string()));
     }
     (entry.validate)(&local).map_err(|message| Error::InvalidRecord {
