@@ -77,6 +77,8 @@ struct State {
     random: Option<(StdRng, FaultPlan)>,
     cut_off: u32,
     held_push: Option<PushRequest>,
+    /// Requests to let through before the one that meets `CrashAfterApply`.
+    crash_in: Option<u32>,
     injected: BTreeMap<&'static str, u64>,
 }
 
@@ -127,6 +129,19 @@ impl<T: Transport> FaultyTransport<T> {
         state.cut_off = 0;
     }
 
+    /// Makes the `n`-th request from now (1: the next one) meet
+    /// [`Fault::CrashAfterApply`]: the requests before it go through untouched (or meet
+    /// faults already scheduled), so a test can crash a client at any point of a cycle.
+    pub fn crash_after(&self, n: u32) {
+        self.lock().crash_in = Some(n.saturating_sub(1));
+    }
+
+    /// Cancels a crash set with [`FaultyTransport::crash_after`] that has not fired
+    /// (the cycle made fewer requests). True when one was pending.
+    pub fn cancel_crash(&self) -> bool {
+        self.lock().crash_in.take().is_some()
+    }
+
     /// How many faults of each kind were injected so far.
     pub fn injected(&self) -> BTreeMap<&'static str, u64> {
         self.lock().injected.clone()
@@ -145,6 +160,15 @@ impl<T: Transport> FaultyTransport<T> {
     /// The fault for this request, if any (a running cut-off counts as one).
     fn next_fault(&self) -> Option<Fault> {
         let mut state = self.lock();
+        match state.crash_in {
+            Some(0) => {
+                state.crash_in = None;
+                *state.injected.entry(Fault::CrashAfterApply.name()).or_insert(0) += 1;
+                return Some(Fault::CrashAfterApply);
+            }
+            Some(n) => state.crash_in = Some(n - 1),
+            None => {}
+        }
         if state.cut_off > 0 {
             state.cut_off -= 1;
             return Some(Fault::CutOff(0));

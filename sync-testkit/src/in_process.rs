@@ -31,6 +31,10 @@ pub struct Application {
     pub op: Op,
     /// The data of an upsert (server shape).
     pub data: Option<Value>,
+    /// The action's name, for an action.
+    pub action: Option<String>,
+    /// The action's arguments, for an action.
+    pub args: Option<Value>,
     /// The record's version after it.
     pub version: Version,
 }
@@ -225,6 +229,8 @@ impl InProcessTransport {
                 record_id: record_id.clone().or_else(|| mutation.record_id.clone()),
                 op: mutation.op,
                 data: mutation.data.clone(),
+                action: mutation.action.clone(),
+                args: mutation.args.clone(),
                 version: *version,
             });
         }

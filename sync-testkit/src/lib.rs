@@ -29,6 +29,7 @@
 mod faulty;
 mod in_process;
 mod memory_server;
+pub mod sim;
 
 pub use faulty::{Fault, FaultPlan, FaultyTransport};
 pub use in_process::{Application, DoubleApplication, InProcessServer, InProcessTransport};
