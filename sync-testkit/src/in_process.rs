@@ -16,6 +16,29 @@ use sync_server::server::from_config;
 use sync_server::store::ActionHandler;
 use sync_server::{ServerError, logic::User};
 
+/// A `sync-server.toml` text with `users` (each one's bearer token is its name; a user
+/// named `admin` is an admin, the others users) and `collections` as (name, access)
+/// pairs, access being `owner` or `read_only`.
+///
+/// ```
+/// let toml = sync_testkit::server_toml(&["alice"], &[("notes", "owner")]);
+/// assert!(toml.contains("[collections.notes]"));
+/// ```
+pub fn server_toml(users: &[&str], collections: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    for user in users {
+        let role = if *user == "admin" { "admin" } else { "user" };
+        text.push_str(&format!(
+            "[[users]]\nname = \"{user}\"\ntoken_sha256 = \"{}\"\nrole = \"{role}\"\n",
+            token_sha256(user)
+        ));
+    }
+    for (name, access) in collections {
+        text.push_str(&format!("[collections.{name}]\naccess = \"{access}\"\n"));
+    }
+    text
+}
+
 /// One mutation the server applied, in the order it applied them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Application {
@@ -92,18 +115,7 @@ impl InProcessServer {
     /// [`ServerError::Config`] for a bad name or access; [`ServerError::Database`] or
     /// [`ServerError::Io`] when the temporary store cannot be made.
     pub async fn start(users: &[&str], collections: &[(&str, &str)]) -> Result<Self, ServerError> {
-        let mut text = String::new();
-        for user in users {
-            let role = if *user == "admin" { "admin" } else { "user" };
-            text.push_str(&format!(
-                "[[users]]\nname = \"{user}\"\ntoken_sha256 = \"{}\"\nrole = \"{role}\"\n",
-                token_sha256(user)
-            ));
-        }
-        for (name, access) in collections {
-            text.push_str(&format!("[collections.{name}]\naccess = \"{access}\"\n"));
-        }
-        Self::from_toml(&text).await
+        Self::from_toml(&server_toml(users, collections)).await
     }
 
     /// A server configured by a `sync-server.toml` text (as DESIGN.md documents it); its

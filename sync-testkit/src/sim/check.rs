@@ -248,6 +248,9 @@ pub(crate) struct Thread<'a> {
     pub(crate) events: Vec<&'a Seen>,
     /// The server's final data of the record (None: deleted or missing), normalized.
     pub(crate) server_final: Option<Value>,
+    /// Quiescence was reached: what is not applied by now is lost, not stuck (when it
+    /// was not, the liveness failure says so and nothing counts as lost).
+    pub(crate) settled: bool,
 }
 
 /// `value` as the entity type reads it, or as it is when it does not fit.
@@ -357,7 +360,7 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
             // has nothing to delete: the store drops it with the queued create.
             Intent::Delete => {
                 thread.server_final.is_none()
-                    || (thread.applied.is_empty()
+                    || (!thread.applied.iter().any(|a| a.op != Op::Action)
                         && !thread.events.iter().any(|e| {
                             e.seq < ack.seq
                                 && matches!(e.event, SyncEvent::RecordChanged { origin: sync_core::Origin::Remote, .. })
@@ -367,7 +370,7 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
             Intent::Action { .. } => last_delete.is_some_and(|d| d > index),
             Intent::Settled => true,
         };
-        if !(applied || holds_at_end || surfaced_after(ack.seq)) {
+        if thread.settled && !(applied || holds_at_end || surfaced_after(ack.seq)) {
             out.push(Violation::Lost {
                 client,
                 collection: collection.clone(),
@@ -490,6 +493,7 @@ mod tests {
             applied: applied.iter().collect(),
             events: Vec::new(),
             server_final,
+            settled: true,
         };
         let identity = |_: &str, v: &Value| v.clone();
         check_thread(&thread, &identity).iter().map(Violation::invariant).collect()

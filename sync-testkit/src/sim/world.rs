@@ -527,7 +527,7 @@ impl Simulation {
         } else {
             self.check_convergence().await;
         }
-        self.check_threads().await;
+        self.check_threads(rounds > 0).await;
         let (liveness, safety): (Vec<_>, Vec<_>) = self.violations.drain(..).partition(Violation::is_liveness);
         outcome.violations = safety;
         outcome.liveness.extend(liveness);
@@ -633,7 +633,7 @@ impl Simulation {
     }
 
     /// Invariants 1-4 per (client, collection, record).
-    async fn check_threads(&mut self) {
+    async fn check_threads(&mut self, settled: bool) {
         self.drain_all();
         let applications = self.server.applications();
         let (acks, events) = {
@@ -672,6 +672,7 @@ impl Simulation {
                     .collect(),
                 events: events.iter().filter(|e| e.client == *client && about(&e.event, collection, record)).collect(),
                 server_final,
+                settled,
             };
             let normalize = |collection: &str, value: &Value| self.normalize(collection, value);
             found.extend(check_thread(&thread, &normalize));

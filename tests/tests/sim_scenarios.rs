@@ -1,0 +1,131 @@
+//! Example-based histories with the kit's `Scenario` builder: each reads as the story it
+//! tests, and runs through the same settling and invariant checks as generated ones.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod sim_apps;
+
+use serde_json::json;
+use sim_apps::{ConflictApp, UserResolver};
+use sync_core::{EngineBuilder, Resolution};
+use sync_testkit::Fault;
+use sync_testkit::sim::{A, B, Scenario, SimApp, Tracked, Violation};
+
+fn three_way() -> ConflictApp {
+    ConflictApp { resolver: UserResolver::ThreeWay }
+}
+
+fn note(title: &str, body: &str) -> serde_json::Value {
+    json!({"title": title, "body": body, "n": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_on_both_sides_show_a_conflict_with_both() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("pump", ""))
+        .sync(A)
+        .sync(B)
+        .offline(A)
+        .write(A, "notes", "n1", note("pump (A)", ""))
+        .write(B, "notes", "n1", note("pump (B)", ""))
+        .sync(B)
+        .online(A)
+        .resolve(A)
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    // The title changed on both sides: the three-way merge leaves it to the user
+    let seen = &outcome.conflicts[0];
+    assert_eq!((seen.client, seen.step), (A, Some(9)));
+    assert_eq!(seen.resolution, Resolution::Defer);
+    assert_eq!(seen.conflict.local.as_ref().unwrap()["title"], "pump (A)");
+    assert_eq!(seen.conflict.server.as_ref().unwrap().data.as_ref().unwrap()["title"], "pump (B)");
+    assert_eq!(seen.conflict.base.as_ref().unwrap()["title"], "pump");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_different_fields_merge_without_asking() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("pump", "old"))
+        .sync(A)
+        .sync(B)
+        .write(A, "notes", "n1", note("valve", "old"))
+        .write(B, "notes", "n1", note("pump", "new"))
+        .sync(B)
+        .sync(A)
+        .resolve(A)
+        .sync(A)
+        .sync(B)
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    let merged = &outcome.conflicts[0].resolution;
+    assert_eq!(*merged, Resolution::Merged(json!({"id": "n1", "title": "valve", "body": "new", "n": 0})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_a_push_the_server_applied_sends_it_once() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("pump", ""))
+        .action(A, "notes", "n1", "touch")
+        .crash_after_request(A, 1)
+        .fault(A, Fault::DropResponse)
+        .sync(A)
+        .sync(A)
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    assert_eq!(outcome.crashes, 1);
+    assert_eq!(outcome.faults.get("crash_after_apply"), Some(&1));
+    assert_eq!(outcome.applied, 2, "the write and the action, once each");
+}
+
+/// Client B signs in with a token the server does not know: its pushes meet 401
+/// forever, and its queue can never drain.
+struct RevokedB;
+
+impl SimApp for RevokedB {
+    fn server_config(&self) -> String {
+        three_way().server_config()
+    }
+    fn token(&self, client: usize) -> String {
+        if client == B { "revoked".into() } else { "alice".into() }
+    }
+    fn register(&self, client: usize, builder: EngineBuilder) -> EngineBuilder {
+        three_way().register(client, builder)
+    }
+    fn tracked(&self) -> Vec<Tracked> {
+        three_way().tracked()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_cannot_drain_is_a_liveness_failure_not_a_timeout() {
+    let started = std::time::Instant::now();
+    let outcome = Scenario::new(RevokedB, 2).write(B, "notes", "n1", note("pump", "")).run().await.unwrap();
+    assert!(!outcome.is_ok());
+    assert_eq!(outcome.rounds, 0, "it never settled");
+    let stuck: Vec<_> = outcome.liveness.iter().map(ToString::to_string).collect();
+    assert!(
+        matches!(&outcome.liveness[..], [Violation::Stuck { client: B, .. }]) && stuck[0].contains("1 pending"),
+        "{stuck:?}"
+    );
+    // And nothing was silently dropped: the write is still queued, not lost
+    assert!(outcome.violations.is_empty(), "{outcome}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_drops_a_field_fails_its_scenario() {
+    let app = ConflictApp { resolver: UserResolver::Custom(sim_apps::title_dropping_resolver()) };
+    let outcome = Scenario::new(app, 2)
+        .write(B, "notes", "n1", note("pump", ""))
+        .write(A, "notes", "n1", note("pump", ""))
+        .run()
+        .await
+        .unwrap();
+    let found: Vec<_> = outcome.violations.iter().map(Violation::invariant).collect();
+    assert!(found.contains(&1), "{outcome}");
+}
