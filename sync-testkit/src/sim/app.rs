@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use proptest::strategy::{BoxedStrategy, Strategy};
 use serde_json::Value;
-use sync_core::{ConflictResolver, EngineBuilder, Error, LocalEntity, Resolution};
+use sync_core::{ConflictResolver, EngineBuilder, Error, LocalEntity, Resolution, Transport};
 use sync_server::store::ActionHandler;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -36,6 +36,15 @@ pub trait SimApp: Send + Sync + 'static {
     /// The bearer token client `client` (0-based) signs in with.
     fn token(&self, client: usize) -> String;
 
+    /// The transport client `client`'s engine uses, given the kit's (a
+    /// [`crate::FaultyTransport`] over the in-process server): wrap it to test the app's
+    /// own transport middleware (headers, mapping, compression). The kit's as it is by
+    /// default.
+    fn transport(&self, client: usize, kit: Arc<dyn Transport>) -> Arc<dyn Transport> {
+        let _ = client;
+        kit
+    }
+
     /// Registers client `client`'s collections (and units, options) on `builder`.
     fn register(&self, client: usize, builder: EngineBuilder) -> EngineBuilder;
 
@@ -50,14 +59,20 @@ pub trait SimApp: Send + Sync + 'static {
     }
 }
 
+/// A typed operation's future.
+type Op<'a, T> = BoxFuture<'a, Result<T, Error>>;
+type Engine = sync_core::Engine;
+/// A collection's records as (id, data) pairs.
+type Records = Vec<(String, Value)>;
+
 /// Typed operations on one collection, behind JSON values.
 #[derive(Clone, Copy)]
 pub(crate) struct ErasedOps {
-    pub(crate) put: for<'a> fn(&'a sync_core::Engine, Value) -> BoxFuture<'a, Result<(), Error>>,
-    pub(crate) delete: for<'a> fn(&'a sync_core::Engine, &'a str) -> BoxFuture<'a, Result<(), Error>>,
-    pub(crate) get: for<'a> fn(&'a sync_core::Engine, &'a str) -> BoxFuture<'a, Result<Option<Value>, Error>>,
-    pub(crate) list: for<'a> fn(&'a sync_core::Engine) -> BoxFuture<'a, Result<Vec<(String, Value)>, Error>>,
-    pub(crate) action: for<'a> fn(&'a sync_core::Engine, &'a str, &'a str, Value) -> BoxFuture<'a, Result<(), Error>>,
+    pub(crate) put: for<'a> fn(&'a Engine, Value) -> Op<'a, ()>,
+    pub(crate) delete: for<'a> fn(&'a Engine, &'a str) -> Op<'a, ()>,
+    pub(crate) get: for<'a> fn(&'a Engine, &'a str) -> Op<'a, Option<Value>>,
+    pub(crate) list: for<'a> fn(&'a Engine) -> Op<'a, Records>,
+    pub(crate) action: for<'a> fn(&'a Engine, &'a str, &'a str, Value) -> Op<'a, ()>,
     pub(crate) normalize: fn(&Value) -> Result<Value, String>,
 }
 

@@ -179,6 +179,8 @@ pub fn sim_options(online: bool) -> EngineOptions {
         interval: None,
         sync_on_start: false,
         start_online: online,
+        // The kit drains events between steps; a cycle never makes this many.
+        event_capacity: 1 << 16,
         backoff: Backoff { initial: hour, max: hour, multiplier: 1.0, jitter: 0.0 },
         ..EngineOptions::default()
     }
@@ -246,8 +248,8 @@ impl Simulation {
     async fn boot(&mut self, client: usize) -> Result<(), Error> {
         let c = &self.clients[client];
         let store = SqliteStore::open(&c.path).await?;
-        let builder =
-            Engine::builder().store(Arc::new(store)).transport(c.transport.clone()).options(sim_options(c.online));
+        let transport = self.app.transport(client, c.transport.clone());
+        let builder = Engine::builder().store(Arc::new(store)).transport(transport).options(sim_options(c.online));
         let engine = self.app.register(client, builder).build().await?;
         self.drain(client);
         let c = &mut self.clients[client];
