@@ -15,7 +15,7 @@ use sync_core::protocol::{MutationOutcome, PullRequest, PullResponse, PushReques
 use sync_core::{ConflictResolver, Credentials, EngineBuilder, Error, MutationId, Transport};
 use sync_server::store::ActionHandler;
 use sync_testkit::Fault;
-use sync_testkit::sim::{A, B, HistoryOptions, RunOptions, Scenario, SimApp, Tracked, check_app};
+use sync_testkit::sim::{A, B, HistoryOptions, Outcome, RunOptions, Scenario, SimApp, Tracked, check_app};
 
 /// How the broken client's transport misbehaves.
 #[derive(Clone, Copy)]
@@ -102,45 +102,36 @@ fn app() -> ConflictApp {
     ConflictApp { resolver: UserResolver::ThreeWay }
 }
 
-fn invariants(outcome: &sync_testkit::sim::Outcome) -> Vec<u8> {
+fn invariants(outcome: &Outcome) -> Vec<u8> {
     outcome.violations.iter().map(|v| v.invariant()).collect()
+}
+
+fn touch(scenario: Scenario) -> Scenario {
+    scenario.action(A, "notes", "n1", "touch")
+}
+
+/// A does `what`, its push's answer is lost, and it syncs again (a retry).
+async fn answer_lost_then_retried(scenario: Scenario, what: impl FnOnce(Scenario) -> Scenario) -> Outcome {
+    what(scenario).fault(A, Fault::DropResponse).sync(A).sync(A).run().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_under_a_fresh_id_breaks_exactly_once() {
     // An action: versions cannot stop a second application, only the ledger can
-    let outcome = Scenario::new(BrokenClients(Bug::FreshIdOnRetry), 2)
-        .action(A, "notes", "n1", "touch")
-        .fault(A, Fault::DropResponse)
-        .sync(A)
-        .sync(A)
-        .run()
-        .await
-        .unwrap();
+    let outcome = answer_lost_then_retried(Scenario::new(BrokenClients(Bug::FreshIdOnRetry), 2), touch).await;
     assert_eq!(invariants(&outcome), [2], "{outcome}");
     assert_eq!(outcome.applied, 2, "the server applied the action twice");
     // The same story with an honest retry passes
-    let outcome = Scenario::new(app(), 2)
-        .action(A, "notes", "n1", "touch")
-        .fault(A, Fault::DropResponse)
-        .sync(A)
-        .sync(A)
-        .run()
-        .await
-        .unwrap();
+    let outcome = answer_lost_then_retried(Scenario::new(app(), 2), touch).await;
     assert!(outcome.is_ok(), "{outcome}");
     assert_eq!(outcome.applied, 1);
     // A versioned write retried under a fresh id meets its own first application as a
     // conflict (base 0, the record exists): conflict detection masks the bug as a
     // spurious conflict instead of a double write
-    let outcome = Scenario::new(BrokenClients(Bug::FreshIdOnRetry), 2)
-        .write(A, "notes", "n1", json!({"title": "pump"}))
-        .fault(A, Fault::DropResponse)
-        .sync(A)
-        .sync(A)
-        .run()
-        .await
-        .unwrap();
+    let outcome = answer_lost_then_retried(Scenario::new(BrokenClients(Bug::FreshIdOnRetry), 2), |s| {
+        s.write(A, "notes", "n1", json!({"title": "pump"}))
+    })
+    .await;
     assert_eq!(outcome.conflicts.len(), 1, "{outcome}");
 }
 

@@ -59,3 +59,18 @@ fn a_resolver_that_drops_a_field_is_caught_and_shrunk_to_a_short_history() {
     assert!(failure.reason.contains("dropped or changed field \"title\""), "{failure}");
     assert!(failure.history.steps.len() <= 6, "not shrunk to a handful of steps: {failure}");
 }
+
+#[test]
+fn the_printed_seed_generates_the_same_histories_again() {
+    use sync_testkit::sim::{generate, seeded_runner};
+    let app = ConflictApp { resolver: UserResolver::ThreeWay };
+    let options = HistoryOptions::default();
+    let run = |seed| {
+        let mut runner = seeded_runner(seed);
+        (0..20).map(|_| generate(&app, &options, &mut runner).unwrap()).collect::<Vec<_>>()
+    };
+    let first = run(42);
+    assert_eq!(first, run(42));
+    assert_ne!(first, run(43));
+    assert!(first.iter().all(|h| (2..=5).contains(&h.clients)));
+}

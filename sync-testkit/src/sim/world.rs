@@ -309,7 +309,8 @@ impl Simulation {
     }
 
     /// Takes one step. What goes wrong inside offsync is recorded as a violation, never
-    /// returned: the history goes on.
+    /// returned: the history goes on. A step of a client the simulation does not have,
+    /// or on a collection the app does not track, is skipped.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping it midway leaves the step half taken.

@@ -16,6 +16,18 @@ use sync_server::logic::User;
 use sync_server::store::ActionHandler;
 use sync_testkit::sim::{SimApp, Tracked};
 
+/// Each entity keeps its id in `id`.
+macro_rules! local_entity {
+    ($name:ident, $collection:literal) => {
+        impl LocalEntity for $name {
+            const COLLECTION: &'static str = $collection;
+            fn id(&self) -> &str {
+                &self.id
+            }
+        }
+    };
+}
+
 /// A note: a few short fields, so that histories often write the same values and
 /// three-way merges have something to merge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,12 +41,7 @@ pub struct Note {
     pub n: u32,
 }
 
-impl LocalEntity for Note {
-    const COLLECTION: &'static str = "notes";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+local_entity!(Note, "notes");
 
 /// A product of the read-only catalogue, written by the admin's device only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,12 +51,7 @@ pub struct Product {
     pub price: u32,
 }
 
-impl LocalEntity for Product {
-    const COLLECTION: &'static str = "products";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+local_entity!(Product, "products");
 
 /// A job (the parent side of one-to-many).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,12 +60,7 @@ pub struct Job {
     pub title: String,
 }
 
-impl LocalEntity for Job {
-    const COLLECTION: &'static str = "jobs";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+local_entity!(Job, "jobs");
 
 /// A task of a job (the child side: `job_id` points at a job).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,12 +70,7 @@ pub struct Task {
     pub done: bool,
 }
 
-impl LocalEntity for Task {
-    const COLLECTION: &'static str = "tasks";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+local_entity!(Task, "tasks");
 
 fn notes() -> Tracked {
     Tracked::of::<Note>(("[ab]{0,1}", "[xy]{0,1}", 0u32..3).prop_map(|(title, body, n)| Note {
@@ -152,25 +144,30 @@ impl SimApp for ConflictApp {
     }
 }
 
-/// Read/write, last write wins: no conflicts are ever reported.
+/// Read/write, last write wins: no conflicts are ever reported. The same notes, users
+/// and actions as [`ConflictApp`]; only the pattern differs.
 pub struct LwwApp;
 
 impl SimApp for LwwApp {
     fn server_config(&self) -> String {
-        users(&["alice"]) + "[collections.notes]\naccess = \"owner\"\n"
+        three_way().server_config()
     }
     fn actions(&self) -> Vec<(String, Arc<dyn ActionHandler>)> {
-        vec![("touch".to_owned(), Arc::new(Touch))]
+        three_way().actions()
     }
-    fn token(&self, _: usize) -> String {
-        "alice".into()
+    fn token(&self, client: usize) -> String {
+        three_way().token(client)
     }
     fn register(&self, _: usize, builder: EngineBuilder) -> EngineBuilder {
         builder.collection(CollectionSpec::of::<Note>(LastWriteWins))
     }
     fn tracked(&self) -> Vec<Tracked> {
-        vec![notes()]
+        three_way().tracked()
     }
+}
+
+fn three_way() -> ConflictApp {
+    ConflictApp { resolver: UserResolver::ThreeWay }
 }
 
 /// Read-only (replaced whole) or read-only optimized (incremental with tombstones):
