@@ -150,6 +150,26 @@ async fn a_cursor_older_than_the_retained_tombstones_gets_reset_and_the_resync_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_created_again_after_its_tombstone_was_purged_never_reuses_a_version() {
+    for s in common::servers("").await {
+        s.push("alice-token", vec![upsert("work_orders", "a", None, json!({"i": 1}))]).await;
+        s.push("alice-token", vec![upsert("work_orders", "a", Some(1), json!({"i": 2}))]).await;
+        s.push("alice-token", vec![delete("work_orders", "a", Some(2))]).await;
+        s.store.purge_tombstones(chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        // A device that still holds "a" at version 2 would skip a new version 1 as stale
+        let (status, body) = s.push("alice-token", vec![upsert("work_orders", "a", Some(0), json!({"i": 3}))]).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["results"][0]["status"], "applied", "{body}");
+        assert_eq!(body["results"][0]["version"], 4, "above the purged tombstone's version 3");
+        let (status, body) = s.push("alice-token", vec![upsert("work_orders", "a", Some(4), json!({"i": 4}))]).await;
+        assert_eq!((status, body["results"][0]["version"].clone()), (200, json!(5)));
+        // The floor is the collection's: any record created in it now starts above it
+        let (_, body) = s.push("alice-token", vec![upsert("work_orders", "b", None, json!({}))]).await;
+        assert_eq!(body["results"][0]["version"], 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_4xx_with_a_code_changes_nothing_and_the_server_keeps_serving() {
     for s in common::servers("").await {
         let check = |status: u16, body: &Value, want: u16, code: &str| {

@@ -13,7 +13,7 @@ use sync_server::client::status_error;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::router::AppState;
 use sync_server::server::from_config;
-use sync_server::store::ActionHandler;
+use sync_server::store::{ActionHandler, ServerStore};
 use sync_server::{ServerError, logic::User};
 
 /// A `sync-server.toml` text with `users` (each one's bearer token is its name; a user
@@ -79,10 +79,12 @@ struct Log {
     doubles: Vec<DoubleApplication>,
     pushes: u64,
     pulls: u64,
+    resets: u64,
 }
 
 struct Inner {
     state: AppState,
+    store: Arc<dyn ServerStore>,
     log: Mutex<Log>,
     _dir: tempfile::TempDir,
 }
@@ -135,11 +137,11 @@ impl InProcessServer {
         let dir = tempfile::tempdir().map_err(|e| ServerError::Io { message: e.to_string() })?;
         let mut config = ServerConfig::from_toml(text)?;
         config.database = format!("sqlite://{}", dir.path().join("server.db").display());
-        let (mut state, _store) = from_config(&config).await?;
+        let (mut state, store) = from_config(&config).await?;
         for (name, handler) in actions {
             state = state.action(name, handler);
         }
-        Ok(Self { inner: Arc::new(Inner { state, log: Mutex::new(Log::default()), _dir: dir }) })
+        Ok(Self { inner: Arc::new(Inner { state, store, log: Mutex::new(Log::default()), _dir: dir }) })
     }
 
     /// A transport for a client of `token`'s user (see [`InProcessServer::start`]).
@@ -157,6 +159,24 @@ impl InProcessServer {
     /// empty unless exactly-once is broken.
     pub fn double_applications(&self) -> Vec<DoubleApplication> {
         self.log().doubles.clone()
+    }
+
+    /// Purges every tombstone now, as the server's purge loop does once they are older
+    /// than `tombstone_retention`: a client whose cursor is older than the purge then
+    /// gets `reset` and resyncs the collection from scratch. Returns how many it purged.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`].
+    pub async fn purge_tombstones(&self) -> Result<u64, ServerError> {
+        // Tombstones of this very instant count too.
+        let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+        self.inner.store.purge_tombstones(now).await
+    }
+
+    /// How many collections the server answered with `reset` (a cursor older than its
+    /// purged tombstones), over all pulls.
+    pub fn resets(&self) -> u64 {
+        self.log().resets
     }
 
     /// How many push and pull requests reached the server.
@@ -276,8 +296,11 @@ impl Transport for InProcessTransport {
         let user = self.user().map_err(|e| client_error(&e))?;
         let body = self.body(request).map_err(|e| client_error(&e))?;
         let page = self.inner.state.handle_pull(&user, &body).await.map_err(|e| client_error(&e))?;
-        self.inner.log.lock().unwrap_or_else(PoisonError::into_inner).pulls += 1;
-        answer(&page)
+        let response: PullResponse = answer(&page)?;
+        let mut log = self.inner.log.lock().unwrap_or_else(PoisonError::into_inner);
+        log.pulls += 1;
+        log.resets += response.reset.len() as u64;
+        Ok(response)
     }
 
     async fn probe(&self) -> Result<(), Error> {

@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     println!("faults injected:    {injected} {:?}", total.faults);
     println!("crashes (restarts): {}", total.crashes);
     println!("conflicts met:      {}", total.conflicts);
+    println!("resets (resyncs):   {}", total.resets);
     println!("mutations applied:  {}", total.applied);
     println!("invariant violations: {violations}");
     println!("liveness failures:    {liveness}");

@@ -8,7 +8,7 @@ use serde_json::json;
 use sim_apps::{ConflictApp, UserResolver};
 use sync_core::{EngineBuilder, Resolution};
 use sync_testkit::Fault;
-use sync_testkit::sim::{A, B, Scenario, SimApp, Tracked, Violation};
+use sync_testkit::sim::{A, B, C, Scenario, SimApp, Tracked, Violation};
 
 fn three_way() -> ConflictApp {
     ConflictApp { resolver: UserResolver::ThreeWay }
@@ -128,4 +128,56 @@ async fn a_resolver_that_drops_a_field_fails_its_scenario() {
         .unwrap();
     let found: Vec<_> = outcome.violations.iter().map(Violation::invariant).collect();
     assert!(found.contains(&1), "{outcome}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_behind_purged_tombstones_resyncs_and_keeps_its_open_conflict() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("pump", ""))
+        .write(A, "notes", "n2", note("valve", ""))
+        .sync(A)
+        .sync(B)
+        .delete(A, "notes", "n1")
+        .write(A, "notes", "n2", note("valve (A)", ""))
+        .sync(A)
+        .purge_tombstones()
+        .write(B, "notes", "n2", note("valve", "B's note"))
+        // B's push meets A's edit (a conflict); its pull is reset: the tombstone of n1
+        // is gone, so only the resync can tell B that n1 was deleted
+        .sync(B)
+        .resolve(B)
+        .sync(B)
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    assert_eq!(outcome.resets, 1, "B's pull met the purge");
+    let seen = &outcome.conflicts[0];
+    assert_eq!(seen.conflict.local.as_ref().unwrap()["body"], "B's note", "the resync kept B's side");
+    assert_eq!(
+        seen.resolution,
+        Resolution::Merged(json!({"id": "n2", "title": "valve (A)", "body": "B's note", "n": 0}))
+    );
+}
+
+/// Found by the generated histories (seed 16037729801865259186, shrunk by hand): a record
+/// created again after its tombstone was purged came back at version 1, which A, still
+/// remembering the record at version 1, skipped as stale: A never converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_created_again_after_a_purge_reaches_a_device_that_knew_the_old_one() {
+    let outcome = Scenario::new(three_way(), 3)
+        .write(A, "notes", "n1", note("pump", ""))
+        .sync(A)
+        .sync(B)
+        .offline(C)
+        .write(C, "notes", "n1", note("", "C's create"))
+        .delete(B, "notes", "n1")
+        .sync(B)
+        .purge_tombstones()
+        .offline(A)
+        .write(A, "notes", "n1", note("pump (A)", ""))
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
 }

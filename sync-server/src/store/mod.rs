@@ -174,12 +174,23 @@ pub fn prefetch_keys(raw: &[Value]) -> (Vec<Uuid>, Vec<(String, String)>) {
     (ids, keys)
 }
 
-/// Plans a push from the ledger entries and current records found for its keys.
+/// Per collection, the highest version among its purged tombstones (missing: none
+/// purged). A record created where none exists starts above it.
+pub type VersionFloors = HashMap<CollectionName, u64>;
+
+/// Reads [`VersionFloors`] from `sync_purged` rows of (collection, max_version).
+pub(crate) fn version_floors(rows: Vec<(String, i64)>) -> VersionFloors {
+    rows.into_iter().filter_map(|(c, v)| Some((CollectionName::new(c).ok()?, u64::try_from(v).ok()?))).collect()
+}
+
+/// Plans a push from the ledger entries, the current records found for its keys, and
+/// the collections' version floors.
 pub fn plan_push(
     ctx: &PushContext<'_>,
     raw: &[Value],
     mut ledger: HashMap<Uuid, MutationOutcome>,
     mut current: HashMap<(CollectionName, RecordId), StoredRecord>,
+    floors: &VersionFloors,
 ) -> PushPlan {
     let mut plan = PushPlan::default();
     for m in raw {
@@ -203,7 +214,13 @@ pub fn plan_push(
                 match logic::decide(ctx.user, access, &mutation, cur, |n| ctx.users.contains(n)) {
                     Decision::Answer(outcome) => outcome,
                     Decision::Action => run_action(ctx, &mutation, cur, access),
-                    Decision::Write(record) => {
+                    Decision::Write(mut record) => {
+                        // A record created again after its tombstone was purged must not
+                        // reuse a version a client may remember (it would skip the create
+                        // as stale): it starts above every purged version.
+                        if cur.is_none() {
+                            record.version = floors.get(&mutation.collection).copied().unwrap_or(0) + 1;
+                        }
                         let version = record.version;
                         // A create in a collection whose ids the server assigns is stored
                         // under a new id, answered with it (and replayed by the ledger).

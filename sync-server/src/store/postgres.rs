@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::{
     PageBuilder, PullItem, PullPage, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys,
-    start_position, touched,
+    start_position, touched, version_floors,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -157,7 +157,9 @@ impl ServerStore for PgServerStore {
             };
             current.insert((c, r), stored(row)?);
         }
-        let plan = plan_push(ctx, raw, ledger, current);
+        let floors: Vec<(String, i64)> =
+            sqlx::query_as("SELECT collection, max_version FROM sync_purged").fetch_all(&mut *tx).await?;
+        let plan = plan_push(ctx, raw, ledger, current, &version_floors(floors));
         if !plan.writes.is_empty() {
             // One row per record (its final state) with the batch's last position for it:
             // PostgreSQL refuses to touch a row twice in one upsert.
@@ -291,9 +293,11 @@ impl ServerStore for PgServerStore {
         // Purges take the head lock too, so no push interleaves with the mark.
         sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
         sqlx::query(
-            "INSERT INTO sync_purged (collection, through_seq) \
-             SELECT collection, max(seq) FROM sync_records WHERE deleted AND updated_at < $1 GROUP BY collection \
-             ON CONFLICT (collection) DO UPDATE SET through_seq = GREATEST(sync_purged.through_seq, excluded.through_seq)",
+            "INSERT INTO sync_purged (collection, through_seq, max_version) \
+             SELECT collection, max(seq), max(version) FROM sync_records WHERE deleted AND updated_at < $1 \
+             GROUP BY collection \
+             ON CONFLICT (collection) DO UPDATE SET through_seq = GREATEST(sync_purged.through_seq, excluded.through_seq), \
+               max_version = GREATEST(sync_purged.max_version, excluded.max_version)",
         )
         .bind(older_than.timestamp_micros())
         .execute(&mut *tx)

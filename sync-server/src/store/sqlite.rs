@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     PageBuilder, PullItem, PullPage, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys,
-    start_position, touched,
+    start_position, touched, version_floors,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -120,7 +120,9 @@ impl ServerStore for SqliteServerStore {
             };
             current.insert((c, r), stored(row)?);
         }
-        let plan = plan_push(ctx, raw, ledger, current);
+        let floors: Vec<(String, i64)> =
+            sqlx::query_as("SELECT collection, max_version FROM sync_purged").fetch_all(&mut *tx).await?;
+        let plan = plan_push(ctx, raw, ledger, current, &version_floors(floors));
         if !plan.writes.is_empty() {
             let seq: String =
                 sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
@@ -246,9 +248,11 @@ impl ServerStore for SqliteServerStore {
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO sync_purged (collection, through_seq) \
-             SELECT collection, max(seq) FROM sync_records WHERE deleted = 1 AND updated_at < ? GROUP BY collection \
-             ON CONFLICT (collection) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq)",
+            "INSERT INTO sync_purged (collection, through_seq, max_version) \
+             SELECT collection, max(seq), max(version) FROM sync_records WHERE deleted = 1 AND updated_at < ? \
+             GROUP BY collection \
+             ON CONFLICT (collection) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq), \
+               max_version = max(max_version, excluded.max_version)",
         )
         .bind(older_than.timestamp_micros())
         .execute(&mut *tx)

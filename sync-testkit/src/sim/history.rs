@@ -78,12 +78,15 @@ pub enum Step {
         /// The client.
         client: usize,
     },
+    /// The server purges every tombstone (as it does once they are older than its
+    /// retention): clients whose cursors are older get `reset` and resync.
+    PurgeTombstones,
 }
 
 impl Step {
-    /// The client that takes the step.
-    pub fn client(&self) -> usize {
-        match self {
+    /// The client that takes the step (None: the server takes it).
+    pub fn client(&self) -> Option<usize> {
+        Some(match self {
             Step::Write { client, .. }
             | Step::Delete { client, .. }
             | Step::Action { client, .. }
@@ -93,7 +96,8 @@ impl Step {
             | Step::Fault { client, .. }
             | Step::Crash { client, .. }
             | Step::Resolve { client } => *client,
-        }
+            Step::PurgeTombstones => return None,
+        })
     }
 }
 
@@ -107,7 +111,7 @@ pub fn client_name(client: usize) -> String {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let who = client_name(self.client());
+        let who = self.client().map_or_else(|| "the server".to_owned(), client_name);
         match self {
             Step::Write { collection, record, data, .. } => write!(f, "{who} writes {collection}/{record} = {data}"),
             Step::Delete { collection, record, .. } => write!(f, "{who} deletes {collection}/{record}"),
@@ -123,6 +127,7 @@ impl fmt::Display for Step {
                 write!(f, "{who} syncs and crashes after the server handled request {after_request}, then restarts")
             }
             Step::Resolve { .. } => write!(f, "{who} resolves its conflicts"),
+            Step::PurgeTombstones => write!(f, "{who} purges its tombstones"),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Summary {
     pub conflicts: u64,
     /// Mutations the server applied.
     pub applied: u64,
+    /// Collections the server answered with `reset`.
+    pub resets: u64,
 }
 
 impl Summary {
@@ -73,6 +75,7 @@ impl Summary {
         self.crashes += outcome.crashes;
         self.conflicts += outcome.conflicts.len() as u64;
         self.applied += outcome.applied as u64;
+        self.resets += outcome.resets;
     }
 }
 
@@ -80,8 +83,8 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} histories, {} steps, {} applied, {} conflicts, {} crashes, faults {:?}",
-            self.seed, self.cases, self.steps, self.applied, self.conflicts, self.crashes, self.faults
+            "seed {}: {} histories, {} steps, {} applied, {} conflicts, {} crashes, {} resets, faults {:?}",
+            self.seed, self.cases, self.steps, self.applied, self.conflicts, self.crashes, self.resets, self.faults
         )
     }
 }

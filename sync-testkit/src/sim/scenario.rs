@@ -117,6 +117,11 @@ impl Scenario {
         self.step(Step::Resolve { client })
     }
 
+    /// The server purges its tombstones: clients with older cursors resync.
+    pub fn purge_tombstones(self) -> Self {
+        self.step(Step::PurgeTombstones)
+    }
+
     /// The history so far.
     pub fn history(&self) -> &History {
         &self.history

@@ -25,11 +25,13 @@ pub struct HistoryOptions {
     pub faults: bool,
     /// Whether steps may crash clients (idle or inside a cycle).
     pub crashes: bool,
+    /// Whether the server may purge its tombstones (clients then meet `reset`).
+    pub purges: bool,
 }
 
 impl Default for HistoryOptions {
     fn default() -> Self {
-        Self { clients: 2..=5, records: 3, steps: 1..30, faults: true, crashes: true }
+        Self { clients: 2..=5, records: 3, steps: 1..30, faults: true, crashes: true, purges: true }
     }
 }
 
@@ -85,6 +87,9 @@ fn step(clients: usize, tracked: &[Tracked], actions: &[String], options: &Histo
     if options.crashes {
         let crash = (client, 0u32..4).prop_map(|(client, after_request)| Step::Crash { client, after_request });
         choices.push((1, crash.boxed()));
+    }
+    if options.purges {
+        choices.push((1, Just(Step::PurgeTombstones).boxed()));
     }
     Union::new_weighted(choices).boxed()
 }

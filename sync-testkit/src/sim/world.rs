@@ -80,6 +80,8 @@ pub struct Outcome {
     pub rounds: u32,
     /// Mutations the server applied.
     pub applied: usize,
+    /// Collections the server answered with `reset` (after a tombstone purge).
+    pub resets: u64,
 }
 
 impl Outcome {
@@ -93,12 +95,13 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} violations, {} liveness failures, {} applied, {} conflicts, {} crashes, settled in {} rounds, faults {:?}",
+            "{} violations, {} liveness failures, {} applied, {} conflicts, {} crashes, {} resets, settled in {} rounds, faults {:?}",
             self.violations.len(),
             self.liveness.len(),
             self.applied,
             self.conflicts.len(),
             self.crashes,
+            self.resets,
             self.rounds,
             self.faults
         )?;
@@ -316,7 +319,15 @@ impl Simulation {
     /// Not cancel safe: dropping it midway leaves the step half taken.
     pub async fn apply(&mut self, step: &Step) {
         self.steps += 1;
-        let client = step.client();
+        let Some(client) = step.client() else {
+            // The server's own steps.
+            if let Step::PurgeTombstones = step
+                && let Err(e) = self.server.purge_tombstones().await
+            {
+                self.violations.push(Violation::Stuck { client: 0, detail: format!("server purge failed: {e}") });
+            }
+            return;
+        };
         if client >= self.clients.len() {
             return;
         }
@@ -404,6 +415,7 @@ impl Simulation {
                 let step = Some(self.steps);
                 self.resolve_all(client, &engine, step, false).await;
             }
+            Step::PurgeTombstones => {}
         }
     }
 
@@ -541,6 +553,7 @@ impl Simulation {
         }
         outcome.conflicts = std::mem::take(&mut self.conflicts);
         outcome.applied = self.server.applications().len();
+        outcome.resets = self.server.resets();
         for client in &mut self.clients {
             if let Some(engine) = client.engine.take() {
                 let _ = tokio::time::timeout(CYCLE_BOUND, engine.shutdown()).await;
