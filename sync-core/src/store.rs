@@ -418,6 +418,20 @@ pub trait LocalStore: Send + Sync + 'static {
     /// [`Error::Storage`].
     async fn cursor(&self, collection: &CollectionName) -> Result<Option<Cursor>, Error>;
 
+    /// Whether the collection holds any record the server acknowledged (a server
+    /// version). A pull from no cursor is then staged and swapped in like a resync, so
+    /// that acknowledged records the server no longer has (deleted, and the tombstone
+    /// purged, before this device ever pulled) are swept. The default says yes, which
+    /// is always correct; a store that can tell saves a fresh device's first download
+    /// from being written twice.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn holds_acknowledged(&self, collection: &CollectionName) -> Result<bool, Error> {
+        let _ = collection;
+        Ok(true)
+    }
+
     /// Applies a pull page and stores its cursors in one transaction. `decide` says for
     /// each change whether it applies, is skipped or makes a conflict.
     ///

@@ -95,6 +95,16 @@ pub(crate) async fn cursor(store: &SqliteStore, collection: &CollectionName) -> 
     Ok(cursor.map(Cursor))
 }
 
+pub(crate) async fn holds_acknowledged(store: &SqliteStore, collection: &CollectionName) -> Result<bool, Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM offsync_records WHERE collection = ? AND server_version IS NOT NULL)",
+    )
+    .bind(collection.as_str())
+    .fetch_one(&mut *store.read_conn().await?)
+    .await
+    .map_err(storage)
+}
+
 pub(crate) async fn outbox(store: &SqliteStore, only_failed: bool) -> Result<Vec<OutboxEntry>, Error> {
     let filter = if only_failed { "WHERE status = 1" } else { "" };
     let sql = format!("SELECT {OUTBOX_COLUMNS} FROM offsync_outbox {filter} ORDER BY seq");

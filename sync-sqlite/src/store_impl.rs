@@ -59,6 +59,10 @@ impl LocalStore for SqliteStore {
         reads::cursor(self, collection).await
     }
 
+    async fn holds_acknowledged(&self, collection: &CollectionName) -> Result<bool, Error> {
+        reads::holds_acknowledged(self, collection).await
+    }
+
     async fn apply_pull_page(
         &self,
         pages: Vec<CollectionPage>,

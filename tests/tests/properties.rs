@@ -8,7 +8,7 @@
 mod sim_apps;
 
 use sim_apps::{ConflictApp, LwwApp, OneToManyApp, ReadOnlyApp, UserResolver, title_dropping_resolver};
-use sync_testkit::sim::{HistoryOptions, RunOptions, SimApp, check_app};
+use sync_testkit::sim::{HistoryOptions, RunOptions, SimApp, StepWeights, check_app};
 
 fn check(app: impl SimApp) {
     let summary = check_app(app, &RunOptions::default()).unwrap_or_else(|failure| panic!("{failure}"));
@@ -44,6 +44,27 @@ fn read_only_optimized_keeps_every_invariant() {
 #[test]
 fn one_to_many_keeps_every_invariant() {
     check(OneToManyApp);
+}
+
+/// Histories rich in deletes and tombstone purges, so that devices often pull from a
+/// cursor older than the purge and resync (`reset`) with edits pending or conflicted.
+fn check_resyncs(app: impl SimApp) {
+    let weights = StepWeights { write: 4, delete: 3, sync: 10, purge: 2, fault: 1, ..StepWeights::default() };
+    let history = HistoryOptions { clients: 2..=3, steps: 5..40, weights, ..HistoryOptions::default() };
+    let options = RunOptions { history, ..RunOptions::default() };
+    let summary = check_app(app, &options).unwrap_or_else(|failure| panic!("{failure}"));
+    println!("{summary}");
+    assert!(summary.resets > 0, "no history met a reset: {summary}");
+}
+
+#[test]
+fn resyncs_after_purged_tombstones_keep_every_invariant_with_conflict_detection() {
+    check_resyncs(ConflictApp { resolver: UserResolver::ThreeWay });
+}
+
+#[test]
+fn resyncs_after_purged_tombstones_keep_every_invariant_read_only_optimized() {
+    check_resyncs(ReadOnlyApp { optimized: true });
 }
 
 #[test]

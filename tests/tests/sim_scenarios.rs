@@ -181,3 +181,24 @@ async fn a_record_created_again_after_a_purge_reaches_a_device_that_knew_the_old
         .unwrap();
     assert!(outcome.is_ok(), "{outcome}");
 }
+
+/// Found by the generated histories (seed 1056080440176514035): A's create was applied
+/// but A crashed before hearing it; B deleted the record and the server purged the
+/// tombstone before A ever pulled. A's retry was answered from the ledger (applied), so
+/// A held an acknowledged record that its first download, from no cursor, never
+/// mentioned: only a staged replacement sweeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_download_sweeps_an_acknowledged_record_whose_tombstone_was_purged() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("pump", ""))
+        .crash_after_request(A, 1)
+        .sync(B)
+        .delete(B, "notes", "n1")
+        .sync(B)
+        .purge_tombstones()
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    assert_eq!(outcome.crashes, 1);
+}

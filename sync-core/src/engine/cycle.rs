@@ -274,7 +274,16 @@ impl Cycle<'_> {
                 cursors.insert(c.clone(), None);
                 replacing.insert(c.clone());
             } else {
-                cursors.insert(c.clone(), self.shared.store.cursor(c).await?);
+                let cursor = self.shared.store.cursor(c).await?;
+                // Never pulled to the end, yet holding acknowledged records (pushed, and
+                // the answers heard): the server may have deleted one and purged its
+                // tombstone before this first download, so only a replacement, which
+                // sweeps clean records the server no longer has, can converge. A fresh
+                // device holds none, so its first download is not written twice.
+                if cursor.is_none() && self.shared.store.holds_acknowledged(c).await? {
+                    replacing.insert(c.clone());
+                }
+                cursors.insert(c.clone(), cursor);
             }
         }
         let (pages_tx, mut pages_rx) = mpsc::channel(1);

@@ -22,5 +22,5 @@ pub use check::Violation;
 pub use history::{History, Step, client_name};
 pub use runner::{Failure, RunOptions, Summary, check_app, check_shared, generate, seeded_runner};
 pub use scenario::{A, B, C, Scenario};
-pub use strategy::{HistoryOptions, faults, histories};
+pub use strategy::{HistoryOptions, StepWeights, faults, histories};
 pub use world::{Outcome, QUIESCENCE_ROUNDS, SeenConflict, SimError, Simulation, run_history, sim_options};

@@ -21,17 +21,50 @@ pub struct HistoryOptions {
     pub records: usize,
     /// How many steps.
     pub steps: Range<usize>,
-    /// Whether steps may inject network and server faults.
-    pub faults: bool,
-    /// Whether steps may crash clients (idle or inside a cycle).
-    pub crashes: bool,
-    /// Whether the server may purge its tombstones (clients then meet `reset`).
-    pub purges: bool,
+    /// How often each kind of step comes (0: never).
+    pub weights: StepWeights,
 }
 
 impl Default for HistoryOptions {
     fn default() -> Self {
-        Self { clients: 2..=5, records: 3, steps: 1..30, faults: true, crashes: true, purges: true }
+        Self { clients: 2..=5, records: 3, steps: 1..30, weights: StepWeights::default() }
+    }
+}
+
+/// The relative frequency of each kind of step; 0 leaves it out. Writes, deletes and
+/// actions count per tracked collection (actions only when the app has handlers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepWeights {
+    /// [`Step::Write`].
+    pub write: u32,
+    /// [`Step::Delete`].
+    pub delete: u32,
+    /// [`Step::Action`].
+    pub action: u32,
+    /// [`Step::Sync`].
+    pub sync: u32,
+    /// [`Step::Offline`] and, as often, [`Step::Online`].
+    pub offline_online: u32,
+    /// [`Step::Resolve`].
+    pub resolve: u32,
+    /// [`Step::Fault`], drawn from [`faults`].
+    pub fault: u32,
+    /// [`Step::Crash`], idle or after the 1st to 3rd request of a cycle.
+    pub crash: u32,
+    /// [`Step::PurgeTombstones`].
+    pub purge: u32,
+}
+
+impl Default for StepWeights {
+    fn default() -> Self {
+        Self { write: 5, delete: 2, action: 1, sync: 4, offline_online: 1, resolve: 1, fault: 3, crash: 1, purge: 1 }
+    }
+}
+
+impl StepWeights {
+    /// No faults, crashes or purges: only what the app's users do.
+    pub fn calm() -> Self {
+        Self { fault: 0, crash: 0, purge: 0, ..Self::default() }
     }
 }
 
@@ -55,41 +88,40 @@ fn step(clients: usize, tracked: &[Tracked], actions: &[String], options: &Histo
     let client = 0..clients;
     let records = options.records.max(1);
     let record = (0..records).prop_map(|r| format!("r{r}"));
+    let w = options.weights;
     let mut choices: Vec<(u32, BoxedStrategy<Step>)> = Vec::new();
     for t in tracked {
         let name = t.name.clone();
         let write = (client.clone(), record.clone(), t.data.clone())
             .prop_map(move |(client, record, data)| Step::Write { client, collection: name.clone(), record, data });
-        choices.push((5, write.boxed()));
+        choices.push((w.write, write.boxed()));
         let name = t.name.clone();
         let delete = (client.clone(), record.clone()).prop_map(move |(client, record)| Step::Delete {
             client,
             collection: name.clone(),
             record,
         });
-        choices.push((1, delete.boxed()));
+        choices.push((w.delete, delete.boxed()));
         if !actions.is_empty() {
             let name = t.name.clone();
             let action = (client.clone(), record.clone(), proptest::sample::select(actions.to_vec())).prop_map(
                 move |(client, record, action)| Step::Action { client, collection: name.clone(), record, name: action },
             );
-            choices.push((1, action.boxed()));
+            choices.push((w.action, action.boxed()));
         }
     }
-    choices.push((4, client.clone().prop_map(|client| Step::Sync { client }).boxed()));
-    choices.push((1, client.clone().prop_map(|client| Step::Offline { client }).boxed()));
-    choices.push((1, client.clone().prop_map(|client| Step::Online { client }).boxed()));
-    choices.push((1, client.clone().prop_map(|client| Step::Resolve { client }).boxed()));
-    if options.faults {
-        let fault = (client.clone(), faults()).prop_map(|(client, fault)| Step::Fault { client, fault });
-        choices.push((3, fault.boxed()));
-    }
-    if options.crashes {
-        let crash = (client, 0u32..4).prop_map(|(client, after_request)| Step::Crash { client, after_request });
-        choices.push((1, crash.boxed()));
-    }
-    if options.purges {
-        choices.push((1, Just(Step::PurgeTombstones).boxed()));
+    choices.push((w.sync, client.clone().prop_map(|client| Step::Sync { client }).boxed()));
+    choices.push((w.offline_online, client.clone().prop_map(|client| Step::Offline { client }).boxed()));
+    choices.push((w.offline_online, client.clone().prop_map(|client| Step::Online { client }).boxed()));
+    choices.push((w.resolve, client.clone().prop_map(|client| Step::Resolve { client }).boxed()));
+    let fault = (client.clone(), faults()).prop_map(|(client, fault)| Step::Fault { client, fault });
+    choices.push((w.fault, fault.boxed()));
+    let crash = (client.clone(), 0u32..4).prop_map(|(client, after_request)| Step::Crash { client, after_request });
+    choices.push((w.crash, crash.boxed()));
+    choices.push((w.purge, Just(Step::PurgeTombstones).boxed()));
+    choices.retain(|(weight, _)| *weight > 0);
+    if choices.is_empty() {
+        choices.push((1, client.prop_map(|client| Step::Sync { client }).boxed()));
     }
     Union::new_weighted(choices).boxed()
 }
