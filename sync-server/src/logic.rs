@@ -188,18 +188,24 @@ pub fn decide(
     // record is a conflict, as DESIGN.md says.
     if let Some(base) = m.base_version {
         if current.map_or(0, |c| c.version) != base {
-            let server = current.map(|c| ServerRecord {
-                version: Version(c.version),
-                deleted: c.deleted,
-                data: if c.deleted { None } else { c.data.clone() },
-            });
-            return Decision::Answer(MutationOutcome::Conflict { server });
+            return Decision::Answer(conflict(current));
         }
     }
     let owner = current.map(|c| c.owner.clone()).or_else(|| m.owner.clone()).unwrap_or_else(|| user.name.clone());
     let version = current.map_or(1, |c| c.version + 1);
     let deleted = m.op == Op::Delete;
     Decision::Write(StoredRecord { version, deleted, owner, data: if deleted { None } else { m.data.clone() } })
+}
+
+/// A `conflict` answer showing the record as it is now (None: missing; a tombstone
+/// carries no data).
+pub fn conflict(current: Option<&StoredRecord>) -> MutationOutcome {
+    let server = current.map(|c| ServerRecord {
+        version: Version(c.version),
+        deleted: c.deleted,
+        data: if c.deleted { None } else { c.data.clone() },
+    });
+    MutationOutcome::Conflict { server }
 }
 
 /// Whether `user` may read a record owned by `owner` in a collection with `access`.

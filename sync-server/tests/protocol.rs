@@ -170,6 +170,28 @@ async fn a_record_created_again_after_its_tombstone_was_purged_never_reuses_a_ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_conflict_is_answered_with_the_record_as_it_is_now() {
+    for s in common::servers("").await {
+        s.push("alice-token", vec![upsert("work_orders", "a", None, json!({"i": 1}))]).await;
+        let create = upsert("work_orders", "a", Some(0), json!({"i": 9}));
+        let (_, first) = s.push("alice-token", vec![create.clone()]).await;
+        assert_eq!(first["results"][0]["status"], "conflict");
+        assert_eq!(first["results"][0]["server"]["version"], 1);
+        s.push("alice-token", vec![delete("work_orders", "a", Some(1))]).await;
+        // The retry changes nothing, and shows the tombstone rather than the old record
+        let (_, again) = s.push("alice-token", vec![create.clone()]).await;
+        assert_eq!(again["results"][0]["status"], "conflict", "{again}");
+        assert_eq!(again["results"][0]["server"], json!({"version": 2, "deleted": true, "data": null}));
+        s.store.purge_tombstones(chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        let (_, purged) = s.push("alice-token", vec![create]).await;
+        assert_eq!(purged["results"][0]["status"], "conflict", "still the original decision: {purged}");
+        assert_eq!(purged["results"][0]["server"], Value::Null, "the record is gone");
+        let (changes, _) = s.pull_all("alice-token", "work_orders", Value::Null).await;
+        assert!(changes.is_empty(), "nothing was applied: {changes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_4xx_with_a_code_changes_nothing_and_the_server_keeps_serving() {
     for s in common::servers("").await {
         let check = |status: u16, body: &Value, want: u16, code: &str| {

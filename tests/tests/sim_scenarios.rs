@@ -202,3 +202,26 @@ async fn a_first_download_sweeps_an_acknowledged_record_whose_tombstone_was_purg
     assert!(outcome.is_ok(), "{outcome}");
     assert_eq!(outcome.crashes, 1);
 }
+
+/// Found by the generated histories (seed 183369287314774586): B's create met A's record
+/// (a conflict) but B lost the answer; A then deleted the record and the server purged
+/// the tombstone. B's retry was answered from the ledger with the record as it had
+/// been, B's user kept the server's side, and B held a record nobody else had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_answered_again_shows_the_server_as_it_is_now() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("A's", ""))
+        .write(B, "notes", "n1", note("B's", ""))
+        .sync(A)
+        .fault(B, Fault::DropResponse)
+        .sync(B)
+        .delete(A, "notes", "n1")
+        .sync(A)
+        .purge_tombstones()
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    let seen = &outcome.conflicts[0];
+    assert_eq!(seen.conflict.server, None, "the retry's answer: the record is gone");
+}

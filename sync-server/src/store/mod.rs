@@ -183,6 +183,13 @@ pub(crate) fn version_floors(rows: Vec<(String, i64)>) -> VersionFloors {
     rows.into_iter().filter_map(|(c, v)| Some((CollectionName::new(c).ok()?, u64::try_from(v).ok()?))).collect()
 }
 
+/// The (collection, record) a raw mutation names, when both parse.
+fn raw_key(m: &Value) -> Option<(CollectionName, RecordId)> {
+    let collection = CollectionName::new(m.get("collection")?.as_str()?).ok()?;
+    let record = RecordId::new(m.get("record_id")?.as_str()?).ok()?;
+    Some((collection, record))
+}
+
 /// Plans a push from the ledger entries, the current records found for its keys, and
 /// the collections' version floors.
 pub fn plan_push(
@@ -203,7 +210,18 @@ pub fn plan_push(
             }
         };
         if let Some(original) = ledger.get(&id) {
-            plan.results.push(WireResult { mutation_id: echo, outcome: original.clone() });
+            // The same decision again, and nothing applied. A conflict shows the record
+            // as it is now, not as it was: a device that lost the first answer must not
+            // settle on a server side that has since changed, or been deleted and purged
+            // (no pull would ever correct it then; found by the property tests).
+            let outcome = match original {
+                MutationOutcome::Conflict { .. } => {
+                    let key = raw_key(m);
+                    logic::conflict(key.as_ref().and_then(|k| current.get(k)))
+                }
+                other => other.clone(),
+            };
+            plan.results.push(WireResult { mutation_id: echo, outcome });
             continue;
         }
         let outcome = match logic::check(id, m, ctx.collections) {
