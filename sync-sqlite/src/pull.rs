@@ -104,6 +104,19 @@ pub(crate) async fn finish_replacement(
             result.changed.push((collection.clone(), record_id(row.try_get("id").map_err(storage)?)?));
         }
     }
+    // A conflict held a record the full set no longer has (deleted, its tombstone
+    // purged): its server side is now "missing", or the user would settle on a record
+    // that no longer exists and no pull would ever say otherwise.
+    sqlx::query(
+        "UPDATE offsync_conflicts AS c SET server_exists = 0, server_version = NULL, server_deleted = 0, \
+           server_data = NULL \
+         WHERE c.collection = ? \
+           AND NOT EXISTS (SELECT 1 FROM offsync_stage s WHERE s.collection = c.collection AND s.id = c.record_id)",
+    )
+    .bind(collection.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(storage)?;
     sqlx::query("DELETE FROM offsync_stage WHERE collection = ?")
         .bind(collection.as_str())
         .execute(&mut *tx)

@@ -224,7 +224,17 @@ fn rejected(code: &str, message: &str) -> MutationOutcome {
 
 fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
     if let Some(original) = s.ledger.get(&m.mutation_id) {
-        return original.clone();
+        // As the reference server: the same decision, a conflict showing the record now.
+        return match (original, &m.record_id) {
+            (MutationOutcome::Conflict { .. }, Some(id)) => MutationOutcome::Conflict {
+                server: s.records.get(&(m.collection.clone(), id.clone())).cloned().map(|r| ServerRecord {
+                    version: Version(r.version),
+                    deleted: r.deleted,
+                    data: r.data,
+                }),
+            },
+            _ => original.clone(),
+        };
     }
     let outcome = decide(s, m);
     s.ledger.insert(m.mutation_id, outcome.clone());

@@ -225,3 +225,28 @@ async fn a_conflict_answered_again_shows_the_server_as_it_is_now() {
     let seen = &outcome.conflicts[0];
     assert_eq!(seen.conflict.server, None, "the retry's answer: the record is gone");
 }
+
+/// Found by the generated histories (seed 14004044144919353130): B's create met A's
+/// record and the conflict stayed open; A deleted the record and the server purged the
+/// tombstone. B's resync (reset) no longer saw the record, but the open conflict still
+/// showed it live, and B's user kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_marks_an_open_conflict_whose_record_is_gone() {
+    let outcome = Scenario::new(three_way(), 2)
+        .write(A, "notes", "n1", note("A's", ""))
+        .sync(A)
+        .write(B, "notes", "n1", note("B's", ""))
+        .sync(B)
+        .delete(A, "notes", "n1")
+        .sync(A)
+        .purge_tombstones()
+        .sync(B)
+        .resolve(B)
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome}");
+    assert_eq!(outcome.resets, 1);
+    let at_resolve = outcome.conflicts.iter().find(|c| c.step == Some(9)).expect("B met its conflict at step 9");
+    assert_eq!(at_resolve.conflict.server, None, "the resync says the record is gone");
+}

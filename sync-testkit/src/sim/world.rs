@@ -479,7 +479,12 @@ impl Simulation {
                 resolution = Resolution::KeepServer;
             }
             let intent = match &resolution {
-                Resolution::KeepLocal => conflict.local.clone().map_or(Intent::Delete, Intent::Upsert),
+                Resolution::KeepLocal => match &conflict.local {
+                    Some(value) => Intent::Upsert(value.clone()),
+                    // Deleted on both sides: the intent already holds, nothing travels.
+                    None if conflict.server.as_ref().is_none_or(|s| s.deleted) => Intent::Settled,
+                    None => Intent::Delete,
+                },
                 Resolution::Merged(value) => Intent::Upsert(value.clone()),
                 Resolution::KeepServer | Resolution::Defer => Intent::Settled,
             };
