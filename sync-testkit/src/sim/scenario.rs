@@ -39,8 +39,9 @@ pub const C: usize = 2;
 ///     .await?;
 /// assert!(outcome.is_ok(), "{outcome}");
 /// let conflict = &outcome.conflicts[0].conflict;
-/// assert_eq!(conflict.local.as_ref().unwrap()["text"], "A's edit");
-/// assert_eq!(conflict.server.as_ref().unwrap().data.as_ref().unwrap()["text"], "B's edit");
+/// let server = conflict.server.as_ref().and_then(|s| s.data.as_ref());
+/// assert_eq!(conflict.local.as_ref().map(|l| &l["text"]), Some(&json!("A's edit")));
+/// assert_eq!(server.map(|s| &s["text"]), Some(&json!("B's edit")));
 /// # Ok(())
 /// # }
 /// ```

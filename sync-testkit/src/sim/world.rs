@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -112,7 +112,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// What the kit observed, shared with the event collectors.
+/// What the kit observed: acknowledgements and events, on one counter.
 #[derive(Default)]
 struct Log {
     seq: u64,
@@ -125,12 +125,6 @@ impl Log {
         self.seq += 1;
         self.seq
     }
-}
-
-type SharedLog = Arc<Mutex<Log>>;
-
-fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, Log> {
-    log.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct SimClient {
@@ -164,7 +158,7 @@ pub struct Simulation {
     tracked: Vec<Tracked>,
     server: InProcessServer,
     clients: Vec<SimClient>,
-    log: SharedLog,
+    log: Log,
     steps: usize,
     actions: u64,
     crashes: u64,
@@ -210,7 +204,7 @@ impl Simulation {
             tracked,
             server,
             clients: Vec::new(),
-            log: SharedLog::default(),
+            log: Log::default(),
             steps: 0,
             actions: 0,
             crashes: 0,
@@ -269,7 +263,7 @@ impl Simulation {
     /// Moves the events client `client`'s engines broadcast so far into the log.
     fn drain(&mut self, client: usize) {
         let Some(events) = &mut self.clients[client].events else { return };
-        let mut log = lock(&self.log);
+        let log = &mut self.log;
         loop {
             match events.try_recv() {
                 Ok(event) => {
@@ -290,9 +284,8 @@ impl Simulation {
 
     fn ack(&mut self, client: usize, collection: &str, record: &str, intent: Intent, local_write: bool) {
         self.drain_all();
-        let mut log = lock(&self.log);
-        let seq = log.next();
-        log.acks.push(Ack {
+        let seq = self.log.next();
+        self.log.acks.push(Ack {
             client,
             collection: collection.to_owned(),
             record: record.to_owned(),
@@ -536,14 +529,14 @@ impl Simulation {
                 busy |= self.discard_failed(client, &engine).await;
             }
             busy |= self.server.applications().len() != applied_before;
-            if !busy && self.settled().await {
+            if !busy && self.settled() {
                 rounds = round;
                 break;
             }
         }
         let mut outcome = Outcome { rounds, crashes: self.crashes, ..Outcome::default() };
         if rounds == 0 {
-            outcome.liveness = self.leftovers().await;
+            outcome.liveness = self.leftovers();
         } else {
             self.check_convergence().await;
         }
@@ -582,7 +575,7 @@ impl Simulation {
     }
 
     /// Every client's queue empty, no conflict open, nothing parked.
-    async fn settled(&self) -> bool {
+    fn settled(&self) -> bool {
         for c in &self.clients {
             let Some(engine) = &c.engine else { return false };
             let status = engine.status().borrow().clone();
@@ -593,7 +586,7 @@ impl Simulation {
         true
     }
 
-    async fn leftovers(&self) -> Vec<Violation> {
+    fn leftovers(&self) -> Vec<Violation> {
         let mut out = Vec::new();
         for (client, c) in self.clients.iter().enumerate() {
             let Some(engine) = &c.engine else {
@@ -657,10 +650,7 @@ impl Simulation {
     async fn check_threads(&mut self, settled: bool) {
         self.drain_all();
         let applications = self.server.applications();
-        let (acks, events) = {
-            let log = lock(&self.log);
-            (log.acks.clone(), log.events.clone())
-        };
+        let Log { acks, events, .. } = std::mem::take(&mut self.log);
         let owner = |id: &ClientId| self.clients.iter().position(|c| c.client_ids.contains(&id.0));
         let mut keys: BTreeSet<(usize, String, String)> = BTreeSet::new();
         for ack in &acks {
