@@ -1,6 +1,6 @@
 //! The axum router: `/v1/health`, `/v1/push`, `/v1/pull`, `/v1/events`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,18 +17,19 @@ use crate::config::{Role, ServerConfig};
 use crate::error::ServerError;
 use crate::events::{ChangeHub, sse_for};
 use crate::logic::{User, WireResult, json_depth};
-use crate::store::{ActionHandler, PullItem, PullPage, PushContext, ServerStore};
+use crate::store::{ActionHandler, PullItem, PullJob, PullPage, PushJob, PushRules, ServerStore};
 
 /// Everything the handlers share.
 pub struct AppState {
     config: ServerConfig,
     users_by_token_hash: HashMap<String, User>,
-    user_names: HashSet<String>,
+    /// Collections, user names and action handlers: what pushes are checked against
+    /// (and where pulls and event streams find the collections).
+    rules: Arc<PushRules>,
     store: Arc<dyn ServerStore>,
     hub: ChangeHub,
     /// False when the store forwards every node's notifications into the hub itself.
     publish_locally: bool,
-    actions: HashMap<String, Arc<dyn ActionHandler>>,
 }
 
 impl AppState {
@@ -39,13 +40,17 @@ impl AppState {
             .iter()
             .map(|u| (u.token_sha256.to_ascii_lowercase(), User { name: u.name.clone(), admin: u.role == Role::Admin }))
             .collect();
-        let user_names = config.users.iter().map(|u| u.name.clone()).collect();
-        Self { config, users_by_token_hash, user_names, store, hub, publish_locally: true, actions: HashMap::new() }
+        let rules = Arc::new(PushRules {
+            collections: config.collections.clone(),
+            users: config.users.iter().map(|u| u.name.clone()).collect(),
+            actions: HashMap::new(),
+        });
+        Self { config, users_by_token_hash, rules, store, hub, publish_locally: true }
     }
 
     /// Registers the server side of a custom action.
     pub fn action(mut self, name: impl Into<String>, handler: impl ActionHandler) -> Self {
-        self.actions.insert(name.into(), Arc::new(handler));
+        Arc::make_mut(&mut self.rules).actions.insert(name.into(), Arc::new(handler));
         self
     }
 
@@ -160,25 +165,20 @@ impl AppState {
     /// # Errors
     /// [`ServerError::BadRequest`] for a body that is not a push (nothing applied),
     /// [`ServerError::Database`].
-    pub async fn handle_push(&self, user: &User, body: &Value) -> Result<PushAnswer, ServerError> {
+    pub async fn handle_push(&self, user: &User, body: Value) -> Result<PushAnswer, ServerError> {
         let shape =
             || ServerError::bad_request("invalid_request", "expected {\"client_id\": string, \"mutations\": [..]}");
-        let obj = body.as_object().ok_or_else(shape)?;
+        let Value::Object(mut obj) = body else { return Err(shape()) };
         obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
-        let mutations = obj.get("mutations").and_then(Value::as_array).ok_or_else(shape)?;
+        let Some(Value::Array(mutations)) = obj.remove("mutations") else { return Err(shape()) };
         if mutations.len() > self.config.max_batch {
             return Err(ServerError::bad_request(
                 "batch_too_large",
                 format!("{} mutations; at most {} per push", mutations.len(), self.config.max_batch),
             ));
         }
-        let ctx = PushContext {
-            user,
-            collections: &self.config.collections,
-            users: &self.user_names,
-            actions: &self.actions,
-        };
-        let (results, touched) = self.store.push(&ctx, mutations).await?;
+        let job = PushJob { user: user.clone(), rules: self.rules.clone(), mutations };
+        let (results, touched) = self.store.push(job).await?;
         if self.publish_locally {
             self.hub.publish(touched);
         }
@@ -212,7 +212,7 @@ impl AppState {
         for (name, cursor) in requested {
             let collection = CollectionName::new(name.clone())
                 .map_err(|e| ServerError::bad_request("invalid_collection", e.to_string()))?;
-            let access = self.config.collections.get(&collection).map(|c| c.access).ok_or_else(|| {
+            let access = self.rules.collections.get(&collection).map(|c| c.access).ok_or_else(|| {
                 ServerError::bad_request("unknown_collection", format!("collection {collection} is not served here"))
             })?;
             let cursor = match cursor {
@@ -222,7 +222,7 @@ impl AppState {
             };
             items.push(PullItem { collection, access, cursor });
         }
-        self.store.pull(user, &items, limit).await
+        self.store.pull(PullJob { user: user.clone(), items, limit }).await
     }
 }
 
@@ -233,7 +233,7 @@ async fn push(
 ) -> Result<Json<PushAnswer>, ServerError> {
     let user = state.authenticate(&headers)?;
     let body = state.json_body(&headers, body).await?;
-    Ok(Json(state.handle_push(&user, &body).await?))
+    Ok(Json(state.handle_push(&user, body).await?))
 }
 
 async fn pull(
@@ -248,6 +248,6 @@ async fn pull(
 
 async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ServerError> {
     let user = state.authenticate(&headers)?;
-    let collections: BTreeMap<_, _> = state.config.collections.clone();
+    let collections: BTreeMap<_, _> = state.rules.collections.clone();
     Ok(sse_for(user, collections, state.hub.subscribe()).into_response())
 }

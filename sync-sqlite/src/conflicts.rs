@@ -77,7 +77,7 @@ pub(crate) async fn resolve(
     mutation: MutationId,
     at: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     let sql = format!("{CONFLICT_SELECT} WHERE c.collection = ? AND c.record_id = ?");
     let row = sqlx::query(&sql)
@@ -183,7 +183,7 @@ pub(crate) async fn retry_failed(store: &SqliteStore, id: MutationId) -> Result<
     let done =
         sqlx::query("UPDATE offsync_outbox SET status = 0, last_error = NULL WHERE mutation_id = ? AND status = 1")
             .bind(id.to_string())
-            .execute(&mut *store.write_conn().await)
+            .execute(&mut *store.write_conn().await?)
             .await
             .map_err(storage)?;
     if done.rows_affected() == 0 {
@@ -196,7 +196,7 @@ pub(crate) async fn discard_failed(
     store: &SqliteStore,
     id: MutationId,
 ) -> Result<Option<(CollectionName, RecordId)>, Error> {
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     let row =
         sqlx::query("DELETE FROM offsync_outbox WHERE mutation_id = ? AND status = 1 RETURNING collection, record_id")

@@ -41,8 +41,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous, SqliteTransactionManager,
+};
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool, TransactionManager};
 use sync_core::Error;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -187,14 +189,30 @@ impl SqliteStore {
         Ok(Self { writer: Arc::new(Mutex::new(conn)), reader: None })
     }
 
-    pub(crate) async fn write_conn(&self) -> MutexGuard<'_, SqliteConnection> {
-        self.writer.lock().await
+    /// The writer, out of any transaction a cancelled call left open.
+    ///
+    /// A store call whose future is dropped inside sqlx's `begin_with` (after SQLite began
+    /// the transaction, before sqlx handed back a `Transaction`) leaves the connection in
+    /// a transaction nothing will end: the next write would run inside it and never be
+    /// committed, and the next `begin_with` would fail. So whoever takes the writer first
+    /// rolls back whatever is open. A `Transaction` dropped half way queues its own
+    /// rollback, which runs before this one; the check is one atomic load otherwise.
+    pub(crate) async fn write_conn(&self) -> Result<MutexGuard<'_, SqliteConnection>, Error> {
+        let mut conn = self.writer.lock().await;
+        let depth = <SqliteTransactionManager as TransactionManager>::get_transaction_depth(&conn);
+        if depth > 0 {
+            tracing::debug!(depth, "rolling back a transaction a cancelled store call left open");
+            for _ in 0..depth {
+                <SqliteTransactionManager as TransactionManager>::rollback(&mut conn).await.map_err(storage)?;
+            }
+        }
+        Ok(conn)
     }
 
     pub(crate) async fn read_conn(&self) -> Result<ReadConn<'_>, Error> {
         match &self.reader {
             Some(pool) => pool.acquire().await.map(ReadConn::Pooled).map_err(storage),
-            None => Ok(ReadConn::Writer(self.writer.lock().await)),
+            None => Ok(ReadConn::Writer(self.write_conn().await?)),
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) async fn apply_page(
 ) -> Result<PageApplied, Error> {
     let mut result = PageApplied::default();
     let now = micros(at);
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for page in &pages {
         if page.reset {
@@ -58,7 +58,7 @@ pub(crate) async fn finish_replacement(
 ) -> Result<PageApplied, Error> {
     let mut result = PageApplied::default();
     let now = micros(at);
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     // Staged records go through the same decisions as a page, 1,000 at a time (memory
     // stays bounded; the transaction does not).

@@ -58,7 +58,7 @@ pub(crate) async fn claim(
     }
     let rows = query
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *store.write_conn().await)
+        .fetch_all(&mut *store.write_conn().await?)
         .await
         .map_err(storage)?;
     let mut entries = rows.iter().map(outbox_entry).collect::<Result<Vec<_>, _>>()?;
@@ -107,7 +107,7 @@ pub(crate) async fn record_results(
     let mut applied_seqs = Vec::new();
     let mut acks = Vec::new();
     let mut renames = Vec::new();
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for (entry, outcome) in outcomes {
         match outcome {

@@ -12,11 +12,11 @@ use crate::errors::storage;
 pub(crate) async fn client_id(store: &SqliteStore) -> Result<ClientId, Error> {
     sqlx::query("INSERT OR IGNORE INTO offsync_meta (key, value) VALUES ('client_id', ?)")
         .bind(Uuid::now_v7().to_string())
-        .execute(&mut *store.write_conn().await)
+        .execute(&mut *store.write_conn().await?)
         .await
         .map_err(storage)?;
     let id: String = sqlx::query_scalar("SELECT value FROM offsync_meta WHERE key = 'client_id'")
-        .fetch_one(&mut *store.write_conn().await)
+        .fetch_one(&mut *store.write_conn().await?)
         .await
         .map_err(storage)?;
     Ok(ClientId(id))

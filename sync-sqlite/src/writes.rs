@@ -49,7 +49,7 @@ pub(crate) async fn write(store: &SqliteStore, write: LocalWrite) -> Result<(), 
     .bind(r.action)
     .bind(i64::from(write.versioned))
     .bind(micros(write.at))
-    .execute(&mut *store.write_conn().await)
+    .execute(&mut *store.write_conn().await?)
     .await
     .map_err(|e| write_error(e, &write.collection, write.record_id.as_ref()))?;
     Ok(())
@@ -62,7 +62,7 @@ pub(crate) async fn write_many(store: &SqliteStore, writes: Vec<LocalWrite>) -> 
     if writes.iter().all(|w| w.record_id.is_some() && matches!(w.kind, WriteKind::Insert { .. })) {
         return insert_many(store, &writes).await;
     }
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for chunk in writes.chunks(ROWS_PER_STATEMENT) {
         let mut builder: QueryBuilder<'_, Sqlite> = QueryBuilder::new(INSERT_WRITE);
@@ -99,7 +99,7 @@ pub(crate) async fn write_many(store: &SqliteStore, writes: Vec<LocalWrite>) -> 
 /// and an insert requires the record not to be live), so the triggers' work reduces to:
 /// write the record unless it is live, and queue an upsert.
 async fn insert_many(store: &SqliteStore, writes: &[LocalWrite]) -> Result<(), Error> {
-    let mut writer = store.write_conn().await;
+    let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for chunk in writes.chunks(ROWS_PER_STATEMENT) {
         let mut records: QueryBuilder<'_, Sqlite> =

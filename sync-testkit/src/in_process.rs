@@ -286,7 +286,7 @@ impl Transport for InProcessTransport {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, Error> {
         let user = self.user().map_err(|e| client_error(&e))?;
         let body = self.body(request).map_err(|e| client_error(&e))?;
-        let answer_ = self.inner.state.handle_push(&user, &body).await.map_err(|e| client_error(&e))?;
+        let answer_ = self.inner.state.handle_push(&user, body).await.map_err(|e| client_error(&e))?;
         let response: PushResponse = answer(&answer_)?;
         self.record(request, &response);
         Ok(response)

@@ -24,7 +24,7 @@ use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::logic::User;
 use sync_server::server::{self, from_config};
-use sync_server::store::PushContext;
+use sync_server::store::{PushJob, PushRules};
 use sync_sqlite::SqliteStore;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,9 +162,11 @@ async fn bench_backend(backend: &str, database: String, n: usize, pushes: usize)
 
     // Seed through the store's push (in process): the server's own push rate.
     let user = User { name: "alice".into(), admin: false };
-    let users = [user.name.clone()].into_iter().collect();
-    let actions = Default::default();
-    let ctx = PushContext { user: &user, collections: &config.collections, users: &users, actions: &actions };
+    let rules = Arc::new(PushRules {
+        collections: config.collections.clone(),
+        users: [user.name.clone()].into_iter().collect(),
+        actions: Default::default(),
+    });
     let start = Instant::now();
     for chunk in (0..n as u64).collect::<Vec<_>>().chunks(1000) {
         let raw: Vec<Value> = chunk
@@ -174,7 +176,7 @@ async fn bench_backend(backend: &str, database: String, n: usize, pushes: usize)
                     "record_id": order(*i).id, "op": "upsert", "base_version": null, "data": order(*i)})
             })
             .collect();
-        store.push(&ctx, &raw).await.unwrap();
+        store.push(PushJob { user: user.clone(), rules: rules.clone(), mutations: raw }).await.unwrap();
     }
     let seeded = start.elapsed();
     println!(

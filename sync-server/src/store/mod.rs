@@ -4,13 +4,16 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use sqlx::pool::PoolOptions;
+use sqlx::{Connection, TransactionManager};
 use sync_core::protocol::{ErrorDetail, MutationOutcome, Op, PullResponse};
 use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
@@ -123,7 +126,54 @@ impl<H: ActionHandler + ?Sized> ActionHandler for Arc<H> {
     }
 }
 
-/// Everything a push is checked against.
+/// The rules every push is checked against, built once from the configuration and
+/// shared by all requests.
+#[derive(Clone, Default)]
+pub struct PushRules {
+    /// The served collections.
+    pub collections: BTreeMap<CollectionName, CollectionConfig>,
+    /// Every configured user name (for `owner`).
+    pub users: HashSet<String>,
+    /// Action handlers by name.
+    pub actions: HashMap<String, Arc<dyn ActionHandler>>,
+}
+
+/// A push as a store receives it. It owns everything, so that the store can finish it in
+/// a task of its own whatever happens to the request that asked for it (see
+/// [`ServerStore`]'s cancel safety).
+pub struct PushJob {
+    /// Who pushes.
+    pub user: User,
+    /// The rules to check it against.
+    pub rules: Arc<PushRules>,
+    /// The raw mutations, in order.
+    pub mutations: Vec<Value>,
+}
+
+impl PushJob {
+    /// The borrowed view [`plan_push`] decides with.
+    pub fn context(&self) -> PushContext<'_> {
+        PushContext {
+            user: &self.user,
+            collections: &self.rules.collections,
+            users: &self.rules.users,
+            actions: &self.rules.actions,
+        }
+    }
+}
+
+/// A pull as a store receives it (owned, like [`PushJob`]).
+#[derive(Debug, Clone)]
+pub struct PullJob {
+    /// Who pulls.
+    pub user: User,
+    /// The collections, with their access and the client's cursors.
+    pub items: Vec<PullItem>,
+    /// The most changes in the page.
+    pub limit: usize,
+}
+
+/// Everything a push is checked against, borrowed.
 pub struct PushContext<'a> {
     /// Who pushes.
     pub user: &'a User,
@@ -301,20 +351,31 @@ pub struct Touched {
     pub owner: String,
 }
 
-/// The server's storage. Object-safe; implementations: [`sqlite::SqliteServerStore`].
+/// The server's storage. Object-safe; implementations: [`sqlite::SqliteServerStore`],
+/// [`postgres::PgServerStore`].
+///
+/// # Cancel safety
+/// Every method may be dropped at any await (an HTTP handler's future is dropped when
+/// its client disconnects) without cutting a transaction short: an implementation
+/// finishes, commits or rolls back what it started whatever happens to the caller, and
+/// never returns a connection to its pool inside a transaction. The bundled stores run
+/// each operation in a task of its own ([`detached`]) and check every connection that
+/// comes back to a pool ([`rolling_back_on_release`]). A push dropped by its caller may
+/// therefore still be applied; the client, which heard no answer, sends it again with
+/// the same mutation ids and the ledger answers it.
 #[async_trait]
 pub trait ServerStore: Send + Sync + 'static {
     /// Applies a push atomically: ledger replays, checks, writes, new ledger entries.
     ///
     /// # Errors
     /// [`ServerError::Database`]; nothing is applied then.
-    async fn push(&self, ctx: &PushContext<'_>, raw: &[Value]) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError>;
+    async fn push(&self, job: PushJob) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError>;
 
     /// One page of changes the user may read, after the given cursors.
     ///
     /// # Errors
     /// 400 for a malformed cursor; [`ServerError::Database`].
-    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError>;
+    async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError>;
 
     /// Deletes tombstones last changed before `older_than`; returns how many.
     ///
@@ -333,6 +394,85 @@ pub trait ServerStore: Send + Sync + 'static {
         let _ = hub;
         Ok(None)
     }
+}
+
+/// Runs one store operation in a task of its own and waits for its answer. This is the
+/// first line of the stores' cancel safety: the caller's future may be dropped at any
+/// await, but the task runs its transaction to commit or rollback, so no connection is
+/// left inside a transaction and no lock is held for a request nobody waits for. The
+/// task is told through [`Asker`] whether anyone still waits, so that work queued behind
+/// a busy writer for a client that has gone is skipped before it begins rather than done
+/// for nobody (after a storm of dropped connections, a backlog of such work delayed every
+/// live push by seconds). The alternative that lost: making every await inside the stores
+/// cancel-safe by hand; sqlx's own `begin` is not (see [`rolling_back_on_release`]).
+///
+/// # Errors
+/// The operation's own error; [`ServerError::Database`] (retryable) when the task
+/// panicked or the runtime is shutting down.
+pub async fn detached<T, F, Fut>(work: F) -> Result<T, ServerError>
+where
+    T: Send + 'static,
+    F: FnOnce(Asker) -> Fut,
+    Fut: Future<Output = Result<T, ServerError>> + Send + 'static,
+{
+    let waiting = Arc::new(());
+    let task = tokio::spawn(work(Asker(Arc::downgrade(&waiting))));
+    let answer = task.await.map_err(|e| {
+        tracing::error!(error = %e, "a store task did not finish");
+        ServerError::Database { message: format!("store task did not finish: {e}"), retryable: true }
+    });
+    drop(waiting);
+    answer?
+}
+
+/// Whether the caller of a [`detached`] operation still waits for its answer.
+#[derive(Debug, Clone)]
+pub struct Asker(Weak<()>);
+
+impl Asker {
+    /// The caller has gone (its future was dropped): work not yet begun may be skipped,
+    /// since nobody heard an answer and the client will send the request again.
+    pub fn gone(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+
+    /// `Err` when the caller has gone; stores call it after waiting for a connection and
+    /// before beginning a transaction.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`] (retryable), which nobody receives.
+    pub fn still_waiting(&self) -> Result<(), ServerError> {
+        if self.gone() {
+            return Err(ServerError::Database {
+                message: "the request went away before its transaction began".into(),
+                retryable: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Pool options that roll back a connection that comes back to the pool inside a
+/// transaction, before anyone else can use it (so no lock it holds outlives the request
+/// that took it). The second line of the stores' cancel safety, behind [`detached`]:
+/// sqlx 0.8 can leave a connection in a transaction when the future of a
+/// `BEGIN IMMEDIATE` is dropped after the database began it, and on SQLite that
+/// connection then held the write lock until the pool recycled it, 30 minutes later.
+/// Logged as an error, because behind [`detached`] it should not happen. A connection
+/// whose rollback fails is closed (which rolls back too).
+pub(crate) fn rolling_back_on_release<DB: sqlx::Database>(options: PoolOptions<DB>) -> PoolOptions<DB> {
+    options.after_release(|conn, _meta| {
+        Box::pin(async move {
+            let depth = <DB::TransactionManager as TransactionManager>::get_transaction_depth(conn);
+            if depth > 0 {
+                tracing::error!(depth, "a connection came back to the pool inside a transaction; rolling it back");
+                for _ in 0..depth {
+                    <DB::TransactionManager as TransactionManager>::rollback(conn).await?;
+                }
+            }
+            Ok(!conn.is_in_transaction())
+        })
+    })
 }
 
 /// Where a collection's pull starts, from the client's parsed cursor (position, and
@@ -389,5 +529,32 @@ mod tests {
         assert_eq!(next_position(p(0, true), 1000, true, 5000), p(1000, true));
         assert_eq!(next_position(p(1000, true), 1500, false, 5000), p(5000, false));
         assert_eq!(next_position(p(7000, false), 7000, false, 5000), p(7000, false));
+    }
+
+    #[tokio::test]
+    async fn detached_work_runs_to_the_end_when_its_caller_goes() {
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let call = detached(|asker| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            let _ = finished.send(asker.gone());
+            Ok(())
+        });
+        // The caller gives up (as an HTTP handler does when its client disconnects)...
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(1), call).await.is_err());
+        // ...and the work still finishes, knowing nobody waits for it.
+        assert_eq!(done.await.ok(), Some(true));
+    }
+
+    #[tokio::test]
+    async fn an_asker_is_waiting_while_its_caller_is() {
+        let answer = detached(|asker| async move { Ok((asker.gone(), asker.still_waiting().is_ok())) }).await;
+        assert_eq!(answer.ok(), Some((false, true)));
+    }
+
+    #[tokio::test]
+    async fn a_store_task_that_panics_is_a_retryable_database_error() {
+        #[allow(clippy::panic)]
+        let answer: Result<(), ServerError> = detached(|_| async { panic!("store bug") }).await;
+        assert!(matches!(answer, Err(ServerError::Database { retryable: true, .. })), "{answer:?}");
     }
 }

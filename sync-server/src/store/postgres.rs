@@ -16,15 +16,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 use sync_core::protocol::MutationOutcome;
 use sync_core::{CollectionName, RecordId};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
-    PageBuilder, PullItem, PullPage, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys,
-    start_position, touched, version_floors,
+    Asker, PageBuilder, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
+    next_position, plan_push, prefetch_keys, rolling_back_on_release, start_position, touched, version_floors,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -52,7 +52,7 @@ impl PgServerStore {
     /// [`ServerError::Database`] when it cannot connect or migrate.
     pub async fn open(url: &str) -> Result<Self, ServerError> {
         let options = PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new()
+        let pool = rolling_back_on_release(PgPoolOptions::new())
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
@@ -118,9 +118,37 @@ fn stored(row: &sqlx::postgres::PgRow) -> Result<StoredRecord, ServerError> {
 
 #[async_trait]
 impl ServerStore for PgServerStore {
-    async fn push(&self, ctx: &PushContext<'_>, raw: &[Value]) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+    async fn push(&self, job: PushJob) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+        let store = self.clone();
+        detached(|asker| async move { store.push_now(&asker, &job.context(), &job.mutations).await }).await
+    }
+
+    async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
+        let store = self.clone();
+        detached(|asker| async move { store.pull_now(&asker, &job.user, &job.items, job.limit).await }).await
+    }
+
+    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+        let store = self.clone();
+        detached(|_| async move { store.purge_now(older_than).await }).await
+    }
+
+    async fn forward_notifications(&self, hub: &ChangeHub) -> Result<Option<JoinHandle<()>>, ServerError> {
+        self.listen(hub.clone()).await.map(Some)
+    }
+}
+
+impl PgServerStore {
+    async fn push_now(
+        &self,
+        asker: &Asker,
+        ctx: &PushContext<'_>,
+        raw: &[Value],
+    ) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
         let (ids, keys) = prefetch_keys(raw);
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        asker.still_waiting()?;
+        let mut tx = conn.begin().await?;
         let head: i64 =
             sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
@@ -230,8 +258,16 @@ impl ServerStore for PgServerStore {
         Ok((plan.results, touched))
     }
 
-    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
-        let mut tx = self.pool.begin().await?;
+    async fn pull_now(
+        &self,
+        asker: &Asker,
+        user: &User,
+        items: &[PullItem],
+        limit: usize,
+    ) -> Result<PullPage, ServerError> {
+        let mut conn = self.pool.acquire().await?;
+        asker.still_waiting()?;
+        let mut tx = conn.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
         let head: i64 = sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let mut response = PageBuilder::default();
@@ -288,7 +324,7 @@ impl ServerStore for PgServerStore {
         response.finish()
     }
 
-    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+    async fn purge_now(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
         let mut tx = self.pool.begin().await?;
         // Purges take the head lock too, so no push interleaves with the mark.
         sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
@@ -309,8 +345,42 @@ impl ServerStore for PgServerStore {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
 
-    async fn forward_notifications(&self, hub: &ChangeHub) -> Result<Option<JoinHandle<()>>, ServerError> {
-        self.listen(hub.clone()).await.map(Some)
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A connection left inside a transaction holding the feed's head lock (as sqlx can
+    /// leave one when a `begin` future is dropped) is rolled back when it comes back to
+    /// the pool, so the next push does not wait on that lock.
+    #[tokio::test]
+    async fn a_connection_that_comes_back_inside_a_transaction_is_rolled_back() {
+        let Ok(base) = std::env::var("SYNC_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: SYNC_TEST_POSTGRES_URL is not set (no PostgreSQL to test against)");
+            return;
+        };
+        let schema = format!("t_{}", Uuid::now_v7().simple());
+        let admin = PgPool::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let store = PgServerStore::open(&format!("{base}{sep}options[search_path]={schema}")).await.unwrap();
+        {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").execute(&mut *tx).await.unwrap();
+            std::mem::forget(tx);
+            assert!(conn.is_in_transaction());
+        }
+        // Every other connection of the pool takes the head lock within a second.
+        for _ in 0..4 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            assert!(!conn.is_in_transaction());
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await.unwrap();
+            sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
     }
 }

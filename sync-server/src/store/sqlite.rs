@@ -10,14 +10,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 use sync_core::protocol::MutationOutcome;
 use sync_core::{CollectionName, RecordId};
 use uuid::Uuid;
 
 use super::{
-    PageBuilder, PullItem, PullPage, PushContext, ServerStore, Touched, next_position, plan_push, prefetch_keys,
-    start_position, touched, version_floors,
+    Asker, PageBuilder, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
+    next_position, plan_push, prefetch_keys, rolling_back_on_release, start_position, touched, version_floors,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -27,7 +27,14 @@ use crate::logic::{StoredRecord, User, WireResult};
 /// The SQLite server store.
 #[derive(Debug, Clone)]
 pub struct SqliteServerStore {
-    pool: SqlitePool,
+    /// The one connection every write goes through: a pool of one, so that pushes queue
+    /// for it in arrival order instead of each holding a connection and waiting on
+    /// SQLite's lock (whose busy handler sleeps and retries: with hundreds of clients,
+    /// throughput fell while the CPU idled).
+    writer: SqlitePool,
+    /// Read-only connections for pulls, which WAL lets run beside the writer; the writer
+    /// itself for an in-memory database (other connections would see another database).
+    readers: SqlitePool,
     epoch: String,
 }
 
@@ -41,26 +48,41 @@ impl SqliteServerStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            // Only another process on the same file can hold the lock the writer waits for.
             .busy_timeout(Duration::from_secs(10));
         let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 8 })
-            .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if memory { None } else { Some(Duration::from_secs(1800)) })
-            .connect_with(options)
+        // One connection, never closed for being idle or old: an in-memory database
+        // lives as long as it does. Requests wait for it in a fair queue.
+        let writer = rolling_back_on_release(SqlitePoolOptions::new())
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|e| ServerError::Database { message: format!("migration failed: {e}"), retryable: false })?;
         sqlx::query("INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('epoch', ?), ('seq', '0')")
             .bind(Uuid::now_v7().simple().to_string()[..12].to_owned())
-            .execute(&pool)
+            .execute(&writer)
             .await?;
         let epoch: String =
-            sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'epoch'").fetch_one(&pool).await?;
-        Ok(Self { pool, epoch })
+            sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'epoch'").fetch_one(&writer).await?;
+        let readers = if memory {
+            writer.clone()
+        } else {
+            rolling_back_on_release(SqlitePoolOptions::new())
+                .max_connections(8)
+                .min_connections(0)
+                .idle_timeout(Some(Duration::from_secs(600)))
+                .max_lifetime(Some(Duration::from_secs(1800)))
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(Self { writer, readers, epoch })
     }
 }
 
@@ -81,9 +103,33 @@ fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, ServerError> {
 
 #[async_trait]
 impl ServerStore for SqliteServerStore {
-    async fn push(&self, ctx: &PushContext<'_>, raw: &[Value]) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+    async fn push(&self, job: PushJob) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+        let store = self.clone();
+        detached(|asker| async move { store.push_now(&asker, &job.context(), &job.mutations).await }).await
+    }
+
+    async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
+        let store = self.clone();
+        detached(|asker| async move { store.pull_now(&asker, &job.user, &job.items, job.limit).await }).await
+    }
+
+    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+        let store = self.clone();
+        detached(|_| async move { store.purge_now(older_than).await }).await
+    }
+}
+
+impl SqliteServerStore {
+    async fn push_now(
+        &self,
+        asker: &Asker,
+        ctx: &PushContext<'_>,
+        raw: &[Value],
+    ) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
         let (ids, keys) = prefetch_keys(raw);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = self.writer.acquire().await?;
+        asker.still_waiting()?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         // The whole batch is looked up in two statements, decided in memory, and written
         // in three: the cost per mutation is not a round trip per statement.
         let ids_json = Value::from(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()).to_string();
@@ -184,10 +230,18 @@ impl ServerStore for SqliteServerStore {
         Ok((plan.results, touched))
     }
 
-    async fn pull(&self, user: &User, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
+    async fn pull_now(
+        &self,
+        asker: &Asker,
+        user: &User,
+        items: &[PullItem],
+        limit: usize,
+    ) -> Result<PullPage, ServerError> {
         // One read transaction: every query sees the same snapshot, so the feed's end
         // read here is exactly what the queries below could see.
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.readers.acquire().await?;
+        asker.still_waiting()?;
+        let mut tx = conn.begin().await?;
         let head: String =
             sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
         let head: i64 = head.parse().map_err(|_| corrupt("bad seq counter"))?;
@@ -245,8 +299,8 @@ impl ServerStore for SqliteServerStore {
         response.finish()
     }
 
-    async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+    async fn purge_now(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO sync_purged (collection, through_seq, max_version) \
              SELECT collection, max(seq), max(version) FROM sync_records WHERE deleted = 1 AND updated_at < ? \
@@ -263,5 +317,59 @@ impl ServerStore for SqliteServerStore {
             .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use sqlx::SqliteConnection;
+
+    use super::*;
+
+    async fn store_in(dir: &tempfile::TempDir) -> (SqliteServerStore, String) {
+        let url = format!("sqlite://{}", dir.path().join("server.db").display());
+        (SqliteServerStore::open(&url).await.unwrap(), url)
+    }
+
+    /// Another connection to the file that does not wait for locks: it writes only if
+    /// nobody holds SQLite's write lock.
+    async fn write_lock_is_free(url: &str) -> bool {
+        let options = SqliteConnectOptions::from_str(url).unwrap().busy_timeout(Duration::ZERO);
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("UPDATE sync_meta SET value = value WHERE key = 'seq'").execute(&mut other).await.is_ok()
+    }
+
+    /// Leaves the pooled connection inside a `BEGIN IMMEDIATE` that nothing will end, as
+    /// sqlx does when the future of `begin_with` is dropped at the wrong moment.
+    async fn leave_a_transaction_open(pool: &SqlitePool) {
+        let mut conn = pool.acquire().await.unwrap();
+        std::mem::forget(conn.begin_with("BEGIN IMMEDIATE").await.unwrap());
+        assert!(conn.is_in_transaction());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_comes_back_inside_a_transaction_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, url) = store_in(&dir).await;
+        leave_a_transaction_open(&store.writer).await;
+        // The writer pool has one connection: this waits until it is back in the pool.
+        let conn = store.writer.acquire().await.unwrap();
+        assert!(!conn.is_in_transaction());
+        drop(conn);
+        assert!(write_lock_is_free(&url).await, "the write lock is still held");
+    }
+
+    /// The control: the same pool without the release check keeps the transaction, and
+    /// with it SQLite's write lock (the jam the check prevents).
+    #[tokio::test]
+    async fn without_the_release_check_the_transaction_and_its_lock_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, url) = store_in(&dir).await;
+        let plain = SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        leave_a_transaction_open(&plain).await;
+        let conn = plain.acquire().await.unwrap();
+        assert!(conn.is_in_transaction());
+        assert!(!write_lock_is_free(&url).await);
     }
 }
