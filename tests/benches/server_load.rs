@@ -45,7 +45,8 @@ fn start(binary: &str, users: usize) -> Server {
         dir.path().join("server.db").display()
     );
     for u in 0..users {
-        config.push_str(&format!("[[users]]\nname = \"u{u}\"\ntoken_sha256 = \"{}\"\n", token_sha256(&format!("t{u}"))));
+        config
+            .push_str(&format!("[[users]]\nname = \"u{u}\"\ntoken_sha256 = \"{}\"\n", token_sha256(&format!("t{u}"))));
     }
     let path = dir.path().join("server.toml");
     std::fs::write(&path, config).unwrap();
@@ -188,7 +189,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let runtime = Arc::new(runtime);
     println!("server_load: {seconds} s per run; each client pushes 5 records then pulls, in a loop");
-    println!("{:<10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  errors", "server", "clients", "req/s", "push p50", "push p99", "pull p50", "pull p99");
+    println!(
+        "{:<10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  errors",
+        "server", "clients", "req/s", "push p50", "push p99", "pull p50", "pull p99"
+    );
     for &c in &clients {
         let mut first: Option<f64> = None;
         for (name, path) in &servers {

@@ -124,6 +124,18 @@ async fn engines_dropped_in_the_middle_of_a_push_leave_nothing_behind() {
     }
 }
 
+/// An engine that never syncs: the store is all the next test is about.
+async fn offline_device(store: &SqliteStore) -> Engine {
+    Engine::builder()
+        .store(Arc::new(store.clone()))
+        .transport(Arc::new(sync_testkit::MemoryServer::new()))
+        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
+        .options(common::offline())
+        .build()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_calls_dropped_at_random_points_leave_the_store_usable_and_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,15 +145,7 @@ async fn store_calls_dropped_at_random_points_leave_the_store_usable_and_whole()
     let mut batches = Vec::new();
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        // No server: the store is all this is about (sync stays off).
-        let device = Engine::builder()
-            .store(Arc::new(store.clone()))
-            .transport(Arc::new(sync_testkit::MemoryServer::new()))
-            .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
-            .options(common::offline())
-            .build()
-            .await
-            .unwrap();
+        let device = offline_device(&store).await;
         let orders = device.collection::<WorkOrder>().unwrap();
         for i in 0..400 {
             let batch: Vec<WorkOrder> = (0..60).map(|j| wo(&format!("b{i}-{j}"), "batch", j)).collect();
@@ -157,15 +161,7 @@ async fn store_calls_dropped_at_random_points_leave_the_store_usable_and_whole()
         store.close().await;
     }
     // Opened again: every single write is there, and every batch wholly or not at all.
-    let store = SqliteStore::open(&path).await.unwrap();
-    let device = Engine::builder()
-        .store(Arc::new(store))
-        .transport(Arc::new(sync_testkit::MemoryServer::new()))
-        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
-        .options(common::offline())
-        .build()
-        .await
-        .unwrap();
+    let device = offline_device(&SqliteStore::open(&path).await.unwrap()).await;
     let orders = device.collection::<WorkOrder>().unwrap();
     for one in &singles {
         assert_eq!(orders.get(&one.id).await.unwrap().as_ref(), Some(one), "a single write was lost");
