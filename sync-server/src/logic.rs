@@ -183,11 +183,8 @@ pub fn decide(
     if m.op == Op::Action {
         return Decision::Action;
     }
-    // A missing record is at version 0: base 0 is "create only if absent" (a record
-    // that exists, or left a tombstone, is a conflict); any other number on a missing
-    // record is a conflict, as DESIGN.md says.
     if let Some(base) = m.base_version {
-        if current.map_or(0, |c| c.version) != base {
+        if !base_matches(base, current.map(|c| (c.version, c.deleted))) {
             return Decision::Answer(conflict(current));
         }
     }
@@ -195,6 +192,24 @@ pub fn decide(
     let version = current.map_or(1, |c| c.version + 1);
     let deleted = m.op == Op::Delete;
     Decision::Write(StoredRecord { version, deleted, owner, data: if deleted { None } else { m.data.clone() } })
+}
+
+/// Whether a write based on version `base` may apply to the record as it is now
+/// (`current`: its version and whether it is a tombstone; None when there is none).
+///
+/// A number matches the record at exactly that version, live or deleted. Base 0 is
+/// "create only if absent": it matches a missing record and a tombstone, and conflicts
+/// only with a live record. A device that saw a record deleted (its own delete
+/// acknowledged, or the tombstone pulled) and creates the id again knows of no live
+/// record: the tombstone is what it saw, not a concurrent change, and after the server
+/// purges the tombstone the record is simply missing, so the same write must apply
+/// either way. (CouchDB lets a document be created again over its tombstone the same
+/// way.) Any other number on a missing record is a conflict, as the protocol says.
+pub fn base_matches(base: u64, current: Option<(u64, bool)>) -> bool {
+    match current {
+        None => base == 0,
+        Some((version, deleted)) => base == version || (base == 0 && deleted),
+    }
 }
 
 /// A `conflict` answer showing the record as it is now (None: missing; a tombstone
@@ -230,6 +245,26 @@ pub fn json_depth(value: &Value) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn which_bases_match_which_records() {
+        let cases = [
+            // (base, current (version, deleted), matches)
+            (0, None, true),
+            (3, None, false),
+            (0, Some((2, false)), false),
+            (2, Some((2, false)), true),
+            (1, Some((2, false)), false),
+            (0, Some((2, true)), true),
+            (2, Some((2, true)), true),
+            (1, Some((2, true)), false),
+            (3, Some((2, true)), false),
+        ];
+        for (base, current, expected) in cases {
+            assert_eq!(base_matches(base, current), expected, "base {base} on {current:?}");
+        }
+    }
+
     use super::*;
     use crate::config::Ids;
     use serde_json::json;
@@ -347,7 +382,15 @@ mod tests {
             (&alice, Access::Owner, m(Op::Upsert, Some(1), None), None, "conflict"),
             (&alice, Access::Owner, m(Op::Upsert, Some(0), None), None, "write v1 alice deleted=false"),
             (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(1, "alice", false)), "conflict"),
-            (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(2, "alice", true)), "conflict"),
+            // Create only if absent: a tombstone is absent (the record is created again).
+            (
+                &alice,
+                Access::Owner,
+                m(Op::Upsert, Some(0), None),
+                Some(rec(2, "alice", true)),
+                "write v3 alice deleted=false",
+            ),
+            (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(2, "bob", true)), "forbidden"),
             (&alice, Access::Owner, m(Op::Upsert, Some(0), None), Some(rec(1, "bob", false)), "forbidden"),
             (&alice, Access::Owner, m(Op::Delete, None, None), None, "write v1 alice deleted=true"),
             (

@@ -213,11 +213,12 @@ pub(crate) async fn discard_failed(
     if let Some(record) = record {
         let record = record_id(record)?;
         if !store_has_other_entries(&mut tx, &coll, &record).await? {
-            // Nothing else will change this record: back to what the server acknowledged.
-            let done = on_record(&mut tx, "DELETE FROM offsync_records AS r WHERE r.collection = ? AND r.id = ? AND r.server_version IS NULL \
+            // Nothing else will change this record: back to what the server acknowledged
+            // (gone, when that is nothing or a tombstone).
+            let done = on_record(&mut tx, "DELETE FROM offsync_records AS r WHERE r.collection = ? AND r.id = ? AND (r.server_version IS NULL OR r.base IS NULL) \
                    AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)", &coll, &record).await?;
             let reverted_rows = on_record(&mut tx, "UPDATE offsync_records AS r SET data = base, deleted = (base IS NULL) \
-                  WHERE r.collection = ? AND r.id = ? AND r.server_version IS NOT NULL \
+                  WHERE r.collection = ? AND r.id = ? AND r.base IS NOT NULL \
                     AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)", &coll, &record).await?;
             if done + reverted_rows > 0 {
                 reverted = Some((coll, record));

@@ -228,9 +228,14 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
     let migrator = sqlx::migrate!("./migrations");
     // Two stores opening the same new file at once may race on the first migration;
     // the loser finds it applied when it tries again.
-    match migrator.run(&mut *conn).await {
+    // `run_direct` takes the connection itself: `run` goes through sqlx's `Acquire`,
+    // whose impl for `&mut SqliteConnection` makes the future fail the `Send` check for
+    // every lifetime ("not general enough"), so `open` could not be awaited inside
+    // `tokio::spawn` (tests/tests/api_bounds.rs checks it). It is hidden from sqlx's docs
+    // but public, and sqlx's own `run` is nothing but `acquire` and `run_direct`.
+    match migrator.run_direct(&mut *conn).await {
         Ok(()) => Ok(()),
-        Err(_) => migrator.run(&mut *conn).await.map_err(|e| Error::Storage {
+        Err(_) => migrator.run_direct(&mut *conn).await.map_err(|e| Error::Storage {
             kind: sync_core::StorageErrorKind::Io,
             message: format!("migration failed: {e}"),
         }),

@@ -224,7 +224,14 @@ async fn apply_changes(
     for change in changes {
         let state = local.get(change.record_id.as_str());
         match decide(collection, state, change) {
-            PullAction::Skip => {}
+            PullAction::Skip => {
+                // The echo of our own acknowledged delete (or anything older): the
+                // tombstone kept for it has done its job.
+                if state.is_some_and(|s| is_clean_tombstone(s) && s.server_version.is_some_and(|v| change.version <= v))
+                {
+                    applied.entry(change.record_id.as_str()).or_insert(None);
+                }
+            }
             PullAction::Apply => {
                 if change.deleted {
                     if state.is_some() {
@@ -300,6 +307,12 @@ async fn apply_changes(
         }
     }
     Ok(())
+}
+
+/// A local tombstone with nothing queued and no conflict: what is left of a delete the
+/// server acknowledged, kept until its echo arrives.
+fn is_clean_tombstone(state: &LocalRecordState) -> bool {
+    state.deleted && !state.has_pending && !state.in_conflict
 }
 
 /// Stores the server's side of a conflict found by a pull; true when it is new.

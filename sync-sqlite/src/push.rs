@@ -26,8 +26,12 @@ pub(crate) async fn claim(
         if keys.is_some() { (PARENTS_FIRST, CHILDREN_DELETED_FIRST) } else { ("", "") };
     // One statement: choosing the batch, counting the attempt and fixing the base version
     // are atomic, so a local write can never fold into an entry being pushed. A versioned
-    // write to a record the server never acknowledged goes with base 0, "create only if
-    // absent": two devices creating the same id conflict instead of overwriting.
+    // write goes with the version of the last live state the device knows of the record
+    // (its `base` holds that state's data), or with base 0, "create only if absent", when
+    // it knows none: the server never acknowledged the record to it, or what it knows is
+    // a tombstone (its own delete acknowledged, or a deletion pulled). Two devices
+    // creating the same id then conflict instead of overwriting, and creating an id again
+    // after a deletion the device saw applies, tombstone purged or not.
     // `+o.collection` keeps SQLite off the collection index: walking the outbox in seq
     // order stops after `limit` entries, where the index would visit every entry of the
     // collection and sort them (O(outbox) per batch, measured: push fell to 10k/s).
@@ -35,7 +39,8 @@ pub(crate) async fn claim(
         "UPDATE offsync_outbox \
             SET attempts = attempts + 1, \
                 base_version = CASE WHEN versioned = 1 THEN coalesce( \
-                    (SELECT r.server_version FROM offsync_records r \
+                    (SELECT CASE WHEN op = 'action' OR r.base IS NOT NULL THEN r.server_version END \
+                       FROM offsync_records r \
                       WHERE r.collection = offsync_outbox.collection AND r.id = offsync_outbox.record_id), \
                     CASE WHEN op = 'action' THEN NULL ELSE 0 END) END \
           WHERE seq IN ( \
@@ -197,21 +202,9 @@ pub(crate) async fn record_results(
             .await
             .map_err(storage)?;
     }
-    if acks_json != "[]" {
-        // A local tombstone whose delete the server applied has nothing left to say
-        // (only the acknowledged records are looked at, never the whole table).
-        sqlx::query(
-            "DELETE FROM offsync_records AS r \
-              WHERE (r.collection, r.id) IN (SELECT json_extract(value, '$.c'), json_extract(value, '$.id') FROM json_each(?)) \
-                AND r.deleted = 1 \
-                AND NOT EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) \
-                AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id)",
-        )
-        .bind(&acks_json)
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
-    }
+    // A local tombstone whose delete the server applied stays, with the tombstone's
+    // version, until the pull that brings the echo of that delete (`pull.rs`): the echo
+    // is then known as ours, even when the app has created the id again in between.
     // Renames come last: the acknowledgements above find the records by their local id.
     for rename in renames {
         if let Some(repointed) = renames::rename(&mut tx, &rename, relations).await? {

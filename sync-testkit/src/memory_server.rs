@@ -267,8 +267,7 @@ fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
             let key = (m.collection.clone(), id.clone());
             let current = s.records.get(&key).cloned();
             if let Some(base) = m.base_version {
-                // A missing record is at version 0 ("create only if absent").
-                if current.as_ref().map_or(0, |r| r.version) != base.0 {
+                if !sync_server::logic::base_matches(base.0, current.as_ref().map(|r| (r.version, r.deleted))) {
                     let server =
                         current.map(|r| ServerRecord { version: Version(r.version), deleted: r.deleted, data: r.data });
                     return MutationOutcome::Conflict { server };

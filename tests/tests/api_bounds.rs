@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::WorkOrder;
 use sync_core::{Collection, Engine, LocalStore, SyncPattern, Transport, WatchStream};
+use sync_sqlite::{SqliteStore, SqliteStoreOptions};
 
 fn send_sync_static<T: Send + Sync + 'static>() {}
 fn send_static<T: Send + 'static>(_: &T) {}
@@ -27,6 +28,47 @@ fn futures_and_streams_are_send(engine: Engine, orders: Collection<WorkOrder>) {
     send_static(&async move { orders.list().await });
     send_static(&engine.events());
     send_static(&engine.status());
+}
+
+/// Never called: the constructors' futures can be awaited inside `tokio::spawn` (an app
+/// opens its store and builds its engine in a task of its own).
+#[allow(dead_code)]
+fn constructors_are_send(store: SqliteStore, transport: Arc<dyn Transport>) {
+    send_static(&async { SqliteStore::open("app.db").await });
+    send_static(&async { SqliteStore::open_with("app.db", SqliteStoreOptions::default()).await });
+    send_static(&async { SqliteStore::in_memory().await });
+    let s = store.clone();
+    send_static(&async move { s.close().await });
+    send_static(&async move {
+        Engine::builder()
+            .store(Arc::new(store))
+            .transport(transport)
+            .collection(sync_core::CollectionSpec::of::<WorkOrder>(sync_patterns::ConflictDetection::new()))
+            .build()
+            .await
+    });
+}
+
+#[tokio::test]
+async fn a_store_opens_and_an_engine_builds_inside_spawned_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let store = tokio::spawn(async move { SqliteStore::open(path).await }).await.unwrap().unwrap();
+    let memory = tokio::spawn(SqliteStore::in_memory()).await.unwrap().unwrap();
+    let engine = tokio::spawn(async move {
+        Engine::builder()
+            .store(Arc::new(store))
+            .transport(Arc::new(sync_testkit::MemoryServer::new()))
+            .collection(sync_core::CollectionSpec::of::<WorkOrder>(sync_patterns::ConflictDetection::new()))
+            .options(common::offline())
+            .build()
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    engine.collection::<WorkOrder>().unwrap().insert(&common::wo("a", "b", 1)).await.unwrap();
+    drop(memory);
 }
 
 #[test]

@@ -90,6 +90,20 @@ pub enum Violation {
         /// The server's data (None: the client may not read it, or it is deleted).
         server: Option<Value>,
     },
+    /// Rule 6 (the kit's own): a conflict that no other client's write explains. A
+    /// conflict says someone else changed the record since this client's write was
+    /// based on it; with one client, or none other writing the record since, it is a
+    /// false alarm (and a keep-server choice then throws the user's write away).
+    UnexplainedConflict {
+        /// The client that met it.
+        client: usize,
+        /// The collection.
+        collection: String,
+        /// The record.
+        record: String,
+        /// The versions involved.
+        detail: String,
+    },
     /// Liveness: once the faults stopped, the client still had work queued, conflicts
     /// open or an engine that would not answer after the bounded number of cycles.
     Stuck {
@@ -106,7 +120,8 @@ impl Violation {
         matches!(self, Violation::Stuck { .. })
     }
 
-    /// The DESIGN.md invariant it breaks (0 for liveness).
+    /// The invariant it breaks: 1-5 as the protocol numbers them, 6 for the kit's rule
+    /// that conflicts are explained, 0 for liveness.
     pub fn invariant(&self) -> u8 {
         match self {
             Violation::Lost { .. } | Violation::ResolutionLostField { .. } => 1,
@@ -114,6 +129,7 @@ impl Violation {
             Violation::OutOfOrder { .. } => 3,
             Violation::LocalFirst { .. } => 4,
             Violation::Diverged { .. } => 5,
+            Violation::UnexplainedConflict { .. } => 6,
             Violation::Stuck { .. } => 0,
         }
     }
@@ -150,6 +166,12 @@ impl fmt::Display for Violation {
                 show(local.as_ref()),
                 show(server.as_ref())
             ),
+            Violation::UnexplainedConflict { client, collection, record, detail } => write!(
+                f,
+                "rule 6 (conflicts are explained): {} met a conflict on {collection}/{record} that no other \
+                 client's write explains: {detail}",
+                client_name(*client)
+            ),
             Violation::Stuck { client, detail } => {
                 write!(f, "liveness: {} did not settle after the faults stopped: {detail}", client_name(*client))
             }
@@ -159,6 +181,31 @@ impl fmt::Display for Violation {
 
 fn show(value: Option<&Value>) -> String {
     value.map_or_else(|| "nothing".to_owned(), Value::to_string)
+}
+
+/// Rule 6 for one conflict a client met: some other client must have had a write to the
+/// record applied at a version above the one this client's write was based on (a write
+/// it had not seen). `others` are the versions of the other clients' applications to the
+/// record. What the client had seen is taken from the conflict's base version: what the
+/// device knew of the record when it claimed the write (a remembered tombstone's version
+/// included), so a deletion it pulled and forgot is not caught by this rule.
+pub(crate) fn check_conflict_explained(client: usize, conflict: &Conflict, others: &[u64]) -> Option<Violation> {
+    let based_on = conflict.base_version.map_or(0, |v| v.0);
+    if others.iter().any(|&v| v > based_on) {
+        return None;
+    }
+    let server = conflict.server.as_ref().map_or_else(
+        || "missing".to_owned(),
+        |s| format!("version {}{}", s.version.0, if s.deleted { " (deleted)" } else { "" }),
+    );
+    Some(Violation::UnexplainedConflict {
+        client,
+        collection: conflict.collection.to_string(),
+        record: conflict.record_id.to_string(),
+        detail: format!(
+            "its write was based on version {based_on}, the server has {server}, other clients' writes: {others:?}"
+        ),
+    })
 }
 
 /// What a client meant to happen to a record, in the order it meant it.
@@ -185,6 +232,24 @@ impl fmt::Display for Intent {
     }
 }
 
+/// What made an acknowledged intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A local write that created the record (it was not stored on the device).
+    Create,
+    /// Any other local write.
+    Write,
+    /// A conflict resolution, or the kit settling a parked mutation.
+    Resolution,
+}
+
+impl Source {
+    /// A local write (not a resolution): it must fire a local change event.
+    pub(crate) fn is_local_write(self) -> bool {
+        self != Source::Resolution
+    }
+}
+
 /// One acknowledged intent: a local write that returned Ok, or a resolution applied.
 #[derive(Debug, Clone)]
 pub(crate) struct Ack {
@@ -194,8 +259,8 @@ pub(crate) struct Ack {
     pub(crate) intent: Intent,
     /// Its place among everything observed (acks and events share the counter).
     pub(crate) seq: u64,
-    /// A local write (not a resolution): it must fire a local change event.
-    pub(crate) local_write: bool,
+    /// Where it came from.
+    pub(crate) source: Source,
 }
 
 /// An event a client's engine broadcast, in the order the kit received them.
@@ -343,6 +408,26 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
     let last_applied =
         thread.applied.iter().rev().find(|a| sent.iter().any(|ack| matches(&ack.intent, a, &collection, normalize)));
     let last_delete = sent.iter().rposition(|a| a.intent == Intent::Delete);
+    // The intent at `index` deletes a record this client created locally (the record
+    // was not stored here), when nothing of it reached the server in between: none of
+    // the intents since the create was applied, and no change came from the server.
+    let deletes_an_unsent_create = |index: usize| {
+        let Some(create) = sent[..index].iter().rposition(|a| a.source == Source::Create) else { return false };
+        let (from, to) = (sent[create].seq, sent[index].seq);
+        let sent_since = sent[create..index]
+            .iter()
+            .any(|a| thread.applied.iter().any(|applied| matches(&a.intent, applied, &collection, normalize)));
+        let heard_since = thread.events.iter().any(|e| {
+            e.seq > from
+                && e.seq < to
+                && matches!(
+                    e.event,
+                    SyncEvent::RecordChanged { origin: sync_core::Origin::Remote, .. }
+                        | SyncEvent::ConflictDetected { .. }
+                )
+        });
+        !sent_since && !heard_since
+    };
     for (index, ack) in sent.iter().enumerate() {
         let last = index + 1 == sent.len() && thread.acks.last().is_some_and(|a| std::ptr::eq(*a, *ack));
         let is_action = matches!(ack.intent, Intent::Action { .. });
@@ -356,16 +441,10 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
         };
         let holds_at_end = match &ack.intent {
             Intent::Upsert(value) => thread.server_final.as_ref().is_some_and(|s| *s == normalize(&collection, value)),
-            // A delete of a record the server never had from this client, nor gave it,
-            // has nothing to delete: the store drops it with the queued create.
-            Intent::Delete => {
-                thread.server_final.is_none()
-                    || (!thread.applied.iter().any(|a| a.op != Op::Action)
-                        && !thread.events.iter().any(|e| {
-                            e.seq < ack.seq
-                                && matches!(e.event, SyncEvent::RecordChanged { origin: sync_core::Origin::Remote, .. })
-                        }))
-            }
+            // A delete of a record this client created and never sent has nothing to
+            // delete: the store drops it with the queued create, and a record the
+            // server holds under that id is someone else's (created concurrently).
+            Intent::Delete => thread.server_final.is_none() || deletes_an_unsent_create(index),
             // A delete of a record the server never saw drops its queued actions.
             Intent::Action { .. } => last_delete.is_some_and(|d| d > index),
             Intent::Settled => true,
@@ -382,7 +461,7 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
 
     // Invariant 4: every local write fired a local change event.
     let local_writes =
-        thread.acks.iter().filter(|a| a.local_write && !matches!(a.intent, Intent::Action { .. })).count();
+        thread.acks.iter().filter(|a| a.source.is_local_write() && !matches!(a.intent, Intent::Action { .. })).count();
     let local_events = thread
         .events
         .iter()
@@ -481,7 +560,7 @@ mod tests {
     }
 
     fn ack(intent: Intent, seq: u64) -> Ack {
-        Ack { client: 0, collection: "c".into(), record: "r".into(), intent, seq, local_write: false }
+        Ack { client: 0, collection: "c".into(), record: "r".into(), intent, seq, source: Source::Resolution }
     }
 
     fn thread_check(acks: &[Ack], applied: &[Application], server_final: Option<Value>) -> Vec<u8> {
@@ -514,5 +593,57 @@ mod tests {
         // A settlement (keep server) as the last intent loses nothing
         let settled = [ack(Intent::Upsert(v1.clone()), 1), ack(Intent::Settled, 2)];
         assert_eq!(thread_check(&settled, &[], Some(v2)), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_delete_of_an_unsent_create_has_nothing_to_delete() {
+        let (mine, theirs) = (json!({"n": 1}), json!({"n": 9}));
+        let made = |source| Ack { source, ..ack(Intent::Upsert(mine.clone()), 1) };
+        let delete = Ack { source: Source::Write, ..ack(Intent::Delete, 2) };
+        let up = |v: &Value, version| application(Op::Upsert, Some(v.clone()), version);
+        // No events are given here: invariant 4 (local change events) is not the point.
+        let thread_check = |acks: &[Ack], applied: &[Application], server_final| -> Vec<u8> {
+            thread_check(acks, applied, server_final).into_iter().filter(|&v| v != 4).collect()
+        };
+        // Created here, deleted here, never sent: the server's record is another client's.
+        assert_eq!(thread_check(&[made(Source::Create), delete.clone()], &[], Some(theirs.clone())), Vec::<u8>::new());
+        // Created here and sent: the delete had something to delete, and it is lost.
+        assert_eq!(thread_check(&[made(Source::Create), delete.clone()], &[up(&mine, 1)], Some(theirs.clone())), [1]);
+        // An update, not a create: the record was there to delete.
+        assert_eq!(thread_check(&[made(Source::Write), delete], &[], Some(theirs)), [1]);
+    }
+
+    #[test]
+    fn a_conflict_needs_a_write_of_another_client_it_had_not_seen() {
+        let conflict = |base: Option<u64>, server: Option<(u64, bool)>| Conflict {
+            collection: CollectionName::new("c").unwrap(),
+            record_id: RecordId::new("r").unwrap(),
+            mutation_id: None,
+            local: Some(json!({"n": 1})),
+            server: server.map(|(v, deleted)| ServerRecord { version: Version(v), deleted, data: None }),
+            base: None,
+            base_version: base.map(Version),
+            detected_at: chrono::Utc::now(),
+        };
+        // (the version the write was based on, the server's (version, deleted), the
+        // other clients' application versions, explained)
+        type Case = (Option<u64>, Option<(u64, bool)>, &'static [u64], bool);
+        let cases: [Case; 6] = [
+            // Another client wrote version 2 after this one's write based on 1: explained.
+            (Some(1), Some((2, false)), &[1, 2], true),
+            // Created here while another client created the same id: explained.
+            (None, Some((1, false)), &[1], true),
+            // Nobody else ever wrote it (own delete, then created again): a false alarm.
+            (None, Some((2, true)), &[], false),
+            // The only other write is one this client's write was already based on.
+            (Some(3), Some((3, true)), &[1, 3], false),
+            // The record is gone and nobody else touched it.
+            (Some(2), None, &[], false),
+            (Some(2), None, &[3], true),
+        ];
+        for (base, server, others, explained) in cases {
+            let found = check_conflict_explained(0, &conflict(base, server), others);
+            assert_eq!(found.is_none(), explained, "base {base:?}, server {server:?}, others {others:?}: {found:?}");
+        }
     }
 }

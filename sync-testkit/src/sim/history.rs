@@ -30,6 +30,21 @@ pub enum Step {
         /// The record id.
         record: String,
     },
+    /// Deletes a record (when it is stored) and writes it again under the same id, with
+    /// a sync in between when `sync_between`: the delete acknowledged (and perhaps its
+    /// echo pulled) before the id is created again.
+    Recreate {
+        /// The client.
+        client: usize,
+        /// The collection.
+        collection: String,
+        /// The record id.
+        record: String,
+        /// The new record's contents.
+        data: Value,
+        /// Sync between the delete and the new write.
+        sync_between: bool,
+    },
     /// Queues a custom action on a record; the kit gives each one unique arguments.
     Action {
         /// The client.
@@ -89,6 +104,7 @@ impl Step {
         Some(match self {
             Step::Write { client, .. }
             | Step::Delete { client, .. }
+            | Step::Recreate { client, .. }
             | Step::Action { client, .. }
             | Step::Offline { client }
             | Step::Online { client }
@@ -115,6 +131,12 @@ impl fmt::Display for Step {
         match self {
             Step::Write { collection, record, data, .. } => write!(f, "{who} writes {collection}/{record} = {data}"),
             Step::Delete { collection, record, .. } => write!(f, "{who} deletes {collection}/{record}"),
+            Step::Recreate { collection, record, data, sync_between: true, .. } => {
+                write!(f, "{who} deletes {collection}/{record}, syncs, and creates it again = {data}")
+            }
+            Step::Recreate { collection, record, data, sync_between: false, .. } => {
+                write!(f, "{who} deletes {collection}/{record} and creates it again = {data}")
+            }
             Step::Action { collection, record, name, .. } => {
                 write!(f, "{who} sends action {name} on {collection}/{record}")
             }

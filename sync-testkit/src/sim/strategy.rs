@@ -39,6 +39,8 @@ pub struct StepWeights {
     pub write: u32,
     /// [`Step::Delete`].
     pub delete: u32,
+    /// [`Step::Recreate`].
+    pub recreate: u32,
     /// [`Step::Action`].
     pub action: u32,
     /// [`Step::Sync`].
@@ -57,7 +59,18 @@ pub struct StepWeights {
 
 impl Default for StepWeights {
     fn default() -> Self {
-        Self { write: 5, delete: 2, action: 1, sync: 4, offline_online: 1, resolve: 1, fault: 3, crash: 1, purge: 1 }
+        Self {
+            write: 5,
+            delete: 2,
+            recreate: 2,
+            action: 1,
+            sync: 4,
+            offline_online: 1,
+            resolve: 1,
+            fault: 3,
+            crash: 1,
+            purge: 1,
+        }
     }
 }
 
@@ -102,6 +115,17 @@ fn step(clients: usize, tracked: &[Tracked], actions: &[String], options: &Histo
             record,
         });
         choices.push((w.delete, delete.boxed()));
+        let name = t.name.clone();
+        let recreate = (client.clone(), record.clone(), t.data.clone(), proptest::bool::ANY).prop_map(
+            move |(client, record, data, sync_between)| Step::Recreate {
+                client,
+                collection: name.clone(),
+                record,
+                data,
+                sync_between,
+            },
+        );
+        choices.push((w.recreate, recreate.boxed()));
         if !actions.is_empty() {
             let name = t.name.clone();
             let action = (client.clone(), record.clone(), proptest::sample::select(actions.to_vec())).prop_map(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sync_core::protocol::Op;
 use sync_core::{
     Backoff, ClientId, Conflict, Credentials, Engine, EngineOptions, Error, Resolution, SyncEvent, SyncReport,
 };
@@ -16,7 +17,10 @@ use sync_sqlite::SqliteStore;
 use tokio::sync::broadcast;
 
 use super::app::{SimApp, Tracked};
-use super::check::{Ack, Intent, Seen, Thread, Violation, check_convergence, check_resolution, check_thread};
+use super::check::{
+    Ack, Intent, Seen, Source, Thread, Violation, check_conflict_explained, check_convergence, check_resolution,
+    check_thread,
+};
 use super::history::{History, Step};
 use crate::{FaultyTransport, InProcessServer, InProcessTransport};
 
@@ -282,7 +286,7 @@ impl Simulation {
         }
     }
 
-    fn ack(&mut self, client: usize, collection: &str, record: &str, intent: Intent, local_write: bool) {
+    fn ack(&mut self, client: usize, collection: &str, record: &str, intent: Intent, source: Source) {
         self.drain_all();
         let seq = self.log.next();
         self.log.acks.push(Ack {
@@ -291,7 +295,7 @@ impl Simulation {
             record: record.to_owned(),
             intent,
             seq,
-            local_write,
+            source,
         });
     }
 
@@ -329,50 +333,23 @@ impl Simulation {
         }
         let Some(engine) = self.clients[client].engine.clone() else { return };
         match step {
-            Step::Write { collection, record, data, .. } => {
-                let Some(tracked) = self.tracked(collection) else { return };
-                let value = tracked.with_id(data, record);
-                match (tracked.ops.put)(&engine, value.clone()).await {
-                    Ok(()) => {
-                        self.ack(client, collection, record, Intent::Upsert(value.clone()), true);
-                        let expected = (tracked.ops.normalize)(&value).ok();
-                        match (tracked.ops.get)(&engine, record).await {
-                            Ok(read) if read == expected => {}
-                            Ok(read) => self.local_first(
-                                client,
-                                collection,
-                                record,
-                                format!("wrote {value}, read back {read:?}"),
-                            ),
-                            Err(e) => self.local_first(client, collection, record, format!("read back failed: {e}")),
-                        }
-                    }
-                    Err(e) if refused(&e) => {}
-                    Err(e) => self.local_first(client, collection, record, format!("write failed: {e}")),
+            Step::Write { collection, record, data, .. } => self.write(client, &engine, collection, record, data).await,
+            Step::Delete { collection, record, .. } => self.delete(client, &engine, collection, record).await,
+            Step::Recreate { collection, record, data, sync_between, .. } => {
+                self.delete(client, &engine, collection, record).await;
+                if *sync_between {
+                    self.sync(client, &engine).await;
                 }
-            }
-            Step::Delete { collection, record, .. } => {
-                let Some(tracked) = self.tracked(collection) else { return };
-                match (tracked.ops.delete)(&engine, record).await {
-                    Ok(()) => {
-                        self.ack(client, collection, record, Intent::Delete, true);
-                        match (tracked.ops.get)(&engine, record).await {
-                            Ok(None) => {}
-                            other => {
-                                self.local_first(client, collection, record, format!("deleted, read back {other:?}"))
-                            }
-                        }
-                    }
-                    Err(e) if refused(&e) => {}
-                    Err(e) => self.local_first(client, collection, record, format!("delete failed: {e}")),
-                }
+                self.write(client, &engine, collection, record, data).await;
             }
             Step::Action { collection, record, name, .. } => {
                 let Some(tracked) = self.tracked(collection) else { return };
                 self.actions += 1;
                 let args = json!({ "n": self.actions });
                 match (tracked.ops.action)(&engine, name, record, args.clone()).await {
-                    Ok(()) => self.ack(client, collection, record, Intent::Action { name: name.clone(), args }, true),
+                    Ok(()) => {
+                        self.ack(client, collection, record, Intent::Action { name: name.clone(), args }, Source::Write)
+                    }
                     Err(e) if refused(&e) => {}
                     Err(e) => self.local_first(client, collection, record, format!("action failed: {e}")),
                 }
@@ -439,6 +416,47 @@ impl Simulation {
         self.restart(client).await;
     }
 
+    /// A local write: inserts the record, or updates it when it is stored.
+    async fn write(&mut self, client: usize, engine: &Engine, collection: &str, record: &str, data: &Value) {
+        let Some(tracked) = self.tracked(collection) else { return };
+        let value = tracked.with_id(data, record);
+        let source = match (tracked.ops.get)(engine, record).await {
+            Ok(None) => Source::Create,
+            _ => Source::Write,
+        };
+        match (tracked.ops.put)(engine, value.clone()).await {
+            Ok(()) => {
+                self.ack(client, collection, record, Intent::Upsert(value.clone()), source);
+                let expected = (tracked.ops.normalize)(&value).ok();
+                match (tracked.ops.get)(engine, record).await {
+                    Ok(read) if read == expected => {}
+                    Ok(read) => {
+                        self.local_first(client, collection, record, format!("wrote {value}, read back {read:?}"))
+                    }
+                    Err(e) => self.local_first(client, collection, record, format!("read back failed: {e}")),
+                }
+            }
+            Err(e) if refused(&e) => {}
+            Err(e) => self.local_first(client, collection, record, format!("write failed: {e}")),
+        }
+    }
+
+    /// A local delete (refused when the record is not stored).
+    async fn delete(&mut self, client: usize, engine: &Engine, collection: &str, record: &str) {
+        let Some(tracked) = self.tracked(collection) else { return };
+        match (tracked.ops.delete)(engine, record).await {
+            Ok(()) => {
+                self.ack(client, collection, record, Intent::Delete, Source::Write);
+                match (tracked.ops.get)(engine, record).await {
+                    Ok(None) => {}
+                    other => self.local_first(client, collection, record, format!("deleted, read back {other:?}")),
+                }
+            }
+            Err(e) if refused(&e) => {}
+            Err(e) => self.local_first(client, collection, record, format!("delete failed: {e}")),
+        }
+    }
+
     async fn restart(&mut self, client: usize) {
         if let Err(e) = self.boot(client).await {
             self.violations.push(Violation::Stuck { client, detail: format!("restart failed: {e}") });
@@ -483,7 +501,7 @@ impl Simulation {
             };
             let (collection, record) = (conflict.collection.as_str(), conflict.record_id.as_str());
             match engine.resolve(collection, record, resolution).await {
-                Ok(()) => self.ack(client, collection, record, intent, false),
+                Ok(()) => self.ack(client, collection, record, intent, Source::Resolution),
                 Err(e) => self
                     .violations
                     .push(Violation::Stuck { client, detail: format!("resolving {collection}/{record} failed: {e}") }),
@@ -541,6 +559,7 @@ impl Simulation {
             self.check_convergence().await;
         }
         self.check_threads(rounds > 0).await;
+        self.check_conflicts_explained();
         let (liveness, safety): (Vec<_>, Vec<_>) = self.violations.drain(..).partition(Violation::is_liveness);
         outcome.violations = safety;
         outcome.liveness.extend(liveness);
@@ -568,7 +587,7 @@ impl Simulation {
             if engine.discard_failed(entry.mutation_id).await.is_ok()
                 && let Some(record) = &entry.record_id
             {
-                self.ack(client, entry.collection.as_str(), record.as_str(), Intent::Settled, false);
+                self.ack(client, entry.collection.as_str(), record.as_str(), Intent::Settled, Source::Resolution);
             }
         }
         !failed.is_empty()
@@ -642,6 +661,28 @@ impl Simulation {
                 };
                 found.extend(check_convergence(client, &tracked.name, &local, &server));
             }
+        }
+        self.violations.extend(found);
+    }
+
+    /// Rule 6 for every conflict a user met: another client's write explains it.
+    fn check_conflicts_explained(&mut self) {
+        let applications = self.server.applications();
+        let owner = |id: &ClientId| self.clients.iter().position(|c| c.client_ids.contains(&id.0));
+        let mut found = Vec::new();
+        for seen in &self.conflicts {
+            let (collection, record) = (seen.conflict.collection.as_str(), seen.conflict.record_id.as_str());
+            let others: Vec<u64> = applications
+                .iter()
+                .filter(|a| {
+                    owner(&a.client_id) != Some(seen.client)
+                        && a.collection.as_str() == collection
+                        && a.record_id.as_ref().is_some_and(|r| r.as_str() == record)
+                        && a.op != Op::Action
+                })
+                .map(|a| a.version.0)
+                .collect();
+            found.extend(check_conflict_explained(seen.client, &seen.conflict, &others));
         }
         self.violations.extend(found);
     }
