@@ -2,11 +2,13 @@
 //! process, with the faults a real network and real crashes produce, and a
 //! property-based simulator that checks DESIGN.md's invariants on random histories.
 //!
-//! - [`sim`]: generated histories of 2 to 5 clients (writes, deletes, custom actions,
-//!   offline and online, syncs, faults, crashes, conflict resolution), run against real
-//!   engines on SQLite files and the reference server's logic, then settled and checked:
-//!   nothing acknowledged is lost, exactly once, per-record order, local first,
-//!   convergence, and liveness (every outbox drains within a bounded number of rounds).
+//! - [`sim`]: generated histories of 2 to 5 clients (writes, deletes, a record deleted
+//!   and created again, custom actions, offline and online, syncs, faults, crashes,
+//!   conflict resolution), run against real engines on SQLite files and the reference
+//!   server's logic, then settled and checked: nothing acknowledged is lost, exactly
+//!   once, per-record order, local first, convergence, every conflict explained by
+//!   another client's write, and liveness (every outbox drains within a bounded number
+//!   of rounds).
 //!   proptest shrinks a failure to a short, printed story; [`sim::Scenario`] writes one
 //!   by hand.
 //! - [`InProcessServer`]: the reference server's request handling and SQLite store in a

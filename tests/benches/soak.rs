@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut total = Summary { seed, ..Summary::default() };
     let mut per_app: BTreeMap<&str, u32> = BTreeMap::new();
-    let (mut violations, mut liveness) = (0usize, 0usize);
+    let (mut violations, mut liveness, mut false_conflicts) = (0usize, 0usize, 0usize);
     let started = Instant::now();
     let mut index = 0;
     while Instant::now() < deadline {
@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         if !outcome.is_ok() {
             violations += outcome.violations.len();
             liveness += outcome.liveness.len();
+            false_conflicts += outcome.violations.iter().filter(|v| v.invariant() == 6).count();
             println!("{name}: history {} broke an invariant:\n{history}{outcome}", total.cases);
         }
     }
@@ -58,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     println!("conflicts met:      {}", total.conflicts);
     println!("resets (resyncs):   {}", total.resets);
     println!("mutations applied:  {}", total.applied);
-    println!("invariant violations: {violations}");
+    println!("invariant violations: {violations} (of which false conflicts, rule 6: {false_conflicts})");
     println!("liveness failures:    {liveness}");
     if violations + liveness > 0 {
         anyhow::bail!("{violations} invariant violations, {liveness} liveness failures");

@@ -1,13 +1,16 @@
 //! Every bundled pattern under the fault model: generated histories of 2 to 5 clients
 //! with lost, duplicated, delayed and reordered requests, cut-offs, 5xx, 401 and crashes
-//! (idle and inside a push the server applied), checked against invariants 1-5 and
-//! liveness. 256 histories per pattern; `PROPTEST_CASES` asks for more, and
+//! (idle and inside a push the server applied), checked against invariants 1-5, rule 6
+//! (conflicts are explained) and liveness. 256 histories per pattern; `PROPTEST_CASES` asks for more, and
 //! `OFFSYNC_SEED` replays the seed a run printed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod sim_apps;
 
 use sim_apps::{ConflictApp, LwwApp, OneToManyApp, ReadOnlyApp, UserResolver, title_dropping_resolver};
+use std::sync::Arc;
+
+use sync_patterns::resolvers::KeepServer;
 use sync_testkit::sim::{HistoryOptions, RunOptions, SimApp, StepWeights, check_app};
 
 fn check(app: impl SimApp) {
@@ -24,6 +27,21 @@ fn conflict_detection_with_three_way_merge_keeps_every_invariant() {
 #[test]
 fn conflict_detection_with_keep_local_keeps_every_invariant() {
     check(ConflictApp { resolver: UserResolver::KeepLocal });
+}
+
+/// The "server wins" choice many apps make. A conflict nobody caused would throw the
+/// user's write away here with every invariant of loss satisfied (a keep-server
+/// resolution settles the intent), so these histories are rich in records deleted and
+/// created again under the same id, and rule 6 (every conflict explained by another
+/// client's write) is what guards them.
+#[test]
+fn conflict_detection_with_keep_server_loses_no_record_created_again() {
+    let weights = StepWeights { recreate: 5, ..StepWeights::default() };
+    let options =
+        RunOptions { history: HistoryOptions { weights, ..HistoryOptions::default() }, ..RunOptions::default() };
+    let app = ConflictApp { resolver: UserResolver::Custom(Arc::new(KeepServer)) };
+    let summary = check_app(app, &options).unwrap_or_else(|failure| panic!("{failure}"));
+    println!("{summary}");
 }
 
 #[test]
