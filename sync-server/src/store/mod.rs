@@ -475,6 +475,16 @@ pub(crate) fn rolling_back_on_release<DB: sqlx::Database>(options: PoolOptions<D
     })
 }
 
+/// The row filter of a pull for who may read: none for a reader of everything, or the
+/// owner column as a clause of its own (with `placeholder` for the reader), so that the
+/// `(collection, owner, seq)` index serves it. A single `(everyone OR owner = ?)` filter
+/// kept both backends on the feed index: every pull of an owner collection read every
+/// other user's changes after its cursor, and 500 devices got about half the requests/s
+/// of 100 (BENCHMARKS.md, `server_load`).
+pub(crate) fn owner_filter(everyone: bool, placeholder: &str) -> String {
+    if everyone { String::new() } else { format!("AND owner = {placeholder}") }
+}
+
 /// Where a collection's pull starts, from the client's parsed cursor (position, and
 /// whether its epoch is this database's) and the collection's purged-tombstone mark;
 /// true when the client must reset.

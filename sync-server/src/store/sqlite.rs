@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::{
     Asker, PageBuilder, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
-    next_position, plan_push, prefetch_keys, rolling_back_on_release, start_position, touched, version_floors,
+    next_position, owner_filter, plan_push, prefetch_keys, rolling_back_on_release, start_position, touched,
+    version_floors,
 };
 use crate::config::Access;
 use crate::cursor;
@@ -264,32 +265,27 @@ impl SqliteServerStore {
                 continue;
             }
             let everyone = user.admin || item.access == Access::ReadOnly;
-            let page = sqlx::query(
-                "SELECT count(*) AS n, coalesce(max(seq), ?2) AS last, \
-                   json_group_array(json_object('collection', ?1, 'record_id', id, 'version', version, \
-                     'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data)) ORDER BY seq) AS page \
-                 FROM (SELECT id, version, deleted, data, seq FROM sync_records \
-                        WHERE collection = ?1 AND seq > ?2 AND (?3 OR owner = ?4) ORDER BY seq LIMIT ?5)",
-            )
-            .bind(item.collection.as_str())
-            .bind(start.seq)
-            .bind(everyone)
-            .bind(&user.name)
-            .bind(i64::try_from(remaining).unwrap_or(i64::MAX))
-            .fetch_one(&mut *tx)
-            .await?;
+            let page_sql = page_sql(everyone);
+            let mut page = sqlx::query(&page_sql)
+                .bind(item.collection.as_str())
+                .bind(start.seq)
+                .bind(i64::try_from(remaining).unwrap_or(i64::MAX));
+            if !everyone {
+                page = page.bind(&user.name);
+            }
+            let page = page.fetch_one(&mut *tx).await?;
             let n = usize::try_from(page.try_get::<i64, _>("n")?).map_err(|_| corrupt("negative count"))?;
             let last: i64 = page.try_get("last")?;
-            let more = n == remaining
-                && sqlx::query_scalar::<_, bool>(
-                    "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ? AND seq > ? AND (? OR owner = ?))",
-                )
-                .bind(item.collection.as_str())
-                .bind(last)
-                .bind(everyone)
-                .bind(&user.name)
-                .fetch_one(&mut *tx)
-                .await?;
+            let more = if n < remaining {
+                false
+            } else {
+                let more_sql = more_sql(everyone);
+                let mut more = sqlx::query_scalar::<_, bool>(&more_sql).bind(item.collection.as_str()).bind(last);
+                if !everyone {
+                    more = more.bind(&user.name);
+                }
+                more.fetch_one(&mut *tx).await?
+            };
             response.add(page.try_get("page")?, n);
             response.has_more |= more;
             let position = next_position(start, last, more, head);
@@ -318,6 +314,28 @@ impl SqliteServerStore {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
+
+/// One page of a collection's feed after a position, assembled as a JSON array: ?1
+/// collection, ?2 position, ?3 limit, and ?4 the reader when it may read only its own
+/// records (see [`owner_filter`]).
+fn page_sql(everyone: bool) -> String {
+    format!(
+        "SELECT count(*) AS n, coalesce(max(seq), ?2) AS last, \
+           json_group_array(json_object('collection', ?1, 'record_id', id, 'version', version, \
+             'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data)) ORDER BY seq) AS page \
+         FROM (SELECT id, version, deleted, data, seq FROM sync_records \
+                WHERE collection = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3)",
+        owner_filter(everyone, "?4")
+    )
+}
+
+/// Whether the feed holds more after a position: ?1 collection, ?2 position, ?3 reader.
+fn more_sql(everyone: bool) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ?1 AND seq > ?2 {})",
+        owner_filter(everyone, "?3")
+    )
 }
 
 #[cfg(test)]
@@ -371,5 +389,35 @@ mod tests {
         let conn = plain.acquire().await.unwrap();
         assert!(conn.is_in_transaction());
         assert!(!write_lock_is_free(&url).await);
+    }
+
+    /// A pull of an owner collection reads only the reader's rows through the
+    /// (collection, owner, seq) index; one of a collection everyone reads, the feed index.
+    #[tokio::test]
+    async fn pulls_read_through_the_index_of_what_the_reader_may_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_in(&dir).await;
+        let plan = |sql: String| {
+            let readers = store.readers.clone();
+            async move {
+                let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .bind("c")
+                    .bind(0i64)
+                    .bind(10i64)
+                    .bind("alice")
+                    .fetch_all(&readers)
+                    .await
+                    .unwrap();
+                rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ")
+            }
+        };
+        for (sql, index) in [
+            (page_sql(false), "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
+            (more_sql(false), "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
+            (page_sql(true), "sync_records_feed (collection=? AND seq>?)"),
+        ] {
+            let plan = plan(sql.clone()).await;
+            assert!(plan.contains(index), "{sql}\n  {plan}");
+        }
     }
 }
