@@ -21,8 +21,17 @@ use tokio::task::JoinHandle;
 pub struct HttpTransport {
     base: String,
     http: reqwest::Client,
+    /// For the events stream, which stays open: the same connect timeout, no overall
+    /// timeout, and a read timeout well above the server's 15 s keep-alive, so that a
+    /// connection that died silently (a phone that lost its radio) is noticed and
+    /// reopened.
+    events: reqwest::Client,
     token: RwLock<Option<String>>,
 }
+
+/// How long the events stream may stay silent: four of the server's keep-alive periods.
+const EVENTS_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl HttpTransport {
     /// A transport for the server at `base_url` (such as `http://127.0.0.1:8787`), with
@@ -39,12 +48,19 @@ impl HttpTransport {
     /// # Errors
     /// [`Error::Config`] when the HTTP client cannot be built.
     pub fn with_timeout(base_url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Config { message: format!("HTTP client: {e}") })?;
-        Ok(Self { base: base_url.trim_end_matches('/').to_owned(), http, token: RwLock::new(token.map(str::to_owned)) })
+        let built = |b: reqwest::ClientBuilder| {
+            b.connect_timeout(CONNECT_TIMEOUT)
+                .build()
+                .map_err(|e| Error::Config { message: format!("HTTP client: {e}") })
+        };
+        let http = built(reqwest::Client::builder().timeout(timeout))?;
+        let events = built(reqwest::Client::builder().read_timeout(EVENTS_READ_TIMEOUT))?;
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+            events,
+            token: RwLock::new(token.map(str::to_owned)),
+        })
     }
 
     fn token(&self) -> Option<String> {
@@ -97,8 +113,7 @@ impl HttpTransport {
     }
 
     async fn read_events(&self, notifier: &ChangeNotifier) -> Result<(), Error> {
-        // The events stream stays open: no overall timeout, only the connect timeout.
-        let mut builder = reqwest::Client::new().get(format!("{}/v1/events", self.base));
+        let mut builder = self.events.get(format!("{}/v1/events", self.base));
         if let Some(token) = self.token() {
             builder = builder.bearer_auth(token);
         }

@@ -14,8 +14,9 @@ pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
+/// A stored timestamp; one out of chrono's range is corruption, not 1970.
+pub(crate) fn from_micros(us: i64) -> Result<DateTime<Utc>, Error> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("stored timestamp {us} is out of range")))
 }
 
 pub(crate) fn json_text(value: &Value) -> String {
@@ -30,8 +31,9 @@ pub(crate) fn opt_json(text: Option<String>) -> Result<Option<Value>, Error> {
     text.as_deref().map(parse_json).transpose()
 }
 
-pub(crate) fn version(v: Option<i64>) -> Option<Version> {
-    v.and_then(|v| u64::try_from(v).ok()).map(Version)
+/// A stored version (NULL: none); a negative one is corruption, not "never synced".
+pub(crate) fn version(v: Option<i64>) -> Result<Option<Version>, Error> {
+    v.map(|v| u64::try_from(v).map(Version).map_err(|_| corrupt(format!("stored version {v} is negative")))).transpose()
 }
 
 pub(crate) fn version_param(v: Option<Version>) -> Option<i64> {
@@ -76,10 +78,10 @@ pub(crate) fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
         op: parse_op(&op)?,
         action: row.try_get("action").map_err(get_err)?,
         data: opt_json(row.try_get("data").map_err(get_err)?)?,
-        base_version: version(row.try_get("base_version").map_err(get_err)?),
+        base_version: version(row.try_get("base_version").map_err(get_err)?)?,
         versioned: row.try_get::<i64, _>("versioned").map_err(get_err)? != 0,
-        created_at: from_micros(row.try_get("created_at").map_err(get_err)?),
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        created_at: from_micros(row.try_get("created_at").map_err(get_err)?)?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("stored attempt count {attempts}")))?,
         last_error: row.try_get("last_error").map_err(get_err)?,
     })
 }
@@ -97,12 +99,35 @@ pub(crate) fn stored_record(collection_name: &CollectionName, row: &SqliteRow) -
         collection: collection_name.clone(),
         id: record_id(row.try_get("id").map_err(storage)?)?,
         data: opt_json(data)?.unwrap_or(Value::Null),
-        server_version: version(row.try_get("server_version").map_err(storage)?),
+        server_version: version(row.try_get("server_version").map_err(storage)?)?,
         state: match state {
             2 => RecordState::Conflict,
             1 => RecordState::Pending,
             _ => RecordState::Synced,
         },
-        modified_at: from_micros(row.try_get("modified_at").map_err(storage)?),
+        modified_at: from_micros(row.try_get("modified_at").map_err(storage)?)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sync_core::StorageErrorKind;
+
+    use super::*;
+
+    fn is_corrupt<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
+        matches!(result, Err(Error::Storage { kind: StorageErrorKind::Corrupt, .. }))
+    }
+
+    #[test]
+    fn stored_values_that_cannot_be_are_corruption_not_defaults() {
+        assert_eq!(version(None).ok(), Some(None));
+        assert_eq!(version(Some(0)).ok(), Some(Some(Version(0))));
+        assert_eq!(version(Some(7)).ok(), Some(Some(Version(7))));
+        assert!(is_corrupt(version(Some(-1))), "a negative version is not 'never synced'");
+        assert_eq!(from_micros(0).ok(), DateTime::from_timestamp_micros(0));
+        assert_eq!(from_micros(1_700_000_000_000_000).map(|t| t.timestamp()).ok(), Some(1_700_000_000));
+        assert!(is_corrupt(from_micros(i64::MAX)), "an unreadable time is not 1970");
+        assert!(is_corrupt(from_micros(i64::MIN)));
+    }
 }

@@ -24,7 +24,7 @@ fn conflict_row(row: &SqliteRow) -> Result<Conflict, Error> {
     let local_deleted: Option<i64> = row.try_get("local_deleted").map_err(storage)?;
     let server = if server_exists != 0 {
         Some(ServerRecord {
-            version: version(row.try_get("server_version").map_err(storage)?)
+            version: version(row.try_get("server_version").map_err(storage)?)?
                 .ok_or_else(|| crate::errors::corrupt("conflict without server version"))?,
             deleted: row.try_get::<i64, _>("server_deleted").map_err(storage)? != 0,
             data: opt_json(row.try_get("server_data").map_err(storage)?)?,
@@ -43,8 +43,8 @@ fn conflict_row(row: &SqliteRow) -> Result<Conflict, Error> {
         local,
         server,
         base: opt_json(row.try_get("base").map_err(storage)?)?,
-        base_version: version(row.try_get("base_version").map_err(storage)?),
-        detected_at: from_micros(row.try_get("detected_at").map_err(storage)?),
+        base_version: version(row.try_get("base_version").map_err(storage)?)?,
+        detected_at: from_micros(row.try_get("detected_at").map_err(storage)?)?,
     })
 }
 

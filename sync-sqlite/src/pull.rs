@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::protocol::Change;
 use sync_core::store::{CollectionPage, PageApplied, PullDecider};
-use sync_core::{CollectionName, Cursor, Error, RecordId, Version};
+use sync_core::{CollectionName, Cursor, Error, RecordId};
 
 use crate::SqliteStore;
 use crate::codec::{json_text, micros, parse_json, record_id, version, version_param};
@@ -80,7 +80,8 @@ pub(crate) async fn finish_replacement(
             changes.push(Change {
                 collection: collection.clone(),
                 record_id: record_id(row.try_get("id").map_err(storage)?)?,
-                version: version(row.try_get("version").map_err(storage)?).unwrap_or(Version(0)),
+                version: version(row.try_get("version").map_err(storage)?)?
+                    .ok_or_else(|| crate::errors::corrupt("staged change without a version"))?,
                 deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
                 data: data.map(|d| parse_json(&d)).transpose()?,
             });
@@ -211,7 +212,7 @@ async fn apply_changes(
         local.insert(
             id,
             LocalRecordState {
-                server_version: version(row.try_get("server_version").map_err(storage)?),
+                server_version: version(row.try_get("server_version").map_err(storage)?)?,
                 has_pending: row.try_get::<i64, _>("pending").map_err(storage)? != 0,
                 in_conflict: row.try_get::<i64, _>("conflict").map_err(storage)? != 0,
                 deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,

@@ -178,12 +178,10 @@ impl PgServerStore {
         .await?;
         let mut current = HashMap::new();
         for row in &rows {
-            let (Ok(c), Ok(r)) = (
-                CollectionName::new(row.try_get::<String, _>("collection")?),
-                RecordId::new(row.try_get::<String, _>("id")?),
-            ) else {
-                continue;
-            };
+            // A stored key that does not parse is corruption: skipping it would plan the
+            // record as a new create over the one that exists.
+            let c = CollectionName::new(row.try_get::<String, _>("collection")?).map_err(|e| corrupt(e.to_string()))?;
+            let r = RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?;
             current.insert((c, r), stored(row)?);
         }
         let floors: Vec<(String, i64)> =

@@ -16,7 +16,8 @@ use super::world::{Outcome, run_history};
 /// How many histories to run and what they hold.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Cases to run; `PROPTEST_CASES` in the environment overrides it.
+    /// Cases to run. The default is `PROPTEST_CASES` from the environment, else 256; a
+    /// number set here explicitly wins over the environment.
     pub cases: u32,
     /// The seed; `OFFSYNC_SEED` in the environment overrides it; None: a random one.
     /// It is printed either way, and the same seed generates the same histories.
@@ -29,17 +30,18 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { cases: 256, seed: None, history: HistoryOptions::default(), max_shrink_iters: 2048 }
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+        Self { cases, seed: None, history: HistoryOptions::default(), max_shrink_iters: 2048 }
     }
 }
 
 impl RunOptions {
-    /// The options with the environment's overrides applied.
+    /// The cases and the seed, with `OFFSYNC_SEED` from the environment applied (a seed to
+    /// replay wins over the one in the code).
     fn resolved(&self) -> (u32, u64) {
-        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(self.cases);
         let seed =
             std::env::var("OFFSYNC_SEED").ok().and_then(|v| v.parse().ok()).or(self.seed).unwrap_or_else(rand::random);
-        (cases, seed)
+        (self.cases, seed)
     }
 }
 
