@@ -181,6 +181,7 @@ mod tests {
             version: Version(version),
             deleted: false,
             data: None,
+            mutation_id: None,
         }
     }
 

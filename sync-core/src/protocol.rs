@@ -136,6 +136,11 @@ pub struct Change {
     pub deleted: bool,
     /// Its data; null for a tombstone.
     pub data: Option<Value>,
+    /// The mutation that made this version, when a client's push did (absent from older
+    /// servers). A device whose push of that mutation went unanswered knows the change
+    /// for its own write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation_id: Option<MutationId>,
 }
 
 /// `POST /v1/pull` answer: one page of changes.
@@ -321,7 +326,8 @@ mod tests {
         );
         check(
             json!({"changes": [
-                {"collection": "work_orders", "record_id": "r1", "version": 2, "deleted": false, "data": {"a": 1}},
+                {"collection": "work_orders", "record_id": "r1", "version": 2, "deleted": false, "data": {"a": 1},
+                 "mutation_id": "0195f3a4-0000-7000-8000-000000000001"},
                 {"collection": "work_orders", "record_id": "r2", "version": 5, "deleted": true, "data": null}
             ], "cursors": {"work_orders": "e1:42"}, "has_more": true, "reset": ["work_orders"]}),
             PullResponse {
@@ -332,6 +338,7 @@ mod tests {
                         version: Version(2),
                         deleted: false,
                         data: Some(json!({"a": 1})),
+                        mutation_id: Some(MutationId::parse("0195f3a4-0000-7000-8000-000000000001").unwrap()),
                     },
                     Change {
                         collection: wo(),
@@ -339,6 +346,7 @@ mod tests {
                         version: Version(5),
                         deleted: true,
                         data: None,
+                        mutation_id: None,
                     },
                 ],
                 cursors: [(wo(), Cursor("e1:42".into()))].into_iter().collect(),

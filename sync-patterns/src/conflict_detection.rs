@@ -95,6 +95,7 @@ mod tests {
             version: Version(version),
             deleted: false,
             data: Some(serde_json::json!({})),
+            mutation_id: None,
         }
     }
 

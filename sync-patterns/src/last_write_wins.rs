@@ -65,6 +65,7 @@ mod tests {
             version: Version(5),
             deleted: false,
             data: Some(serde_json::json!({})),
+            mutation_id: None,
         };
         let pending = LocalRecordState {
             server_version: Some(Version(2)),

@@ -94,7 +94,8 @@ async fn pull_pages_by_cursor_with_tombstones_and_caps_the_limit() {
             (0..45).map(|i| upsert("work_orders", &format!("r{i:02}"), None, json!({"i": i}))).collect();
         let (status, _) = s.push("alice-token", writes).await;
         assert_eq!(status, 200);
-        s.push("alice-token", vec![delete("work_orders", "r07", Some(1))]).await;
+        let deletion = delete("work_orders", "r07", Some(1));
+        s.push("alice-token", vec![deletion.clone()]).await;
 
         let (status, body) = s.pull("alice-token", json!({"work_orders": null}), Some(1_000_000)).await;
         assert_eq!(status, 200);
@@ -112,7 +113,9 @@ async fn pull_pages_by_cursor_with_tombstones_and_caps_the_limit() {
         let r07 = changes.iter().find(|c| c["record_id"] == "r07").unwrap();
         assert_eq!(
             r07,
-            &json!({"collection": "work_orders", "record_id": "r07", "version": 2, "deleted": true, "data": null})
+            &json!({"collection": "work_orders", "record_id": "r07", "version": 2, "deleted": true, "data": null,
+                    "mutation_id": deletion["mutation_id"]}),
+            "a change names the mutation that made it"
         );
         // Nothing new: an empty page and the same position.
         let (changes, again) = s.pull_all("alice-token", "work_orders", cursor.clone()).await;

@@ -10,10 +10,10 @@ use sqlx::{QueryBuilder, Sqlite};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::protocol::Change;
 use sync_core::store::{CollectionPage, PageApplied, PullDecider};
-use sync_core::{CollectionName, Cursor, Error, RecordId};
+use sync_core::{CollectionName, Cursor, Error, MutationId, RecordId};
 
 use crate::SqliteStore;
-use crate::codec::{json_text, micros, parse_json, record_id, version, version_param};
+use crate::codec::{json_text, micros, mutation_id, parse_json, record_id, version, version_param};
 use crate::errors::storage;
 
 pub(crate) async fn apply_page(
@@ -84,6 +84,7 @@ pub(crate) async fn finish_replacement(
                     .ok_or_else(|| crate::errors::corrupt("staged change without a version"))?,
                 deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
                 data: data.map(|d| parse_json(&d)).transpose()?,
+                mutation_id: None,
             });
         }
         apply_changes(&mut tx, collection, &changes, decide, now, &mut result).await?;
@@ -194,10 +195,15 @@ async fn apply_changes(
     }
     // The local state of every record the page touches, in one query.
     let ids = Value::from(changes.iter().map(|c| c.record_id.as_str()).collect::<Vec<_>>()).to_string();
+    // `unanswered`: the mutation id of the record's oldest queued entry when a push
+    // carried it (attempts > 0) and no answer was heard: the server may have applied it.
     let rows = sqlx::query(
         "SELECT r.id, r.server_version, r.deleted, \
                 EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) AS pending, \
-                EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) AS conflict \
+                EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) AS conflict, \
+                (SELECT CASE WHEN o.attempts > 0 THEN o.mutation_id END FROM offsync_outbox o \
+                  WHERE o.collection = r.collection AND o.record_id = r.id AND o.status = 0 \
+                  ORDER BY o.seq LIMIT 1) AS unanswered \
            FROM offsync_records r \
           WHERE r.collection = ? AND r.id IN (SELECT value FROM json_each(?))",
     )
@@ -207,8 +213,12 @@ async fn apply_changes(
     .await
     .map_err(storage)?;
     let mut local: HashMap<String, LocalRecordState> = HashMap::with_capacity(rows.len());
+    let mut unanswered: HashMap<String, MutationId> = HashMap::new();
     for row in &rows {
         let id: String = row.try_get("id").map_err(storage)?;
+        if let Some(mutation) = row.try_get::<Option<String>, _>("unanswered").map_err(storage)? {
+            unanswered.insert(id.clone(), mutation_id(&mutation)?);
+        }
         local.insert(
             id,
             LocalRecordState {
@@ -222,8 +232,23 @@ async fn apply_changes(
     // The last applied change of each record wins (a page may hold several).
     let mut applied: HashMap<&str, Option<(i64, Option<String>)>> = HashMap::new();
     let mut conflicts = Vec::new();
+    let mut echoes = Vec::new();
     for change in changes {
         let state = local.get(change.record_id.as_str());
+        if let Some(state) = state
+            && is_own_unanswered_write(state, unanswered.get(change.record_id.as_str()), change)
+        {
+            // Our own write, pushed and applied, whose answer was lost: what the server
+            // has now is what we sent. The record is based on it from here (its queued
+            // write is sent again, and the ledger answers it); it is no conflict.
+            let version = version_param(Some(change.version)).unwrap_or(i64::MAX);
+            echoes.push((change.record_id.as_str(), version, change.data.as_ref().map(json_text)));
+            local.insert(
+                change.record_id.to_string(),
+                LocalRecordState { server_version: Some(change.version), ..*state },
+            );
+            continue;
+        }
         match decide(collection, state, change) {
             PullAction::Skip => {
                 // The echo of our own acknowledged delete (or anything older): the
@@ -301,6 +326,20 @@ async fn apply_changes(
             .await
             .map_err(storage)?;
     }
+    for (id, version, base) in echoes {
+        sqlx::query(
+            "UPDATE offsync_records SET server_version = ?, base = ? \
+              WHERE collection = ? AND id = ? AND (server_version IS NULL OR server_version < ?)",
+        )
+        .bind(version)
+        .bind(base)
+        .bind(collection.as_str())
+        .bind(id)
+        .bind(version)
+        .execute(&mut **tx)
+        .await
+        .map_err(storage)?;
+    }
     for (id, version, deleted, data) in conflicts {
         let created = record_conflict(tx, collection, &id, version, deleted, data, now).await?;
         if created {
@@ -308,6 +347,19 @@ async fn apply_changes(
         }
     }
     Ok(())
+}
+
+/// Whether an incoming change is the device's own write that a push carried without
+/// hearing the answer: the change names the mutation that made it, and that is the
+/// record's oldest queued entry, already attempted. Without this, a pull that ran before
+/// the push was retried (a pull-only unit; a child held behind a parent it waits for)
+/// took the device's own write for someone else's and stored a conflict (the property
+/// tests' rule 6 found the second case). Matched by mutation id, not by data: another
+/// device writing the very same data is someone else's write.
+fn is_own_unanswered_write(state: &LocalRecordState, unanswered: Option<&MutationId>, change: &Change) -> bool {
+    unanswered.is_some_and(|m| change.mutation_id.as_ref() == Some(m))
+        && !state.in_conflict
+        && state.server_version.is_none_or(|v| change.version > v)
 }
 
 /// A local tombstone with nothing queued and no conflict: what is left of a delete the

@@ -21,6 +21,8 @@ struct Rec {
     data: Option<Value>,
     /// Its position in the change feed.
     seq: u64,
+    /// The mutation that wrote it (None: written by the test directly).
+    mutation: Option<MutationId>,
 }
 
 /// One mutation the server applied, in application order.
@@ -151,14 +153,14 @@ impl MemoryServer {
     pub fn put(&self, collection: &str, id: &str, data: Value) -> u64 {
         let (Ok(c), Ok(id)) = (CollectionName::new(collection), RecordId::new(id)) else { return 0 };
         let mut s = self.state();
-        apply_write(&mut s, &c, &id, Some(data))
+        apply_write(&mut s, &c, &id, Some(data), None)
     }
 
     /// Deletes a record as another client would; returns the tombstone's version.
     pub fn remove(&self, collection: &str, id: &str) -> u64 {
         let (Ok(c), Ok(id)) = (CollectionName::new(collection), RecordId::new(id)) else { return 0 };
         let mut s = self.state();
-        apply_write(&mut s, &c, &id, None)
+        apply_write(&mut s, &c, &id, None, None)
     }
 
     /// A record's (version, deleted, data).
@@ -205,7 +207,13 @@ impl MemoryServer {
     }
 }
 
-fn apply_write(s: &mut State, c: &CollectionName, id: &RecordId, data: Option<Value>) -> u64 {
+fn apply_write(
+    s: &mut State,
+    c: &CollectionName,
+    id: &RecordId,
+    data: Option<Value>,
+    mutation: Option<MutationId>,
+) -> u64 {
     s.seq += 1;
     let seq = s.seq;
     let key = (c.clone(), id.clone());
@@ -214,7 +222,7 @@ fn apply_write(s: &mut State, c: &CollectionName, id: &RecordId, data: Option<Va
         s.feed.remove(&old.seq);
     }
     s.feed.insert(seq, key.clone());
-    s.records.insert(key, Rec { version, deleted: data.is_none(), data, seq });
+    s.records.insert(key, Rec { version, deleted: data.is_none(), data, seq, mutation });
     version
 }
 
@@ -273,7 +281,7 @@ fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
                     return MutationOutcome::Conflict { server };
                 }
             }
-            let version = apply_write(s, &m.collection, id, data.clone());
+            let version = apply_write(s, &m.collection, id, data.clone(), Some(m.mutation_id));
             s.applied.push(AppliedMutation {
                 mutation_id: m.mutation_id,
                 collection: m.collection.clone(),
@@ -367,6 +375,7 @@ impl Transport for MemoryServer {
                     version: Version(r.version),
                     deleted: r.deleted,
                     data: r.data.clone(),
+                    mutation_id: r.mutation,
                 });
             }
         }

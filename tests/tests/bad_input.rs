@@ -108,6 +108,7 @@ fn change(collection: &str, id: &str, version: u64, data: Option<serde_json::Val
         version: Version(version),
         deleted: data.is_none(),
         data,
+        mutation_id: None,
     }
 }
 

@@ -61,10 +61,14 @@ async fn setups() -> Vec<Setup> {
 /// A device of alice's with keep-server conflict resolution, and push-only and
 /// pull-only units besides the full cycle.
 async fn device(setup: &Setup, name: &str) -> Engine {
+    device_over(setup, name, Arc::new(HttpTransport::new(&setup.server.url(), Some("alice-token")).unwrap())).await
+}
+
+async fn device_over(setup: &Setup, name: &str, transport: Arc<dyn sync_core::Transport>) -> Engine {
     let store = SqliteStore::open(setup.dir.path().join(format!("{name}.db"))).await.unwrap();
     Engine::builder()
         .store(Arc::new(store))
-        .transport(Arc::new(HttpTransport::new(&setup.server.url(), Some("alice-token")).unwrap()))
+        .transport(transport)
         .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new().resolver(KeepServer)))
         .unit(SyncUnit::new("push_orders", Direction::Push, &["work_orders"]))
         .unit(SyncUnit::new("pull_orders", Direction::Pull, &["work_orders"]))
@@ -166,5 +170,36 @@ async fn a_deletion_the_device_never_saw_still_conflicts_with_an_edit() {
         sync(&a).await;
         let report = b.sync_now().await.unwrap();
         assert_eq!(report.conflicts, 1, "{}: {report:?}", setup.backend);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_before_the_retry_of_an_unanswered_push_is_no_conflict() {
+    // The push is applied but its answer is lost; a pull runs before the push is sent
+    // again (a pull-only unit here; a child held behind its parent does the same) and
+    // brings the device's own write back.
+    for setup in setups().await {
+        let http = HttpTransport::new(&setup.server.url(), Some("alice-token")).unwrap();
+        let faulty = Arc::new(sync_testkit::FaultyTransport::new(http));
+        let a = device_over(&setup, "a", faulty.clone()).await;
+        let orders = a.collection::<WorkOrder>().unwrap();
+        for (round, change) in
+            [("created", Some(wo("x", "first", 1))), ("updated", Some(wo("x", "second", 2))), ("deleted", None)]
+        {
+            match &change {
+                Some(order) if round == "created" => orders.insert(order).await.unwrap(),
+                Some(order) => orders.update(order).await.unwrap(),
+                None => orders.delete("x").await.unwrap(),
+            }
+            faulty.inject(sync_testkit::Fault::DropResponse);
+            assert!(a.sync_unit("push_orders", Default::default()).await.is_err(), "the answer was to be lost");
+            let report = a.sync_unit("pull_orders", Default::default()).await.unwrap();
+            assert_eq!(report.conflicts, 0, "{}: {round}: our own write taken for someone else's", setup.backend);
+            assert_eq!(orders.get("x").await.unwrap(), change, "{round}");
+            // The retry is answered from the ledger; nothing is left.
+            sync(&a).await;
+            assert_eq!(a.status().borrow().pending, 0, "{round}");
+            everyone_reads(&setup, &[&a], change.clone()).await;
+        }
     }
 }

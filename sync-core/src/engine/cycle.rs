@@ -32,7 +32,7 @@ pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncRep
         answered: 0,
     };
     let result = cycle.run().await;
-    let _ = shared.refresh_counts().await;
+    shared.refresh_counts().await;
     let now = Utc::now();
     shared.status.send_modify(|s| {
         s.phase = Phase::Idle;
@@ -439,7 +439,7 @@ fn localize_change(shared: &Shared, requested: &BTreeSet<CollectionName>, change
     if change.version.0 == 0 {
         return Err(Error::malformed(format!("change {}/{} has version 0", change.collection, change.record_id)));
     }
-    let Change { collection, record_id, version, deleted, data } = change;
+    let Change { collection, record_id, version, deleted, data, mutation_id } = change;
     let data = match (deleted, data) {
         (true, None) => None,
         (false, Some(data)) if data.is_object() => Some(to_local(shared, &collection, Some(&record_id), data)?),
@@ -449,7 +449,7 @@ fn localize_change(shared: &Shared, requested: &BTreeSet<CollectionName>, change
             )));
         }
     };
-    Ok(Change { collection, record_id, version, deleted, data })
+    Ok(Change { collection, record_id, version, deleted, data, mutation_id })
 }
 
 /// Maps server data to the local shape and checks it fits the entity type.

@@ -68,7 +68,7 @@ impl Driver {
         if *shutdown.borrow() {
             return;
         }
-        let _ = self.shared.refresh_counts().await;
+        self.shared.refresh_counts().await;
         if self.shared.options.sync_on_start {
             self.enqueue(ALL_UNIT.to_owned(), None, false, false);
         }
@@ -102,6 +102,7 @@ impl Driver {
                     Some(command) => self.handle(command),
                     None => return,
                 },
+                () = self.shared.overflow.notified() => self.handle(Command::Reconnected),
                 () = self.shared.local_writes.notified() => {
                     // The quiet period counts from the write itself, not from when this
                     // task got to it (it may have been busy with a cycle).
@@ -112,7 +113,7 @@ impl Driver {
                 }
                 () = sleep_until_opt(counts_due), if counts_due.is_some() => {
                     self.counts_due = None;
-                    let _ = self.shared.refresh_counts().await;
+                    self.shared.refresh_counts().await;
                 }
                 () = sleep_until_opt(write_deadline), if write_deadline.is_some() => {
                     self.write_deadline = None;

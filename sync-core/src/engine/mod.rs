@@ -6,7 +6,7 @@ mod cycle;
 mod driver;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::Utc;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
@@ -59,8 +59,14 @@ pub(crate) struct Shared {
     pub(crate) status: watch::Sender<SyncStatus>,
     pub(crate) events: broadcast::Sender<SyncEvent>,
     pub(crate) commands: mpsc::Sender<Command>,
+    /// Set when a trigger found the command channel full (see [`request`]): the driver
+    /// then syncs everything, so a dropped command never means a sync that does not run.
+    pub(crate) overflow: Arc<Notify>,
     pub(crate) local_writes: Notify,
     /// When the last local write committed; the debounce counts from it.
+    /// This and `net` hold plain `Copy` state that is whole at every point, so a lock
+    /// poisoned by a panic elsewhere still holds a valid value: it is read through
+    /// (`PoisonError::into_inner`), never taken as "offline" or "no write".
     last_local_write: Mutex<Option<tokio::time::Instant>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     net: Mutex<NetState>,
@@ -75,15 +81,13 @@ impl Shared {
     /// Tells the driver that a local write committed (it debounces a sync and refreshes
     /// the status counts).
     pub(crate) fn local_write_happened(&self) {
-        if let Ok(mut at) = self.last_local_write.lock() {
-            *at = Some(tokio::time::Instant::now());
-        }
+        *self.last_local_write.lock().unwrap_or_else(PoisonError::into_inner) = Some(tokio::time::Instant::now());
         self.local_writes.notify_one();
     }
 
     /// When the last local write committed.
     pub(crate) fn last_local_write(&self) -> Option<tokio::time::Instant> {
-        self.last_local_write.lock().ok().and_then(|at| *at)
+        *self.last_local_write.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn record_changed(&self, collection: &CollectionName, id: &RecordId, origin: Origin) {
@@ -91,14 +95,14 @@ impl Shared {
     }
 
     pub(crate) fn net(&self) -> NetStateView {
-        let net = self.net.lock().map(|n| *n).unwrap_or(NetState { app_online: false, reachable: false });
+        let net = *self.net.lock().unwrap_or_else(PoisonError::into_inner);
         NetStateView { app_online: net.app_online, reachable: net.reachable }
     }
 
     /// Updates the connectivity state; publishes and returns the new network state when it changed.
     pub(crate) fn update_net(&self, f: impl FnOnce(&mut NetStateView)) -> Option<Network> {
         let (before, after) = {
-            let Ok(mut net) = self.net.lock() else { return None };
+            let mut net = self.net.lock().unwrap_or_else(PoisonError::into_inner);
             let before = net.network();
             let mut view = NetStateView { app_online: net.app_online, reachable: net.reachable };
             f(&mut view);
@@ -115,8 +119,18 @@ impl Shared {
     }
 
     /// Reads the store's counts into the status.
-    pub(crate) async fn refresh_counts(&self) -> Result<(), Error> {
-        let counts = self.store.counts().await?;
+    /// Reads the pending, conflict and failed counts into the status. A failed read is
+    /// logged and leaves the last counts in place: they are a display, not a decision, the
+    /// next write or cycle reads them again, and an operation that already succeeded
+    /// (a resolution, a retry) must not be reported as failed because of them.
+    pub(crate) async fn refresh_counts(&self) {
+        let counts = match self.store.counts().await {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(error = %e, "status counts could not be read; the status keeps the last ones");
+                return;
+            }
+        };
         self.status.send_if_modified(|s| {
             let changed = s.pending != counts.pending || s.conflicts != counts.conflicts || s.failed != counts.failed;
             s.pending = counts.pending;
@@ -124,7 +138,6 @@ impl Shared {
             s.failed = counts.failed;
             changed
         });
-        Ok(())
     }
 
     pub(crate) fn collection(&self, name: &str) -> Result<&Arc<CollectionEntry>, Error> {
@@ -165,6 +178,7 @@ pub(crate) struct NetStateView {
 #[derive(Clone)]
 pub struct ChangeNotifier {
     commands: mpsc::Sender<Command>,
+    overflow: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -172,12 +186,23 @@ impl ChangeNotifier {
     /// Triggers a sync of everything (coalesced with any already queued).
     pub fn notify(&self) {
         let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
-        let _ = self.commands.try_send(command);
+        request(&self.commands, &self.overflow, command);
     }
 
     /// True once the engine has shut down: the notifier's owner can stop listening.
     pub fn is_closed(&self) -> bool {
         *self.shutdown.borrow() || self.commands.is_closed()
+    }
+}
+
+/// Hands an automatic trigger to the driver without waiting. When the channel is full
+/// the command is not queued, but `overflow` is flagged and the driver syncs everything
+/// when it gets to it: the trigger is folded into a larger one instead of lost. When the
+/// engine has shut down there is nothing left to run it.
+fn request(commands: &mpsc::Sender<Command>, overflow: &Notify, command: Command) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = commands.try_send(command) {
+        tracing::debug!("engine command channel full; a sync of everything is flagged instead");
+        overflow.notify_one();
     }
 }
 
@@ -237,6 +262,7 @@ impl Engine {
             status,
             events,
             commands,
+            overflow: Arc::new(Notify::new()),
             local_writes: Notify::new(),
             last_local_write: Mutex::new(None),
             shutdown: shutdown_rx.clone(),
@@ -305,7 +331,11 @@ impl Engine {
     /// A handle for transports that hear the server announce changes (such as an SSE
     /// stream): each `notify` triggers a sync. It does not keep the engine alive.
     pub fn change_notifier(&self) -> ChangeNotifier {
-        ChangeNotifier { commands: self.shared.commands.clone(), shutdown: self.shared.shutdown.clone() }
+        ChangeNotifier {
+            commands: self.shared.commands.clone(),
+            overflow: self.shared.overflow.clone(),
+            shutdown: self.shared.shutdown.clone(),
+        }
     }
 
     /// Tells the engine whether the app allows the network. Going online triggers a
@@ -319,7 +349,7 @@ impl Engine {
             }
         });
         if changed == Some(Network::Online) {
-            let _ = self.shared.commands.try_send(Command::Reconnected);
+            request(&self.shared.commands, &self.shared.overflow, Command::Reconnected);
         }
     }
 
@@ -333,7 +363,7 @@ impl Engine {
             changed
         });
         if was_required {
-            let _ = self.shared.commands.try_send(Command::Reconnected);
+            request(&self.shared.commands, &self.shared.overflow, Command::Reconnected);
         }
     }
 
@@ -374,7 +404,7 @@ impl Engine {
         let entry = self.shared.collection(collection)?.clone();
         let id = RecordId::new(id)?;
         if self.shared.apply_resolution(&entry.name, &id, resolution).await? {
-            self.shared.refresh_counts().await?;
+            self.shared.refresh_counts().await;
             self.shared.local_write_happened();
         }
         Ok(())
@@ -400,7 +430,7 @@ impl Engine {
     /// Safe: one atomic store operation.
     pub async fn retry_failed(&self, id: MutationId) -> Result<(), Error> {
         self.shared.store.retry_failed(id).await?;
-        self.shared.refresh_counts().await?;
+        self.shared.refresh_counts().await;
         self.shared.local_write_happened();
         Ok(())
     }
@@ -417,7 +447,7 @@ impl Engine {
         if let Some((collection, record)) = self.shared.store.discard_failed(id).await? {
             self.shared.record_changed(&collection, &record, Origin::Remote);
         }
-        self.shared.refresh_counts().await?;
+        self.shared.refresh_counts().await;
         self.shared.local_write_happened();
         Ok(())
     }
@@ -433,5 +463,31 @@ impl Engine {
         if let Some(handle) = handle {
             let _ = handle.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_trigger_that_finds_the_channel_full_flags_a_full_sync_instead() {
+        let (commands, mut received) = mpsc::channel(1);
+        let overflow = Notify::new();
+        request(&commands, &overflow, Command::Reconnected);
+        // Queued: nothing flagged.
+        let flagged = tokio::time::timeout(std::time::Duration::ZERO, overflow.notified()).await;
+        assert!(flagged.is_err());
+        // The channel is full now: the next one is flagged, not lost.
+        request(&commands, &overflow, Command::Reconnected);
+        let flagged = tokio::time::timeout(std::time::Duration::ZERO, overflow.notified()).await;
+        assert!(flagged.is_ok());
+        assert!(matches!(received.try_recv(), Ok(Command::Reconnected)));
+        assert!(received.try_recv().is_err());
+        // Shut down (the driver is gone): nothing to flag.
+        drop(received);
+        request(&commands, &overflow, Command::Reconnected);
+        let flagged = tokio::time::timeout(std::time::Duration::ZERO, overflow.notified()).await;
+        assert!(flagged.is_err());
     }
 }

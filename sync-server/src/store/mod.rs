@@ -194,6 +194,8 @@ pub struct RecordWrite {
     pub id: RecordId,
     /// Its new state.
     pub record: StoredRecord,
+    /// The mutation that writes it.
+    pub mutation_id: Uuid,
 }
 
 /// What a push does: the answers, the record writes and the new ledger entries.
@@ -300,7 +302,7 @@ pub fn plan_push(
                         if let Some((collection, rid)) = key {
                             let rid = assigned.clone().unwrap_or(rid);
                             current.insert((collection.clone(), rid.clone()), record.clone());
-                            plan.writes.push(RecordWrite { collection, id: rid, record });
+                            plan.writes.push(RecordWrite { collection, id: rid, record, mutation_id: id });
                         }
                         MutationOutcome::Applied { version: Version(version), record_id: assigned }
                     }

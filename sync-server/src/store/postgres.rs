@@ -191,10 +191,10 @@ impl PgServerStore {
             // One row per record (its final state) with the batch's last position for it:
             // PostgreSQL refuses to touch a row twice in one upsert.
             let mut seq = head;
-            let mut last: HashMap<(&str, &str), (i64, &StoredRecord)> = HashMap::new();
+            let mut last: HashMap<(&str, &str), (i64, &StoredRecord, String)> = HashMap::new();
             for w in &plan.writes {
                 seq += 1;
-                last.insert((w.collection.as_str(), w.id.as_str()), (seq, &w.record));
+                last.insert((w.collection.as_str(), w.id.as_str()), (seq, &w.record, w.mutation_id.to_string()));
             }
             let now = Utc::now().timestamp_micros();
             let mut c = Vec::new();
@@ -204,7 +204,8 @@ impl PgServerStore {
             let mut d = Vec::new();
             let mut data = Vec::new();
             let mut s = Vec::new();
-            for ((col, id), (pos, r)) in &last {
+            let mut m = Vec::new();
+            for ((col, id), (pos, r, mutation)) in &last {
                 c.push(*col);
                 i.push(*id);
                 o.push(r.owner.as_str());
@@ -212,13 +213,15 @@ impl PgServerStore {
                 d.push(r.deleted);
                 data.push(r.data.as_ref().map(Value::to_string));
                 s.push(*pos);
+                m.push(mutation.as_str());
             }
             sqlx::query(
-                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, updated_at) \
-                 SELECT c, i, o, v, d, data, s, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::int8[]) \
-                   AS t(c, i, o, v, d, data, s) \
+                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, mutation_id, updated_at) \
+                 SELECT c, i, o, v, d, data, s, m, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::int8[], $8::text[]) \
+                   AS t(c, i, o, v, d, data, s, m) \
                  ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
-                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, updated_at = excluded.updated_at",
+                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, \
+                   mutation_id = excluded.mutation_id, updated_at = excluded.updated_at",
             )
             .bind(&c)
             .bind(&i)
@@ -227,6 +230,7 @@ impl PgServerStore {
             .bind(&d)
             .bind(&data)
             .bind(&s)
+            .bind(&m)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -348,8 +352,8 @@ fn page_sql(everyone: bool) -> String {
     format!(
         "SELECT count(*)::int8 AS n, coalesce(max(seq), $2)::int8 AS last, \
            coalesce(json_agg(json_build_object('collection', $1::text, 'record_id', id, 'version', version, \
-             'deleted', deleted, 'data', data::json) ORDER BY seq), '[]'::json)::text AS page \
-         FROM (SELECT id, version, deleted, data, seq FROM sync_records \
+             'deleted', deleted, 'data', data::json, 'mutation_id', mutation_id) ORDER BY seq), '[]'::json)::text AS page \
+         FROM (SELECT id, version, deleted, data, seq, mutation_id FROM sync_records \
                 WHERE collection = $1 AND seq > $2 {} ORDER BY seq LIMIT $3) r",
         owner_filter(everyone, "$4")
     )

@@ -185,18 +185,20 @@ impl SqliteServerStore {
                         w.record.version,
                         i64::from(w.record.deleted),
                         w.record.data.as_ref().map(Value::to_string),
-                        seq
+                        seq,
+                        w.mutation_id.to_string()
                     ])
                 })
                 .collect();
             sqlx::query(
-                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, updated_at) \
+                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, mutation_id, updated_at) \
                  SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
                         json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-                        json_extract(value, '$[6]'), ? \
+                        json_extract(value, '$[6]'), json_extract(value, '$[7]'), ? \
                    FROM json_each(?) WHERE true \
                  ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
-                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, updated_at = excluded.updated_at",
+                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, \
+                   mutation_id = excluded.mutation_id, updated_at = excluded.updated_at",
             )
             .bind(now)
             .bind(Value::from(rows).to_string())
@@ -321,8 +323,9 @@ fn page_sql(everyone: bool) -> String {
     format!(
         "SELECT count(*) AS n, coalesce(max(seq), ?2) AS last, \
            json_group_array(json_object('collection', ?1, 'record_id', id, 'version', version, \
-             'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data)) ORDER BY seq) AS page \
-         FROM (SELECT id, version, deleted, data, seq FROM sync_records \
+             'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data), 'mutation_id', mutation_id) \
+             ORDER BY seq) AS page \
+         FROM (SELECT id, version, deleted, data, seq, mutation_id FROM sync_records \
                 WHERE collection = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3)",
         owner_filter(everyone, "?4")
     )
