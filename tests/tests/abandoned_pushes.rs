@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{WorkOrder, quiet, wo};
+use common::{WorkOrder, wo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sync_core::{CollectionSpec, Engine};
-use sync_patterns::ConflictDetection;
+use sync_core::Engine;
 use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
@@ -48,14 +47,7 @@ async fn databases(dir: &tempfile::TempDir) -> Vec<String> {
 }
 
 async fn engine(store: &SqliteStore, url: &str) -> Engine {
-    Engine::builder()
-        .store(Arc::new(store.clone()))
-        .transport(Arc::new(HttpTransport::new(url, Some("alice-token")).unwrap()))
-        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
-        .options(quiet())
-        .build()
-        .await
-        .unwrap()
+    common::engine_with(store.clone(), Arc::new(HttpTransport::new(url, Some("alice-token")).unwrap())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,14 +118,7 @@ async fn engines_dropped_in_the_middle_of_a_push_leave_nothing_behind() {
 
 /// An engine that never syncs: the store is all the next test is about.
 async fn offline_device(store: &SqliteStore) -> Engine {
-    Engine::builder()
-        .store(Arc::new(store.clone()))
-        .transport(Arc::new(sync_testkit::MemoryServer::new()))
-        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
-        .options(common::offline())
-        .build()
-        .await
-        .unwrap()
+    common::engine_on(store.clone(), &Arc::new(sync_testkit::MemoryServer::new()), common::offline()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

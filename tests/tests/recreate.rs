@@ -84,6 +84,15 @@ async fn sync(engine: &Engine) -> SyncReport {
     report
 }
 
+/// Devices a and b, both holding "x" as a created and synced it.
+async fn both_hold_x(setup: &Setup) -> (Engine, Engine) {
+    let (a, b) = (device(setup, "a").await, device(setup, "b").await);
+    a.collection::<WorkOrder>().unwrap().insert(&wo("x", "first", 1)).await.unwrap();
+    sync(&a).await;
+    sync(&b).await;
+    (a, b)
+}
+
 /// Every device (and a fresh one) reads `expected` for "x" after syncing.
 async fn everyone_reads(setup: &Setup, devices: &[&Engine], expected: Option<WorkOrder>) {
     let fresh = device(setup, "fresh").await;
@@ -119,10 +128,7 @@ async fn own_delete_then_the_same_id_created_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pulled_deletion_then_the_same_id_created_again() {
     for setup in setups().await {
-        let (a, b) = (device(&setup, "a").await, device(&setup, "b").await);
-        a.collection::<WorkOrder>().unwrap().insert(&wo("x", "first", 1)).await.unwrap();
-        sync(&a).await;
-        sync(&b).await;
+        let (a, b) = both_hold_x(&setup).await;
         a.collection::<WorkOrder>().unwrap().delete("x").await.unwrap();
         sync(&a).await;
         // B pulls the tombstone, then creates the id again.
@@ -161,10 +167,7 @@ async fn a_deletion_the_device_never_saw_still_conflicts_with_an_edit() {
     // The guard on the other side: an edit based on a live version that someone else
     // deleted meanwhile is a real conflict, and stays one.
     for setup in setups().await {
-        let (a, b) = (device(&setup, "a").await, device(&setup, "b").await);
-        a.collection::<WorkOrder>().unwrap().insert(&wo("x", "first", 1)).await.unwrap();
-        sync(&a).await;
-        sync(&b).await;
+        let (a, b) = both_hold_x(&setup).await;
         b.collection::<WorkOrder>().unwrap().update(&wo("x", "edited", 2)).await.unwrap();
         a.collection::<WorkOrder>().unwrap().delete("x").await.unwrap();
         sync(&a).await;
