@@ -12,6 +12,9 @@ pub enum StorageErrorKind {
     Full,
     /// The database file is damaged or is not a database.
     Corrupt,
+    /// The store was written by a newer version (a schema this one does not know); it
+    /// was left unchanged.
+    Incompatible,
     /// Any other I/O or database failure.
     Io,
 }
@@ -41,6 +44,49 @@ pub enum Error {
         id: String,
         /// Why it is refused.
         reason: &'static str,
+    },
+    /// An account id is empty, too long or holds control characters.
+    #[error("invalid account id {id:?}: {reason}")]
+    InvalidAccountId {
+        /// The id as given.
+        id: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Credentials that cannot be used: an empty token, or one with characters an HTTP
+    /// header cannot carry. The token itself is never part of the message.
+    #[error("invalid credentials for account {account:?}: {reason}")]
+    InvalidCredentials {
+        /// The account the credentials were for.
+        account: String,
+        /// Why they are refused.
+        reason: &'static str,
+    },
+    /// Credentials or a store of another person: the store (its records, queue and
+    /// conflicts) belongs to `bound`, and nothing of it is read or sent for `given`.
+    /// Sign out and open the other person's store instead.
+    #[error("the store belongs to account {bound:?}, not {given:?}")]
+    AccountMismatch {
+        /// The account the store belongs to.
+        bound: String,
+        /// The account that was offered.
+        given: String,
+    },
+    /// The app's token provider failed: it returned an unusable token (empty, or not
+    /// sendable as a bearer token), panicked, or kept failing. Syncing pauses
+    /// (`auth_required`) until the app supplies credentials; nothing queued is dropped.
+    #[error("token provider: {message}")]
+    TokenProvider {
+        /// What went wrong (never the token itself).
+        message: String,
+    },
+    /// The local store's encryption key is of the wrong form, does not open the store
+    /// (another key; a key for a plain store; no key for an encrypted one), or this
+    /// build cannot encrypt. Nothing on disk was changed.
+    #[error("encryption key: {message}")]
+    EncryptionKey {
+        /// What is wrong (never the key itself).
+        message: String,
     },
     /// A mutation id is not a UUID.
     #[error("invalid mutation id {id:?}")]

@@ -82,16 +82,7 @@ impl RecordId {
     /// [`Error::InvalidRecordId`] when the id is empty, too long or holds control characters.
     pub fn new(id: impl Into<String>) -> Result<Self, Error> {
         let id = id.into();
-        let reason = if id.is_empty() {
-            Some("is empty")
-        } else if id.len() > MAX_RECORD_ID_LEN {
-            Some("is longer than 256 bytes")
-        } else if id.chars().any(char::is_control) {
-            Some("holds control characters")
-        } else {
-            None
-        };
-        match reason {
+        match bounded_text_problem(&id) {
             None => Ok(Self(id)),
             Some(reason) => Err(Error::InvalidRecordId { id, reason }),
         }
@@ -116,6 +107,60 @@ impl<'de> Deserialize<'de> for RecordId {
 }
 
 impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an id-like string (record id, account id) is refused: empty, longer than
+/// [`MAX_RECORD_ID_LEN`] bytes, or holding control characters.
+fn bounded_text_problem(text: &str) -> Option<&'static str> {
+    if text.is_empty() {
+        Some("is empty")
+    } else if text.len() > MAX_RECORD_ID_LEN {
+        Some("is longer than 256 bytes")
+    } else if text.chars().any(char::is_control) {
+        Some("holds control characters")
+    } else {
+        None
+    }
+}
+
+/// The person a store, its queue and a token belong to, in the app's own terms (a user
+/// id or e-mail address from the sign-in): a non-empty string of at most
+/// [`MAX_RECORD_ID_LEN`] bytes with no control characters. A store bound to one account
+/// never sends its queue under another account's token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// Parses an account id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAccountId`] when the id is empty, too long or holds control characters.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        match bounded_text_problem(&id) {
+            None => Ok(Self(id)),
+            Some(reason) => Err(Error::InvalidAccountId { id, reason }),
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -210,5 +255,17 @@ mod tests {
         assert!(RecordId::new("x".repeat(257)).is_err());
         assert!(RecordId::new("a\nb").is_err());
         assert_ne!(RecordId::generate(), RecordId::generate());
+    }
+
+    #[test]
+    fn account_ids_are_bounded_like_record_ids() {
+        for (id, valid) in
+            [("alice", true), ("alice@example.com", true), ("", false), ("a\nb", false), ("tab\there", false)]
+        {
+            assert_eq!(AccountId::new(id).is_ok(), valid, "{id:?}");
+        }
+        assert!(AccountId::new("x".repeat(256)).is_ok());
+        assert!(matches!(AccountId::new("x".repeat(257)), Err(Error::InvalidAccountId { .. })));
+        assert!(serde_json::from_str::<AccountId>("\"\"").is_err());
     }
 }

@@ -48,7 +48,9 @@
 //! }
 //! ```
 
+pub mod auth;
 pub mod backoff;
+pub mod device;
 pub mod engine;
 pub mod entity;
 pub mod error;
@@ -59,14 +61,16 @@ pub mod status;
 pub mod store;
 pub mod transport;
 
+pub use auth::{TOKEN_ATTEMPTS, TokenProvider};
 pub use backoff::Backoff;
+pub use device::{AccountSummary, DeviceStores};
 pub use engine::{
     ALL_UNIT, ChangeNotifier, Collection, CollectionSpec, Direction, Engine, EngineBuilder, EngineOptions,
-    QueryBuilder, SyncUnit, TriggerOptions, WatchStream,
+    QueryBuilder, SignOut, SignOutReport, SyncUnit, TriggerOptions, WatchStream,
 };
 pub use entity::{IdAssignment, IdentityMapping, LocalEntity, MappingError, ServerMapping};
 pub use error::{Error, StorageErrorKind};
-pub use ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
+pub use ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
 pub use pattern::{ConflictDetector, ConflictResolver, Parent, PullAction, PullMode, Resolution, SyncPattern};
 pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
 pub use store::{Conflict, FieldPath, LocalStore, Order, StoredRecord};

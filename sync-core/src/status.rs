@@ -20,8 +20,8 @@ pub enum Network {
 pub enum AuthState {
     /// No 401 since the credentials were last set.
     Ok,
-    /// The server answered 401: pushes are paused (nothing is dropped) until
-    /// `Engine::set_credentials`.
+    /// The server answered 401 and the token provider (if any) could not help: pushes
+    /// and pulls are paused (nothing is dropped) until `Engine::set_credentials`.
     Required,
 }
 
@@ -56,6 +56,10 @@ pub struct SyncStatus {
     pub conflicts: u64,
     /// Parked (rejected) mutations.
     pub failed: u64,
+    /// Writes (queued and parked) of the device's other accounts, held until their own
+    /// person signs in again; they never go out under this account's token. Read when
+    /// the engine starts; 0 for an engine on a single store.
+    pub held_for_other_accounts: u64,
     /// When a cycle last completed without error.
     pub last_success: Option<DateTime<Utc>>,
     /// The last cycle's error, cleared by the next success.
@@ -74,6 +78,7 @@ impl SyncStatus {
             pending: 0,
             conflicts: 0,
             failed: 0,
+            held_for_other_accounts: 0,
             last_success: None,
             last_error: None,
             auth: AuthState::Ok,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
+use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
 use crate::pattern::{LocalRecordState, PullAction};
 use crate::protocol::{Change, MutationOutcome, Op, ServerRecord};
 
@@ -342,6 +342,29 @@ pub trait LocalStore: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Storage`].
     async fn client_id(&self) -> Result<ClientId, Error>;
+
+    /// The account this store belongs to; None until [`LocalStore::bind_account`].
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn account(&self) -> Result<Option<AccountId>, Error>;
+
+    /// Binds the store to `account` the first time (atomically: of two racing calls one
+    /// wins), and afterwards checks that `account` is the one it is bound to. The engine
+    /// calls it before any token of `account` may carry this store's queue.
+    ///
+    /// # Errors
+    /// [`Error::AccountMismatch`] when the store belongs to another account (nothing
+    /// changes); [`Error::Storage`].
+    async fn bind_account(&self, account: &AccountId) -> Result<(), Error>;
+
+    /// Closes the store and deletes everything it holds: for a file store, the database
+    /// file and its `-wal` and `-shm` companions. Every later call fails with
+    /// [`Error::Shutdown`].
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when a file cannot be removed (the store is closed anyway).
+    async fn destroy(&self) -> Result<(), Error>;
 
     /// Applies one local write and queues its mutation in one transaction, coalescing
     /// as DESIGN.md says: an update folds into an unsent create; deleting a record the

@@ -5,18 +5,53 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::error::Error;
+use crate::ids::AccountId;
 use crate::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
 
-/// A bearer token for the server. Its `Debug` form never shows the secret.
+/// A bearer token for the server, and the account it belongs to. The engine sends a
+/// store's queue only under credentials of the store's own account. Its `Debug` form
+/// never shows the token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    account: AccountId,
+    token: String,
+}
+
+impl Credentials {
+    /// Credentials of `account`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCredentials`] when the token is empty or holds anything but
+    /// printable ASCII without spaces (what a bearer token may be on the wire).
+    pub fn new(account: AccountId, token: impl Into<String>) -> Result<Self, Error> {
+        let token = token.into();
+        let reason = if token.is_empty() {
+            Some("the token is empty")
+        } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            Some("the token holds characters other than printable ASCII without spaces")
+        } else {
+            None
+        };
+        match reason {
+            None => Ok(Self { account, token }),
+            Some(reason) => Err(Error::InvalidCredentials { account: account.to_string(), reason }),
+        }
+    }
+
+    /// Whose credentials these are.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
     /// The bearer token.
-    pub token: String,
+    pub fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Credentials { token: <redacted> }")
+        f.debug_struct("Credentials").field("account", &self.account).field("token", &"<redacted>").finish()
     }
 }
 
@@ -26,7 +61,8 @@ impl fmt::Debug for Credentials {
 ///
 /// - [`Error::Unreachable`]: the server cannot be reached; the engine goes offline and probes.
 /// - [`Error::Transient`]: timeout, 5xx, 429; retried with backoff.
-/// - [`Error::Unauthorized`]: 401; pushes pause until [`Transport::set_credentials`].
+/// - [`Error::Unauthorized`]: 401; the engine asks its token provider for one new token,
+///   or pauses until the app gives new credentials.
 /// - [`Error::Rejected`]: any other 4xx for the whole request.
 /// - [`Error::MalformedResponse`]: an answer that is not the protocol's shape.
 #[async_trait]
@@ -63,5 +99,40 @@ pub trait Transport: Send + Sync + 'static {
     /// transports that need none.
     fn set_credentials(&self, credentials: Option<Credentials>) {
         let _ = credentials;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> AccountId {
+        AccountId::new("alice").expect("valid account")
+    }
+
+    #[test]
+    fn tokens_must_be_sendable_as_bearer_tokens() {
+        for (token, valid) in [
+            ("abc.def-ghi_jkl~+/=", true),
+            ("", false),
+            ("two words", false),
+            ("line\nbreak", false),
+            ("t\u{e9}l\u{e9}phone", false),
+        ] {
+            let made = Credentials::new(alice(), token);
+            assert_eq!(made.is_ok(), valid, "{token:?}");
+            if let Err(e) = made {
+                assert!(matches!(e, Error::InvalidCredentials { .. }));
+                assert!(token.is_empty() || !e.to_string().contains(token), "the error shows the token: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_account_never_the_token() {
+        let credentials = Credentials::new(alice(), "s3cret-token").expect("valid");
+        let shown = format!("{credentials:?} {credentials:#?}");
+        assert!(shown.contains("alice"));
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

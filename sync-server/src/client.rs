@@ -35,19 +35,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl HttpTransport {
     /// A transport for the server at `base_url` (such as `http://127.0.0.1:8787`), with
-    /// a 30 s request timeout.
+    /// a 30 s request timeout. It sends no token until it is given credentials: by the
+    /// engine ([`sync_core::EngineBuilder::credentials`],
+    /// [`sync_core::Engine::set_credentials`]), which checks that they belong to the
+    /// store's account, or by [`Transport::set_credentials`] when used on its own.
     ///
     /// # Errors
     /// [`Error::Config`] when the HTTP client cannot be built.
-    pub fn new(base_url: &str, token: Option<&str>) -> Result<Self, Error> {
-        Self::with_timeout(base_url, token, Duration::from_secs(30))
+    pub fn new(base_url: &str) -> Result<Self, Error> {
+        Self::with_timeout(base_url, Duration::from_secs(30))
     }
 
     /// As [`HttpTransport::new`], with a request timeout.
     ///
     /// # Errors
     /// [`Error::Config`] when the HTTP client cannot be built.
-    pub fn with_timeout(base_url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, Error> {
+    pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, Error> {
         let built = |b: reqwest::ClientBuilder| {
             b.connect_timeout(CONNECT_TIMEOUT)
                 .build()
@@ -55,12 +58,7 @@ impl HttpTransport {
         };
         let http = built(reqwest::Client::builder().timeout(timeout))?;
         let events = built(reqwest::Client::builder().read_timeout(EVENTS_READ_TIMEOUT))?;
-        Ok(Self {
-            base: base_url.trim_end_matches('/').to_owned(),
-            http,
-            events,
-            token: RwLock::new(token.map(str::to_owned)),
-        })
+        Ok(Self { base: base_url.trim_end_matches('/').to_owned(), http, events, token: RwLock::new(None) })
     }
 
     fn token(&self) -> Option<String> {
@@ -215,7 +213,7 @@ impl Transport for HttpTransport {
 
     fn set_credentials(&self, credentials: Option<Credentials>) {
         if let Ok(mut token) = self.token.write() {
-            *token = credentials.map(|c| c.token);
+            *token = credentials.map(|c| c.token().to_owned());
         }
     }
 }

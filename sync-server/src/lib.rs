@@ -20,7 +20,8 @@
 //! ))?;
 //! let (state, store) = from_config(&config).await?;
 //! let server = start("127.0.0.1:0", state, store, config.tombstone_retention).await?;
-//! let transport = sync_server::client::HttpTransport::new(&server.url(), Some("alice-secret"))?;
+//! // The engine hands the transport its token (`EngineBuilder::credentials`).
+//! let transport = sync_server::client::HttpTransport::new(&server.url())?;
 //! # let _ = transport;
 //! server.stop().await?;
 //! # Ok(()) }

@@ -25,8 +25,11 @@
 //! # }
 //! ```
 
+mod accounts;
 mod codec;
 mod conflicts;
+mod device;
+mod encryption;
 mod errors;
 mod pull;
 mod push;
@@ -36,18 +39,21 @@ mod store_impl;
 mod writes;
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::migrate::MigrateError;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous, SqliteTransactionManager,
 };
-use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool, TransactionManager};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, TransactionManager};
 use sync_core::Error;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
+pub use crate::device::SqliteDevice;
+pub use crate::encryption::EncryptionKey;
 use crate::errors::storage;
 
 /// How hard SQLite works to keep the last commits across a power loss.
@@ -70,11 +76,19 @@ pub struct SqliteStoreOptions {
     pub read_connections: u32,
     /// Crash and power-loss durability.
     pub durability: Durability,
+    /// Encrypts the store with SQLCipher (needs the `encryption` feature; without it,
+    /// opening with a key fails instead of writing a plain file). None: a plain file.
+    pub encryption: Option<EncryptionKey>,
 }
 
 impl Default for SqliteStoreOptions {
     fn default() -> Self {
-        Self { busy_timeout: Duration::from_secs(10), read_connections: 4, durability: Durability::Normal }
+        Self {
+            busy_timeout: Duration::from_secs(10),
+            read_connections: 4,
+            durability: Durability::Normal,
+            encryption: None,
+        }
     }
 }
 
@@ -85,15 +99,18 @@ pub struct SqliteStore {
     /// store queue in order and never contend for SQLite's lock with each other. (A
     /// one-connection sqlx pool would do the same, but its acquire timeout is a tokio
     /// timer, which paused-time tests jump past while SQLite works on another thread.)
-    writer: Arc<Mutex<SqliteConnection>>,
+    /// None once the store is destroyed.
+    writer: Arc<Mutex<Option<SqliteConnection>>>,
     /// Connections for reads; None for in-memory stores, which read through the writer.
     reader: Option<SqlitePool>,
+    /// The database file; None for in-memory stores.
+    path: Option<Arc<PathBuf>>,
 }
 
 /// A connection to read through: a pooled reader, or the writer for in-memory stores.
 pub(crate) enum ReadConn<'a> {
     Pooled(PoolConnection<Sqlite>),
-    Writer(MutexGuard<'a, SqliteConnection>),
+    Writer(MappedMutexGuard<'a, SqliteConnection>),
 }
 
 impl Deref for ReadConn<'_> {
@@ -130,12 +147,20 @@ impl SqliteStore {
     /// As [`SqliteStore::open`], with options.
     ///
     /// # Errors
-    /// [`Error::Storage`] when the file cannot be opened or migrated.
+    /// [`Error::Storage`] when the file cannot be opened or migrated (kind
+    /// [`sync_core::StorageErrorKind::Incompatible`] for a store a newer offsync wrote);
+    /// [`Error::EncryptionKey`] when the key does not open the file, the file is
+    /// encrypted and no key was given, or a key was given to a build without
+    /// SQLCipher. Nothing on disk is changed by a failed open.
     ///
     /// # Cancel safety
     /// Safe: migrations run in transactions.
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteStoreOptions) -> Result<Self, Error> {
-        let connect = SqliteConnectOptions::new()
+        if options.encryption.is_some() {
+            ensure_sqlcipher().await?;
+        }
+        let keyed = options.encryption.is_some();
+        let connect = connect_options(path.as_ref(), &options)
             .filename(path.as_ref())
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -144,8 +169,14 @@ impl SqliteStore {
                 Durability::Full => SqliteSynchronous::Full,
             })
             .busy_timeout(options.busy_timeout);
-        let mut writer = SqliteConnection::connect_with(&connect).await.map_err(storage)?;
-        migrate(&mut writer).await?;
+        let mut writer =
+            SqliteConnection::connect_with(&connect).await.map_err(|e| encryption::open_error(e, keyed))?;
+        if let Err(e) = migrate(&mut writer).await {
+            // Closed, not dropped: SQLite then removes the -wal and -shm it made, and a
+            // refused file is left as it was found.
+            let _ = writer.close().await;
+            return Err(e);
+        }
         let readers = options.read_connections.max(1);
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
@@ -171,7 +202,11 @@ impl SqliteStore {
             }
             tokio::task::yield_now().await;
         }
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), reader: Some(reader) })
+        Ok(Self {
+            writer: Arc::new(Mutex::new(Some(writer))),
+            reader: Some(reader),
+            path: Some(Arc::new(path.as_ref().to_path_buf())),
+        })
     }
 
     /// A store that keeps nothing on disk (for untrusted devices and tests). It lives as
@@ -186,7 +221,7 @@ impl SqliteStore {
         let mut conn =
             SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true)).await.map_err(storage)?;
         migrate(&mut conn).await?;
-        Ok(Self { writer: Arc::new(Mutex::new(conn)), reader: None })
+        Ok(Self { writer: Arc::new(Mutex::new(Some(conn))), reader: None, path: None })
     }
 
     /// The writer, out of any transaction a cancelled call left open.
@@ -197,8 +232,9 @@ impl SqliteStore {
     /// committed, and the next `begin_with` would fail. So whoever takes the writer first
     /// rolls back whatever is open. A `Transaction` dropped half way queues its own
     /// rollback, which runs before this one; the check is one atomic load otherwise.
-    pub(crate) async fn write_conn(&self) -> Result<MutexGuard<'_, SqliteConnection>, Error> {
-        let mut conn = self.writer.lock().await;
+    pub(crate) async fn write_conn(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, Error> {
+        let guard = self.writer.lock().await;
+        let mut conn = MutexGuard::try_map(guard, Option::as_mut).map_err(|_| Error::Shutdown)?;
         let depth = <SqliteTransactionManager as TransactionManager>::get_transaction_depth(&conn);
         if depth > 0 {
             tracing::debug!(depth, "rolling back a transaction a cancelled store call left open");
@@ -211,17 +247,117 @@ impl SqliteStore {
 
     pub(crate) async fn read_conn(&self) -> Result<ReadConn<'_>, Error> {
         match &self.reader {
-            Some(pool) => pool.acquire().await.map(ReadConn::Pooled).map_err(storage),
+            Some(pool) if pool.is_closed() => Err(Error::Shutdown),
+            Some(pool) => pool.acquire().await.map(ReadConn::Pooled).map_err(|e| match e {
+                sqlx::Error::PoolClosed => Error::Shutdown,
+                e => storage(e),
+            }),
             None => Ok(ReadConn::Writer(self.write_conn().await?)),
         }
     }
 
-    /// Closes every connection.
+    /// Changes the key of the encrypted store at `path`, which must be closed (no
+    /// `SqliteStore` open on it, in this process or another). SQLCipher re-encrypts
+    /// every page in one transaction; the store opens with `new` afterwards.
+    ///
+    /// # Errors
+    /// [`Error::EncryptionKey`] when `old` does not open the store or the build has no
+    /// SQLCipher (nothing changed); [`Error::Storage`] with kind `Busy` while the store
+    /// is open elsewhere.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped during the re-encryption, the change may or may not
+    /// have committed; try to open with either key.
+    pub async fn rekey(path: impl AsRef<Path>, old: &EncryptionKey, new: &EncryptionKey) -> Result<(), Error> {
+        ensure_sqlcipher().await?;
+        let options = SqliteStoreOptions { encryption: Some(old.clone()), ..SqliteStoreOptions::default() };
+        // Out of WAL mode first: SQLCipher 4 re-encrypts through the rollback journal,
+        // and leaving WAL needs every other connection gone (busy otherwise).
+        let connect = connect_options(path.as_ref(), &options)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Delete)
+            .busy_timeout(Duration::from_secs(1));
+        let mut conn = SqliteConnection::connect_with(&connect).await.map_err(|e| encryption::open_error(e, true))?;
+        let rekeyed = sqlx::query(&format!("PRAGMA rekey = {}", new.pragma_value())).execute(&mut conn).await;
+        let _ = conn.close().await;
+        rekeyed.map_err(storage)?;
+        // Check that the new key opens it before saying so.
+        let check = SqliteStoreOptions { encryption: Some(new.clone()), ..SqliteStoreOptions::default() };
+        let mut conn = SqliteConnection::connect_with(&connect_options(path.as_ref(), &check).create_if_missing(false))
+            .await
+            .map_err(|e| encryption::open_error(e, true))?;
+        let read = encryption::check_key(&mut conn, true).await;
+        let _ = conn.close().await;
+        read
+    }
+
+    /// Closes every connection. Later calls fail with [`Error::Shutdown`].
     pub async fn close(&self) {
         if let Some(reader) = &self.reader {
             reader.close().await;
         }
+        let writer = self.writer.lock().await.take();
+        if let Some(writer) = writer {
+            if let Err(e) = writer.close().await {
+                tracing::warn!(error = %e, "closing the store's writer failed");
+            }
+        }
     }
+
+    /// The database file; None for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref().map(PathBuf::as_path)
+    }
+
+    /// Closes the store and removes its files (see [`sync_core::LocalStore::destroy`]).
+    pub(crate) async fn destroy(&self) -> Result<(), Error> {
+        self.close().await;
+        match self.path() {
+            Some(path) => remove_database_files(path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Removes a database file and its `-wal`, `-shm` and `-journal` companions; a file
+/// that is not there is fine.
+pub(crate) fn remove_database_files(path: &Path) -> Result<(), Error> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Storage {
+                    kind: sync_core::StorageErrorKind::Io,
+                    message: format!("cannot remove {}: {e}", file.display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+/// The connection options every connection of a store file shares: the file, and the
+/// key first when there is one. Statement logging is off for a keyed store, since the
+/// key travels as a `PRAGMA`.
+pub(crate) fn connect_options(path: &Path, options: &SqliteStoreOptions) -> SqliteConnectOptions {
+    let connect = SqliteConnectOptions::new().filename(path);
+    match &options.encryption {
+        Some(key) => connect.pragma("key", key.pragma_value().to_owned()).disable_statement_logging(),
+        None => connect,
+    }
+}
+
+/// Fails unless this build's SQLite is SQLCipher, asked of a memory database so that a
+/// build without it never writes the store's file in plain text.
+async fn ensure_sqlcipher() -> Result<(), Error> {
+    let mut probe =
+        SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true)).await.map_err(storage)?;
+    let linked = encryption::sqlcipher_linked(&mut probe).await;
+    let _ = probe.close().await;
+    if linked? { Ok(()) } else { Err(encryption::not_built_in()) }
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
@@ -233,11 +369,19 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
     // every lifetime ("not general enough"), so `open` could not be awaited inside
     // `tokio::spawn` (tests/tests/api_bounds.rs checks it). It is hidden from sqlx's docs
     // but public, and sqlx's own `run` is nothing but `acquire` and `run_direct`.
-    match migrator.run_direct(&mut *conn).await {
-        Ok(()) => Ok(()),
-        Err(_) => migrator.run_direct(&mut *conn).await.map_err(|e| Error::Storage {
-            kind: sync_core::StorageErrorKind::Io,
-            message: format!("migration failed: {e}"),
-        }),
-    }
+    let first = migrator.run_direct(&mut *conn).await;
+    let second = match first {
+        Ok(()) => return Ok(()),
+        Err(e @ (MigrateError::VersionMissing(_) | MigrateError::VersionMismatch(_))) => Err(e),
+        Err(_) => migrator.run_direct(&mut *conn).await,
+    };
+    second.map_err(|e| match e {
+        // The file has a schema step this offsync does not know (or knows differently):
+        // a newer offsync wrote it. Nothing was changed; the app needs its newer build.
+        MigrateError::VersionMissing(_) | MigrateError::VersionMismatch(_) => Error::Storage {
+            kind: sync_core::StorageErrorKind::Incompatible,
+            message: format!("the store was written by a newer offsync ({e}); it was left as it is"),
+        },
+        e => Error::Storage { kind: sync_core::StorageErrorKind::Io, message: format!("migration failed: {e}") },
+    })
 }

@@ -71,12 +71,17 @@ pub(crate) async fn query(store: &SqliteStore, query: &Query) -> Result<Vec<Stor
 }
 
 pub(crate) async fn counts(store: &SqliteStore) -> Result<Counts, Error> {
+    counts_on(&mut *store.read_conn().await?).await
+}
+
+/// The counts, read through any connection to a store's database.
+pub(crate) async fn counts_on(conn: &mut sqlx::SqliteConnection) -> Result<Counts, Error> {
     let row = sqlx::query(
         "SELECT (SELECT count(*) FROM offsync_outbox WHERE status = 0) AS pending, \
                 (SELECT count(*) FROM offsync_conflicts) AS conflicts, \
                 (SELECT count(*) FROM offsync_outbox WHERE status = 1) AS failed",
     )
-    .fetch_one(&mut *store.read_conn().await?)
+    .fetch_one(&mut *conn)
     .await
     .map_err(storage)?;
     let get = |name: &str| -> Result<u64, Error> {

@@ -7,14 +7,26 @@ use sync_core::store::{
     CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied,
     Query, Relations, StoreResolution, StoredRecord,
 };
-use sync_core::{ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
+use sync_core::{AccountId, ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 
-use crate::{SqliteStore, conflicts, pull, push, reads, renames, writes};
+use crate::{SqliteStore, accounts, conflicts, pull, push, reads, renames, writes};
 
 #[async_trait]
 impl LocalStore for SqliteStore {
     async fn client_id(&self) -> Result<ClientId, Error> {
         reads::client_id(self).await
+    }
+
+    async fn account(&self) -> Result<Option<AccountId>, Error> {
+        accounts::account(self).await
+    }
+
+    async fn bind_account(&self, account: &AccountId) -> Result<(), Error> {
+        accounts::bind_account(self, account).await
+    }
+
+    async fn destroy(&self) -> Result<(), Error> {
+        SqliteStore::destroy(self).await
     }
 
     async fn write(&self, write: LocalWrite) -> Result<(), Error> {

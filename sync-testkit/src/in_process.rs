@@ -308,6 +308,6 @@ impl Transport for InProcessTransport {
     }
 
     fn set_credentials(&self, credentials: Option<Credentials>) {
-        *self.token.write().unwrap_or_else(PoisonError::into_inner) = credentials.map(|c| c.token);
+        *self.token.write().unwrap_or_else(PoisonError::into_inner) = credentials.map(|c| c.token().to_owned());
     }
 }

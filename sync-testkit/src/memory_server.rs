@@ -391,6 +391,6 @@ impl Transport for MemoryServer {
     }
 
     fn set_credentials(&self, credentials: Option<sync_core::Credentials>) {
-        self.state().token = credentials.map(|c| c.token);
+        self.state().token = credentials.map(|c| c.token().to_owned());
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
-use sync_core::{CollectionSpec, Engine, EngineOptions, LocalEntity};
+use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions, LocalEntity};
 use sync_patterns::ConflictDetection;
 use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
@@ -71,7 +71,8 @@ fn peak_rss_mib() -> f64 {
 
 async fn client(url: &str, dir: &std::path::Path, name: &str, online: bool, push_batch: usize) -> Engine {
     let store = SqliteStore::open(dir.join(format!("{name}.db"))).await.unwrap();
-    let transport = Arc::new(HttpTransport::with_timeout(url, Some(TOKEN), Duration::from_secs(120)).unwrap());
+    let transport = Arc::new(HttpTransport::with_timeout(url, Duration::from_secs(120)).unwrap());
+    let credentials = Credentials::new(AccountId::new("bench").unwrap(), TOKEN).unwrap();
     let options = EngineOptions {
         start_online: online,
         sync_on_start: false,
@@ -82,6 +83,7 @@ async fn client(url: &str, dir: &std::path::Path, name: &str, online: bool, push
     };
     Engine::builder()
         .store(Arc::new(store))
+        .credentials(credentials)
         .transport(transport)
         .collection(CollectionSpec::of::<Order>(ConflictDetection::new()))
         .unit(sync_core::SyncUnit::new("push", sync_core::Direction::Push, &["work_orders"]))

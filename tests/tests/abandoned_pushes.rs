@@ -14,7 +14,6 @@ use common::{WorkOrder, wo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sync_core::Engine;
-use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 use sync_sqlite::SqliteStore;
@@ -47,7 +46,7 @@ async fn databases(dir: &tempfile::TempDir) -> Vec<String> {
 }
 
 async fn engine(store: &SqliteStore, url: &str) -> Engine {
-    common::engine_with(store.clone(), Arc::new(HttpTransport::new(url, Some("alice-token")).unwrap())).await
+    common::engine_with(store.clone(), Arc::new(common::http_as(url, "alice"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

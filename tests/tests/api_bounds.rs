@@ -23,6 +23,10 @@ fn futures_and_streams_are_send(engine: Engine, orders: Collection<WorkOrder>) {
     let e = engine.clone();
     send_static(&async move { e.conflicts().await });
     send_static(&engine.clone().shutdown());
+    let e = engine.clone();
+    send_static(&async move { e.set_credentials(common::credentials_of("alice")).await });
+    send_static(&engine.clone().sign_out(sync_core::SignOut::Keep));
+    send_static(&engine.clone().wipe());
     let o = orders.clone();
     send_static(&async move { o.insert(&common::wo("a", "b", 1)).await });
     send_static(&async move { orders.list().await });
@@ -39,6 +43,13 @@ fn constructors_are_send(store: SqliteStore, transport: Arc<dyn Transport>) {
     send_static(&async { SqliteStore::in_memory().await });
     let s = store.clone();
     send_static(&async move { s.close().await });
+    let device = sync_sqlite::SqliteDevice::new("device");
+    let d = device.clone();
+    send_static(&async move { d.open_store(&sync_core::AccountId::new("alice").unwrap()).await });
+    send_static(&async move {
+        use sync_core::DeviceStores;
+        device.accounts().await
+    });
     send_static(&async move {
         Engine::builder()
             .store(Arc::new(store))
@@ -80,6 +91,8 @@ fn handles_are_send_sync_and_traits_are_object_safe() {
     send_sync_static::<Arc<dyn SyncPattern>>();
     send_sync_static::<Arc<dyn sync_core::ConflictResolver>>();
     send_sync_static::<Arc<dyn sync_core::ServerMapping>>();
+    send_sync_static::<Arc<dyn sync_core::DeviceStores>>();
+    send_sync_static::<sync_sqlite::SqliteDevice>();
     send_sync_static::<sync_core::Error>();
     fn stream_is_send<T: Send + 'static>() {}
     stream_is_send::<WatchStream<WorkOrder>>();

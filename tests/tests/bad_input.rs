@@ -227,7 +227,8 @@ async fn a_refused_token_pauses_pushes_and_new_credentials_send_the_same_ids() {
     assert_eq!(store.outbox().await.unwrap().len(), 2, "nothing dropped");
 
     let mut status = engine.status();
-    engine.set_credentials(sync_core::Credentials { token: "good".into() });
+    let good = sync_core::Credentials::new(sync_core::AccountId::new("good").unwrap(), "good").unwrap();
+    engine.set_credentials(good).await.unwrap();
     tokio::time::timeout(
         std::time::Duration::from_secs(30),
         status.wait_for(|s| s.pending == 0 && s.auth == sync_core::AuthState::Ok),

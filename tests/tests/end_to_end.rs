@@ -9,7 +9,6 @@ use std::sync::Arc;
 use common::{WorkOrder, quiet, wo};
 use sync_core::{CollectionSpec, Engine, EngineOptions, Error, Resolution, SyncEvent};
 use sync_patterns::ConflictDetection;
-use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 use sync_sqlite::SqliteStore;
@@ -44,7 +43,7 @@ async fn servers(dir: &tempfile::TempDir) -> Vec<RunningServer> {
 
 async fn device(dir: &tempfile::TempDir, name: &str, url: &str, options: EngineOptions) -> Engine {
     let store = SqliteStore::open(dir.path().join(format!("{name}.db"))).await.unwrap();
-    let transport = Arc::new(HttpTransport::new(url, Some("alice-token")).unwrap());
+    let transport = Arc::new(common::http_as(url, "alice"));
     Engine::builder()
         .store(Arc::new(store))
         .transport(transport)
@@ -123,7 +122,7 @@ async fn a_server_change_notification_makes_the_other_device_pull() {
     let server = servers(&dir).await.remove(0);
     let writer = device(&dir, "writer", &server.url(), quiet()).await;
     let reader = device(&dir, "reader", &server.url(), quiet()).await;
-    let transport = Arc::new(HttpTransport::new(&server.url(), Some("alice-token")).unwrap());
+    let transport = Arc::new(common::http_as(&server.url(), "alice"));
     let follower = transport.follow_events(reader.change_notifier());
     let mut events = reader.events();
     let writer_orders = writer.collection::<WorkOrder>().unwrap();

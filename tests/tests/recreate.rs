@@ -14,7 +14,6 @@ use common::{WorkOrder, quiet, wo};
 use sync_core::{CollectionSpec, Direction, Engine, SyncReport, SyncUnit};
 use sync_patterns::ConflictDetection;
 use sync_patterns::resolvers::KeepServer;
-use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 use sync_sqlite::SqliteStore;
@@ -61,7 +60,7 @@ async fn setups() -> Vec<Setup> {
 /// A device of alice's with keep-server conflict resolution, and push-only and
 /// pull-only units besides the full cycle.
 async fn device(setup: &Setup, name: &str) -> Engine {
-    device_over(setup, name, Arc::new(HttpTransport::new(&setup.server.url(), Some("alice-token")).unwrap())).await
+    device_over(setup, name, Arc::new(common::http_as(&setup.server.url(), "alice"))).await
 }
 
 async fn device_over(setup: &Setup, name: &str, transport: Arc<dyn sync_core::Transport>) -> Engine {
@@ -182,7 +181,7 @@ async fn a_pull_before_the_retry_of_an_unanswered_push_is_no_conflict() {
     // again (a pull-only unit here; a child held behind its parent does the same) and
     // brings the device's own write back.
     for setup in setups().await {
-        let http = HttpTransport::new(&setup.server.url(), Some("alice-token")).unwrap();
+        let http = common::http_as(&setup.server.url(), "alice");
         let faulty = Arc::new(sync_testkit::FaultyTransport::new(http));
         let a = device_over(&setup, "a", faulty.clone()).await;
         let orders = a.collection::<WorkOrder>().unwrap();

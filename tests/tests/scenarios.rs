@@ -561,7 +561,7 @@ async fn read_only_optimized_keeps_the_servers_cursor_and_never_the_device_clock
     a.sync().await;
     // Then the stored cursor is, byte for byte, the one the server handed out for the end
     // of the feed
-    let probe = sync_server::client::HttpTransport::new(&world.server.url(), Some("alice-token")).unwrap();
+    let probe = world::http_as(&world.server.url(), "alice");
     let name = sync_core::CollectionName::new("customers").unwrap();
     let page = sync_core::Transport::pull(
         &probe,

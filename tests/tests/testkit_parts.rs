@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{WorkOrder, engine_with, wo};
-use sync_core::{AuthState, Credentials, Engine, Error};
+use sync_core::{AccountId, AuthState, Credentials, Engine, Error};
 use sync_sqlite::SqliteStore;
 use sync_testkit::{Fault, FaultPlan, FaultyTransport, InProcessServer, InProcessTransport, MemoryServer};
 
@@ -92,7 +92,7 @@ async fn cut_off_server_errors_and_refused_tokens_lose_nothing() {
     assert_eq!(a.status().borrow().auth, AuthState::Required);
     assert!(server.applications().is_empty(), "no fault above reached the server");
     // When the app supplies its token again, the same mutation goes out
-    a.set_credentials(Credentials { token: "alice".into() });
+    a.set_credentials(Credentials::new(AccountId::new("alice").unwrap(), "alice").unwrap()).await.unwrap();
     a.sync_now().await.unwrap();
     assert_eq!(server.applications().len(), 1);
     assert_eq!(a.status().borrow().pending, 0);

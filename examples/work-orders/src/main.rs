@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sync_core::{CollectionSpec, Engine, EngineOptions, LocalEntity, Resolution, SyncEvent};
+use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions, LocalEntity, Resolution, SyncEvent};
 use sync_patterns::ConflictDetection;
 use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
@@ -44,11 +44,13 @@ const TOKEN: &str = "technician-7-secret";
 
 /// A device: its engine on its own SQLite file, following the server's change events.
 async fn open_device(name: &'static str, db: &Path, url: &str, online: bool) -> anyhow::Result<Engine> {
-    let transport = Arc::new(HttpTransport::new(url, Some(TOKEN))?);
+    let transport = Arc::new(HttpTransport::new(url)?);
+    let credentials = Credentials::new(AccountId::new("technician-7")?, TOKEN)?;
     let options =
         EngineOptions { start_online: online, debounce: Duration::from_millis(100), ..EngineOptions::default() };
     let engine = Engine::builder()
         .store(Arc::new(SqliteStore::open(db).await?))
+        .credentials(credentials)
         .transport(transport.clone())
         .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
         .options(options)

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::auth::TokenProvider;
 use crate::backoff::Backoff;
+use crate::device::DeviceStores;
 use crate::entity::{IdAssignment, IdentityMapping, LocalEntity, ServerMapping};
 use crate::error::Error;
-use crate::ids::CollectionName;
+use crate::ids::{AccountId, CollectionName};
 use crate::pattern::SyncPattern;
 use crate::store::{FieldPath, ForeignKey, LocalStore, Relations};
-use crate::transport::Transport;
+use crate::transport::{Credentials, Transport};
 
-use super::Engine;
+use super::{Engine, Parts};
 
 /// The name of the sync unit that covers every collection in both directions; it is the
 /// one `sync_now`, the start, reconnect, interval and local-write triggers run.
@@ -164,6 +166,10 @@ impl Default for EngineOptions {
 #[derive(Default)]
 pub struct EngineBuilder {
     store: Option<Arc<dyn LocalStore>>,
+    device: Option<Arc<dyn DeviceStores>>,
+    account: Option<AccountId>,
+    credentials: Option<Credentials>,
+    token_provider: Option<Arc<dyn TokenProvider>>,
     transport: Option<Arc<dyn Transport>>,
     collections: Vec<CollectionSpec>,
     units: Vec<SyncUnit>,
@@ -171,9 +177,43 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The local store (required).
+    /// The local store, for a device one person uses (this or [`EngineBuilder::device`]
+    /// is required). The store is bound to the account of the first credentials it
+    /// sees, and refuses any other account's from then on.
     pub fn store(mut self, store: Arc<dyn LocalStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// The stores of everyone who uses the device, one per account (this or
+    /// [`EngineBuilder::store`] is required). The engine opens the store of the account
+    /// given with [`EngineBuilder::account`] or [`EngineBuilder::credentials`] and
+    /// serves that account only: to change person, [`Engine::sign_out`] and build an
+    /// engine for the other account.
+    pub fn device(mut self, device: Arc<dyn DeviceStores>) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// The account the engine serves, when its token is not known yet (an app started
+    /// offline; the token comes later through [`Engine::set_credentials`]).
+    pub fn account(mut self, account: AccountId) -> Self {
+        self.account = Some(account);
+        self
+    }
+
+    /// The credentials to start with; the engine serves their account.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Where the engine gets a token when it has none, and a new one when the server
+    /// answers 401 (see [`TokenProvider`]). Needs the account: from
+    /// [`EngineBuilder::account`], [`EngineBuilder::credentials`] or a store already
+    /// bound to one.
+    pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
+        self.token_provider = Some(provider);
         self
     }
 
@@ -205,17 +245,34 @@ impl EngineBuilder {
     /// tokio runtime.
     ///
     /// # Errors
-    /// [`Error::Config`] for a missing store or transport, no collections, duplicate
+    /// [`Error::Config`] for a missing store or transport (or both a store and a
+    /// device, or a device without an account), no collections, duplicate
     /// collections or units, a unit or a pattern's parent naming an unregistered
     /// collection, or zero batch
     /// sizes; [`Error::InvalidCollectionName`] for a bad name; [`Error::Storage`] when
-    /// the store cannot give its client id.
+    /// the store cannot give its client id; [`Error::AccountMismatch`] when the store
+    /// belongs to another account than the one given (or `account` and `credentials`
+    /// name different accounts).
     ///
     /// # Cancel safety
     /// Safe: nothing is started until the last await has returned.
     pub async fn build(self) -> Result<Engine, Error> {
         let config = |message: &str| Error::Config { message: message.to_owned() };
-        let store = self.store.ok_or_else(|| config("no store: call .store(..)"))?;
+        let account = match (self.account, self.credentials.as_ref().map(|c| c.account().clone())) {
+            (Some(account), Some(given)) if account != given => {
+                return Err(Error::AccountMismatch { bound: account.to_string(), given: given.to_string() });
+            }
+            (account, given) => account.or(given),
+        };
+        if self.store.is_some() && self.device.is_some() {
+            return Err(config("both .store(..) and .device(..): give one"));
+        }
+        if self.store.is_none() && self.device.is_none() {
+            return Err(config("no store: call .store(..) or .device(..)"));
+        }
+        if self.device.is_some() && account.is_none() {
+            return Err(config("a device holds one store per account: name it with .account(..) or .credentials(..)"));
+        }
         let transport = self.transport.ok_or_else(|| config("no transport: call .transport(..)"))?;
         if self.collections.is_empty() {
             return Err(config("no collections: register at least one with .collection(..)"));
@@ -273,11 +330,62 @@ impl EngineBuilder {
                 });
             }
         }
+        let store = match (self.store, &self.device, &account) {
+            (Some(store), _, Some(account)) => {
+                store.bind_account(account).await?;
+                store
+            }
+            (Some(store), _, None) => store,
+            (None, Some(device), Some(account)) => device.open(account).await?,
+            (None, _, _) => return Err(config("no store: call .store(..) or .device(..)")),
+        };
+        let account = store.account().await?;
+        if self.token_provider.is_some() && account.is_none() {
+            return Err(config(
+                "a token provider needs to know whose tokens to ask for: name the account with .account(..)",
+            ));
+        }
         let client_id = store.client_id().await?;
-        // The first status already tells the truth about what waits on disk.
+        // The first status already tells the truth about what waits on disk, here and
+        // in the other accounts' stores.
         let counts = store.counts().await?;
-        Ok(Engine::start(store, transport, collections, units, relations, self.options, client_id, counts))
+        let held_for_other_accounts = match (&self.device, &account) {
+            // A count for display: another account's unreadable store must not keep
+            // this person from working.
+            (Some(device), Some(account)) => match device.accounts().await {
+                Ok(accounts) => held_for_others(&accounts, account),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the other accounts' stores could not be read; held count shown as 0");
+                    0
+                }
+            },
+            _ => 0,
+        };
+        Ok(Engine::start(Parts {
+            store,
+            device: self.device,
+            account,
+            credentials: self.credentials,
+            token_provider: self.token_provider,
+            transport,
+            collections,
+            units,
+            relations,
+            options: self.options,
+            client_id,
+            counts,
+            held_for_other_accounts,
+        }))
     }
+}
+
+/// What the other accounts on the device still have to send (queued and parked).
+fn held_for_others(accounts: &[crate::device::AccountSummary], account: &AccountId) -> u64 {
+    accounts
+        .iter()
+        .filter(|a| &a.account != account)
+        .map(|a| a.counts.pending.saturating_add(a.counts.failed))
+        .fold(0, u64::saturating_add)
 }
 
 /// Collects the patterns' foreign keys and the mappings' id assignment; a key into an

@@ -192,14 +192,14 @@ impl Driver {
         let Some(unit) = self.shared.units.get(unit_name).cloned() else {
             return Err(Error::Config { message: format!("unknown sync unit {unit_name:?}") });
         };
-        let result = super::cycle::run(&self.shared, &unit).await;
+        let result = self.run_with_token(&unit).await;
         match &result {
             Ok(_) => {
                 self.failures = 0;
                 self.retry = None;
                 self.shared.update_net(|n| n.reachable = true);
             }
-            Err(Error::Unauthorized { .. }) => {
+            Err(Error::Unauthorized { .. } | Error::TokenProvider { .. }) => {
                 self.shared.status.send_modify(|s| s.auth = AuthState::Required);
                 self.shared.emit(SyncEvent::AuthRequired);
             }
@@ -211,6 +211,59 @@ impl Driver {
             Err(_) => {}
         }
         result
+    }
+
+    /// Runs the cycle with a token from the app's provider, if it has one: asks for a
+    /// first token when the engine holds none, and after a 401 for one new token and
+    /// runs the cycle once more. A second 401 is the cycle's answer: the engine never
+    /// loops on 401, it waits for the app.
+    async fn run_with_token(&mut self, unit: &super::UnitSpec) -> Result<SyncReport, Error> {
+        if self.shared.token_provider.is_some() && self.shared.current_token().is_none() {
+            self.obtain_token(None).await?;
+        }
+        let result = super::cycle::run(&self.shared, unit).await;
+        match (&result, self.shared.token_provider.is_some()) {
+            (Err(Error::Unauthorized { .. }), true) => {
+                let refused = self.shared.current_token().unwrap_or_default();
+                self.obtain_token(Some(&refused)).await?;
+                super::cycle::run(&self.shared, unit).await
+            }
+            _ => result,
+        }
+    }
+
+    /// Asks the provider for a token (a refresh of `refused`, or a first one), at most
+    /// [`crate::auth::TOKEN_ATTEMPTS`] times with backoff, and installs it.
+    async fn obtain_token(&mut self, refused: Option<&str>) -> Result<(), Error> {
+        let (Some(provider), Some(account)) = (self.shared.token_provider.clone(), self.shared.account()) else {
+            return Err(Error::Unauthorized { message: "no token provider or account".into() });
+        };
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            match crate::auth::ask(provider.as_ref(), &account, refused).await {
+                Ok(credentials) => {
+                    self.shared.install_credentials(Some(credentials));
+                    return Ok(());
+                }
+                Err(error) => match crate::auth::after_failure(attempt, &error) {
+                    crate::auth::AfterFailure::AskAgain => {
+                        tracing::debug!(attempt, %error, "the token provider failed; asking again");
+                        let delay = self.shared.options.backoff.delay(attempt, &mut rand::rng());
+                        tokio::time::sleep(delay).await;
+                    }
+                    crate::auth::AfterFailure::GiveUp => {
+                        tracing::warn!(attempt, %error, "no usable token; syncing waits for the app");
+                        return Err(match error {
+                            Error::TokenProvider { .. } | Error::Unauthorized { .. } => error,
+                            other => {
+                                Error::TokenProvider { message: format!("gave up after {attempt} attempts: {other}") }
+                            }
+                        });
+                    }
+                },
+            }
+        }
     }
 
     fn schedule(&mut self, retry: Retry) {

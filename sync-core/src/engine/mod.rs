@@ -15,12 +15,14 @@ use tokio::task::JoinHandle;
 pub use builder::{ALL_UNIT, CollectionSpec, Direction, EngineBuilder, EngineOptions, SyncUnit};
 pub use collection::{Collection, QueryBuilder, WatchStream};
 
+use crate::auth::TokenProvider;
+use crate::device::DeviceStores;
 use crate::entity::LocalEntity;
 use crate::error::Error;
-use crate::ids::{ClientId, CollectionName, MutationId, RecordId};
+use crate::ids::{AccountId, ClientId, CollectionName, MutationId, RecordId};
 use crate::pattern::Resolution;
 use crate::status::{AuthState, Network, Origin, SyncEvent, SyncReport, SyncStatus};
-use crate::store::{Conflict, LocalStore, OutboxEntry, Relations, StoreResolution};
+use crate::store::{Conflict, Counts, LocalStore, OutboxEntry, Relations, StoreResolution};
 use crate::transport::{Credentials, Transport};
 use builder::{CollectionEntry, UnitSpec};
 use driver::Command;
@@ -46,9 +48,54 @@ impl NetState {
     }
 }
 
+/// How [`Engine::sign_out`] leaves the person's data on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignOut {
+    /// Keep the store (records, queue, conflicts): the queue goes out when the same
+    /// account signs in again.
+    Keep,
+    /// Delete the store, unsent writes included (counted in the [`SignOutReport`]).
+    Discard,
+}
+
+/// What [`Engine::sign_out`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignOutReport {
+    /// Queued writes deleted unsent ([`SignOut::Discard`]); 0 for [`SignOut::Keep`].
+    pub discarded_pending: u64,
+    /// Parked (rejected) writes deleted.
+    pub discarded_failed: u64,
+    /// Open conflicts deleted unsettled.
+    pub discarded_conflicts: u64,
+}
+
+/// Everything [`Engine::start`] needs, checked by the builder.
+pub(crate) struct Parts {
+    pub(crate) store: Arc<dyn LocalStore>,
+    pub(crate) device: Option<Arc<dyn DeviceStores>>,
+    pub(crate) account: Option<AccountId>,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) token_provider: Option<Arc<dyn TokenProvider>>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
+    pub(crate) units: BTreeMap<String, UnitSpec>,
+    pub(crate) relations: Relations,
+    pub(crate) options: EngineOptions,
+    pub(crate) client_id: ClientId,
+    pub(crate) counts: Counts,
+    pub(crate) held_for_other_accounts: u64,
+}
+
 /// State shared by the handle and the background tasks.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn LocalStore>,
+    /// The stores of the device's other accounts (None for a single store).
+    device: Option<Arc<dyn DeviceStores>>,
+    /// The account whose store this is; None while a single store is not bound yet.
+    account: Mutex<Option<AccountId>>,
+    /// The credentials the transport holds, as far as the engine gave them.
+    credentials: Mutex<Option<Credentials>>,
+    pub(crate) token_provider: Option<Arc<dyn TokenProvider>>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
     pub(crate) units: BTreeMap<String, UnitSpec>,
@@ -73,6 +120,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Gives the transport `credentials` (None: forget the token) and remembers them.
+    pub(crate) fn install_credentials(&self, credentials: Option<Credentials>) {
+        let mut held = self.credentials.lock().unwrap_or_else(PoisonError::into_inner);
+        self.transport.set_credentials(credentials.clone());
+        *held = credentials;
+    }
+
+    /// The token the transport holds, as the engine gave it.
+    pub(crate) fn current_token(&self) -> Option<String> {
+        self.credentials.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|c| c.token().to_owned())
+    }
+
+    /// The account the engine serves.
+    pub(crate) fn account(&self) -> Option<AccountId> {
+        self.account.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     pub(crate) fn emit(&self, event: SyncEvent) {
         // No receiver is fine: events are for whoever listens.
         let _ = self.events.send(event);
@@ -233,26 +297,39 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    #[expect(clippy::too_many_arguments, reason = "private; every part is built and checked by EngineBuilder")]
-    fn start(
-        store: Arc<dyn LocalStore>,
-        transport: Arc<dyn Transport>,
-        collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
-        units: BTreeMap<String, UnitSpec>,
-        relations: Relations,
-        options: EngineOptions,
-        client_id: ClientId,
-        counts: crate::store::Counts,
-    ) -> Self {
+    fn start(parts: Parts) -> Self {
+        let Parts {
+            store,
+            device,
+            account,
+            credentials,
+            token_provider,
+            transport,
+            collections,
+            units,
+            relations,
+            options,
+            client_id,
+            counts,
+            held_for_other_accounts,
+        } = parts;
+        if let Some(credentials) = &credentials {
+            transport.set_credentials(Some(credentials.clone()));
+        }
         let net = NetState { app_online: options.start_online, reachable: true };
         let mut initial = SyncStatus::initial(net.network());
         (initial.pending, initial.conflicts, initial.failed) = (counts.pending, counts.conflicts, counts.failed);
+        initial.held_for_other_accounts = held_for_other_accounts;
         let (status, _) = watch::channel(initial);
         let (events, _) = broadcast::channel(options.event_capacity);
         let (commands, command_rx) = mpsc::channel(64);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             store,
+            device,
+            account: Mutex::new(account),
+            credentials: Mutex::new(credentials),
+            token_provider,
             transport,
             collections,
             units,
@@ -353,10 +430,43 @@ impl Engine {
         }
     }
 
-    /// Supplies new credentials: the transport gets them, pushes resume, and the same
-    /// queued mutations go out with the same ids.
-    pub fn set_credentials(&self, credentials: Credentials) {
-        self.shared.transport.set_credentials(Some(credentials));
+    /// The account the engine serves: the one its store is bound to (None for a single
+    /// store no credentials have been given for yet).
+    pub fn account(&self) -> Option<AccountId> {
+        self.shared.account()
+    }
+
+    /// Supplies new credentials (a refreshed token, or the first one): the transport
+    /// gets them, pushes resume, and the same queued mutations go out with the same ids.
+    ///
+    /// Credentials of another account than the store's are refused: this store's queue
+    /// never goes out under another person's token, and the transport keeps the token
+    /// it had. A single store not bound yet is bound to their account now.
+    ///
+    /// # Errors
+    /// [`Error::AccountMismatch`] for another account's credentials (nothing changes);
+    /// [`Error::Storage`] when the binding cannot be stored.
+    ///
+    /// # Cancel safety
+    /// Safe: the binding is one atomic store call, and the transport gets the token
+    /// only after it.
+    pub async fn set_credentials(&self, credentials: Credentials) -> Result<(), Error> {
+        let bound = self.account();
+        match bound {
+            Some(bound) if &bound != credentials.account() => {
+                return Err(Error::AccountMismatch {
+                    bound: bound.to_string(),
+                    given: credentials.account().to_string(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.shared.store.bind_account(credentials.account()).await?;
+                *self.shared.account.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(credentials.account().clone());
+            }
+        }
+        self.shared.install_credentials(Some(credentials));
         let was_required = self.shared.status.send_if_modified(|s| {
             let changed = s.auth == AuthState::Required;
             s.auth = AuthState::Ok;
@@ -365,6 +475,60 @@ impl Engine {
         if was_required {
             request(&self.shared.commands, &self.shared.overflow, Command::Reconnected);
         }
+        Ok(())
+    }
+
+    /// Signs the person out: the engine stops (a cycle in flight is abandoned, as on
+    /// shutdown) and the transport forgets the token. [`SignOut::Keep`] leaves the store
+    /// whole for the person's next sign-in; [`SignOut::Discard`] deletes it, files and
+    /// all, and reports what was deleted unsent. Other clones of this engine fail with
+    /// [`Error::Shutdown`] from then on. To let another person in, build an engine for
+    /// their account (with [`EngineBuilder::device`], each account has its own store).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the counts cannot be read or a file cannot be removed;
+    /// the engine has stopped and the token is forgotten either way.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe for [`SignOut::Discard`]: dropped half way, the store may be
+    /// closed without its files removed. Call it again on a fresh engine, or
+    /// [`Engine::wipe`].
+    pub async fn sign_out(self, mode: SignOut) -> Result<SignOutReport, Error> {
+        self.stop().await;
+        self.shared.install_credentials(None);
+        match mode {
+            SignOut::Keep => Ok(SignOutReport::default()),
+            SignOut::Discard => {
+                let counts = self.shared.store.counts().await?;
+                self.shared.store.destroy().await?;
+                Ok(SignOutReport {
+                    discarded_pending: counts.pending,
+                    discarded_failed: counts.failed,
+                    discarded_conflicts: counts.conflicts,
+                })
+            }
+        }
+    }
+
+    /// Deletes everything offsync keeps on this device: this engine's store and, with
+    /// [`EngineBuilder::device`], the stores of every other account, files and all. The
+    /// engine stops first and the transport forgets the token; queued writes of every
+    /// account are lost (read [`SyncStatus::pending`] and
+    /// [`SyncStatus::held_for_other_accounts`] first to warn the user).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when a file cannot be removed.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped half way, some stores may remain; call it again.
+    pub async fn wipe(self) -> Result<(), Error> {
+        self.stop().await;
+        self.shared.install_credentials(None);
+        self.shared.store.destroy().await?;
+        if let Some(device) = &self.shared.device {
+            device.wipe().await?;
+        }
+        Ok(())
     }
 
     /// The id the server gave a record created here as `local_id`, for a collection
@@ -458,6 +622,11 @@ impl Engine {
     /// # Cancel safety
     /// Safe: the engine stops either way.
     pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// Stops the background tasks and waits for them.
+    async fn stop(&self) {
         let _ = self.lifetime.shutdown.send(true);
         let handle = self.lifetime.driver.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sync_core::protocol::Op;
 use sync_core::{
-    Backoff, ClientId, Conflict, Credentials, Engine, EngineOptions, Error, Resolution, SyncEvent, SyncReport,
+    AccountId, Backoff, ClientId, Conflict, Credentials, Engine, EngineOptions, Error, Resolution, SyncEvent,
+    SyncReport,
 };
 use sync_server::ServerError;
 use sync_sqlite::SqliteStore;
@@ -528,7 +529,16 @@ impl Simulation {
             c.online = true;
             if let Some(engine) = &c.engine {
                 engine.set_online(true);
-                engine.set_credentials(Credentials { token: c.token.clone() });
+                // The token names the user in the in-process server, so it is the account too.
+                let credentials =
+                    AccountId::new(c.token.clone()).and_then(|account| Credentials::new(account, c.token.clone()));
+                let set = match credentials {
+                    Ok(credentials) => engine.set_credentials(credentials).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(e) = set {
+                    self.violations.push(Violation::Stuck { client, detail: format!("set_credentials failed: {e}") });
+                }
             }
         }
         let mut rounds = 0;

@@ -91,3 +91,17 @@ pub async fn next_event_untimed<T>(
         }
     }
 }
+
+/// Credentials of `user` for the test servers, whose token is `<user>-token`.
+pub fn credentials_of(user: &str) -> sync_core::Credentials {
+    sync_core::Credentials::new(sync_core::AccountId::new(user).unwrap(), format!("{user}-token")).unwrap()
+}
+
+/// An HTTP transport to `url` carrying `user`'s token, for tests that use it directly
+/// or hand it to an engine whose store is not bound to another account.
+pub fn http_as(url: &str, user: &str) -> sync_server::client::HttpTransport {
+    use sync_core::Transport;
+    let transport = sync_server::client::HttpTransport::new(url).unwrap();
+    transport.set_credentials(Some(credentials_of(user)));
+    transport
+}

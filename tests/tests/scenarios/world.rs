@@ -134,7 +134,7 @@ impl World {
 
     /// Alice's device `name`, orders resolved by `resolver`.
     pub async fn device(&self, name: &str, resolver: Resolver) -> Device {
-        let transport = Arc::new(Faulty::new(HttpTransport::new(&self.server.url(), Some("alice-token")).unwrap()));
+        let transport = Arc::new(Faulty::new(http_as(&self.server.url(), "alice")));
         self.device_with(name, resolver, transport).await
     }
 
@@ -174,7 +174,7 @@ impl World {
 
     /// The admin's device (reopened from its file if it existed) and its transport.
     pub async fn admin_with_faults(&self) -> (Engine, Arc<Faulty>) {
-        let transport = Arc::new(Faulty::new(HttpTransport::new(&self.server.url(), Some("admin-token")).unwrap()));
+        let transport = Arc::new(Faulty::new(http_as(&self.server.url(), "admin")));
         let engine = Engine::builder()
             .store(Arc::new(SqliteStore::open(self.path("admin")).await.unwrap()))
             .collection(CollectionSpec::of::<Product>(LastWriteWins))
@@ -210,7 +210,7 @@ impl World {
 
     /// The live records of alice's `collection` on the server: id → (version, data).
     pub async fn server_data(&self, collection: &str) -> std::collections::BTreeMap<String, (u64, Value)> {
-        let probe = HttpTransport::new(&self.server.url(), Some("alice-token")).unwrap();
+        let probe = http_as(&self.server.url(), "alice");
         let mut cursor = None;
         let mut out = std::collections::BTreeMap::new();
         loop {
@@ -374,4 +374,12 @@ impl Transport for Faulty {
     fn set_credentials(&self, credentials: Option<Credentials>) {
         self.inner.set_credentials(credentials);
     }
+}
+
+/// An HTTP transport to `url` carrying `user`'s token (`<user>-token`).
+pub fn http_as(url: &str, user: &str) -> HttpTransport {
+    let transport = HttpTransport::new(url).unwrap();
+    let account = sync_core::AccountId::new(user).unwrap();
+    transport.set_credentials(Some(Credentials::new(account, format!("{user}-token")).unwrap()));
+    transport
 }
