@@ -46,6 +46,7 @@ fn store_bytes(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+#[cfg(feature = "encryption")]
 /// Each existing file of the store with a digest of its bytes, for "nothing changed".
 fn fingerprint(path: &Path) -> Vec<(PathBuf, u64)> {
     use std::hash::{Hash, Hasher};
