@@ -358,6 +358,33 @@ pub trait LocalStore: Send + Sync + 'static {
     /// changes); [`Error::Storage`].
     async fn bind_account(&self, account: &AccountId) -> Result<(), Error>;
 
+    /// Whether the store encrypts what it writes to disk. A session token is kept in a
+    /// store only when it is ([`crate::EngineBuilder::persist_token`]).
+    fn encrypted(&self) -> bool {
+        false
+    }
+
+    /// Keeps the session token with the store's data, or forgets it (None). Asked only
+    /// of stores that are [`LocalStore::encrypted`]; the default keeps nothing and
+    /// refuses to.
+    ///
+    /// # Errors
+    /// [`Error::Config`] from a store that cannot keep secrets; [`Error::Storage`].
+    async fn save_token(&self, token: Option<&str>) -> Result<(), Error> {
+        match token {
+            None => Ok(()),
+            Some(_) => Err(Error::Config { message: "this store cannot keep a token".into() }),
+        }
+    }
+
+    /// The token kept by [`LocalStore::save_token`], if any.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn saved_token(&self) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
+
     /// Closes the store and deletes everything it holds: for a file store, the database
     /// file and its `-wal` and `-shm` companions. Every later call fails with
     /// [`Error::Shutdown`].

@@ -105,6 +105,8 @@ pub struct SqliteStore {
     reader: Option<SqlitePool>,
     /// The database file; None for in-memory stores.
     path: Option<Arc<PathBuf>>,
+    /// Opened with an encryption key (SQLCipher).
+    encrypted: bool,
 }
 
 /// A connection to read through: a pooled reader, or the writer for in-memory stores.
@@ -206,6 +208,7 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(Some(writer))),
             reader: Some(reader),
             path: Some(Arc::new(path.as_ref().to_path_buf())),
+            encrypted: keyed,
         })
     }
 
@@ -221,7 +224,7 @@ impl SqliteStore {
         let mut conn =
             SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true)).await.map_err(storage)?;
         migrate(&mut conn).await?;
-        Ok(Self { writer: Arc::new(Mutex::new(Some(conn))), reader: None, path: None })
+        Ok(Self { writer: Arc::new(Mutex::new(Some(conn))), reader: None, path: None, encrypted: false })
     }
 
     /// The writer, out of any transaction a cancelled call left open.
@@ -302,6 +305,11 @@ impl SqliteStore {
                 tracing::warn!(error = %e, "closing the store's writer failed");
             }
         }
+    }
+
+    /// Whether the store was opened with an encryption key.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     /// The database file; None for an in-memory store.

@@ -25,6 +25,18 @@ impl LocalStore for SqliteStore {
         accounts::bind_account(self, account).await
     }
 
+    fn encrypted(&self) -> bool {
+        self.is_encrypted()
+    }
+
+    async fn save_token(&self, token: Option<&str>) -> Result<(), Error> {
+        accounts::save_token(self, token).await
+    }
+
+    async fn saved_token(&self) -> Result<Option<String>, Error> {
+        accounts::saved_token(self).await
+    }
+
     async fn destroy(&self) -> Result<(), Error> {
         SqliteStore::destroy(self).await
     }

@@ -170,6 +170,7 @@ pub struct EngineBuilder {
     account: Option<AccountId>,
     credentials: Option<Credentials>,
     token_provider: Option<Arc<dyn TokenProvider>>,
+    persist_token: bool,
     transport: Option<Arc<dyn Transport>>,
     collections: Vec<CollectionSpec>,
     units: Vec<SyncUnit>,
@@ -214,6 +215,15 @@ impl EngineBuilder {
     /// bound to one.
     pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
         self.token_provider = Some(provider);
+        self
+    }
+
+    /// Keeps the session token in the store (default: no), so that an app restarted
+    /// offline syncs as soon as the network returns without asking the person to sign
+    /// in again. Allowed only with an encrypted store ([`LocalStore::encrypted`]): a
+    /// token is never written to disk in plain text. [`Engine::sign_out`] forgets it.
+    pub fn persist_token(mut self, persist: bool) -> Self {
+        self.persist_token = persist;
         self
     }
 
@@ -340,6 +350,24 @@ impl EngineBuilder {
             (None, _, _) => return Err(config("no store: call .store(..) or .device(..)")),
         };
         let account = store.account().await?;
+        if self.persist_token && !store.encrypted() {
+            return Err(config(
+                "persist_token(true) keeps the token only in an encrypted store: open the store with an encryption key \
+                 (sync-sqlite's `encryption` feature), or leave the token to the app",
+            ));
+        }
+        let mut credentials = self.credentials;
+        match (&credentials, &account, self.persist_token) {
+            (Some(given), _, true) => store.save_token(Some(given.token())).await?,
+            (None, Some(account), true) => {
+                if let Some(token) = store.saved_token().await? {
+                    // A kept token that no longer parses is dropped, not fatal: the
+                    // provider or the app supplies a new one.
+                    credentials = Credentials::new(account.clone(), token).ok();
+                }
+            }
+            _ => {}
+        }
         if self.token_provider.is_some() && account.is_none() {
             return Err(config(
                 "a token provider needs to know whose tokens to ask for: name the account with .account(..)",
@@ -365,8 +393,9 @@ impl EngineBuilder {
             store,
             device: self.device,
             account,
-            credentials: self.credentials,
+            credentials,
             token_provider: self.token_provider,
+            persist_token: self.persist_token,
             transport,
             collections,
             units,

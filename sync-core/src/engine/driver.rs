@@ -243,7 +243,7 @@ impl Driver {
             attempt = attempt.saturating_add(1);
             match crate::auth::ask(provider.as_ref(), &account, refused).await {
                 Ok(credentials) => {
-                    self.shared.install_credentials(Some(credentials));
+                    self.shared.adopt_credentials(Some(credentials)).await;
                     return Ok(());
                 }
                 Err(error) => match crate::auth::after_failure(attempt, &error) {

@@ -76,6 +76,7 @@ pub(crate) struct Parts {
     pub(crate) account: Option<AccountId>,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) token_provider: Option<Arc<dyn TokenProvider>>,
+    pub(crate) persist_token: bool,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
     pub(crate) units: BTreeMap<String, UnitSpec>,
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     /// The credentials the transport holds, as far as the engine gave them.
     credentials: Mutex<Option<Credentials>>,
     pub(crate) token_provider: Option<Arc<dyn TokenProvider>>,
+    /// Whether the token is kept in the (encrypted) store.
+    persist_token: bool,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) collections: BTreeMap<CollectionName, Arc<CollectionEntry>>,
     pub(crate) units: BTreeMap<String, UnitSpec>,
@@ -125,6 +128,19 @@ impl Shared {
         let mut held = self.credentials.lock().unwrap_or_else(PoisonError::into_inner);
         self.transport.set_credentials(credentials.clone());
         *held = credentials;
+    }
+
+    /// Gives the transport `credentials` and, when the token is persisted, keeps it in
+    /// the store (forgets it for None). A token that cannot be kept is logged: it still
+    /// serves this run, and the next start asks the provider or the app.
+    pub(crate) async fn adopt_credentials(&self, credentials: Option<Credentials>) {
+        let token = credentials.as_ref().map(|c| c.token().to_owned());
+        self.install_credentials(credentials);
+        if self.persist_token {
+            if let Err(e) = self.store.save_token(token.as_deref()).await {
+                tracing::warn!(error = %e, "the session token could not be kept in the store");
+            }
+        }
     }
 
     /// The token the transport holds, as the engine gave it.
@@ -304,6 +320,7 @@ impl Engine {
             account,
             credentials,
             token_provider,
+            persist_token,
             transport,
             collections,
             units,
@@ -330,6 +347,7 @@ impl Engine {
             account: Mutex::new(account),
             credentials: Mutex::new(credentials),
             token_provider,
+            persist_token,
             transport,
             collections,
             units,
@@ -466,7 +484,7 @@ impl Engine {
                     Some(credentials.account().clone());
             }
         }
-        self.shared.install_credentials(Some(credentials));
+        self.shared.adopt_credentials(Some(credentials)).await;
         let was_required = self.shared.status.send_if_modified(|s| {
             let changed = s.auth == AuthState::Required;
             s.auth = AuthState::Ok;
@@ -486,8 +504,9 @@ impl Engine {
     /// their account (with [`EngineBuilder::device`], each account has its own store).
     ///
     /// # Errors
-    /// [`Error::Storage`] when the counts cannot be read or a file cannot be removed;
-    /// the engine has stopped and the token is forgotten either way.
+    /// [`Error::Storage`] when a kept token cannot be removed from the store, the
+    /// counts cannot be read or a file cannot be removed; the engine has stopped and
+    /// the transport has forgotten the token either way.
     ///
     /// # Cancel safety
     /// Not cancel safe for [`SignOut::Discard`]: dropped half way, the store may be
@@ -496,6 +515,10 @@ impl Engine {
     pub async fn sign_out(self, mode: SignOut) -> Result<SignOutReport, Error> {
         self.stop().await;
         self.shared.install_credentials(None);
+        if self.shared.persist_token {
+            // Forgetting a kept token is what sign-out promises: its failure is reported.
+            self.shared.store.save_token(None).await?;
+        }
         match mode {
             SignOut::Keep => Ok(SignOutReport::default()),
             SignOut::Discard => {
