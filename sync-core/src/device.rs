@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::error::Error;
 use crate::ids::AccountId;
+use crate::persistence::Residence;
 use crate::store::{Counts, LocalStore};
 
 /// What a device holds for one account.
@@ -25,12 +26,14 @@ pub struct AccountSummary {
 /// [`crate::Engine::wipe`] removes every account's store.
 #[async_trait]
 pub trait DeviceStores: Send + Sync + 'static {
-    /// Opens (creating if needed) the store of `account`, bound to it.
+    /// Opens (creating if needed) the store of `account`, bound to it, on disk or in
+    /// memory only (an untrusted device, memory-only collections: then nothing is
+    /// written to the device's directory, not even the directory itself).
     ///
     /// # Errors
     /// [`Error::AccountMismatch`] when the store found for `account` belongs to another
     /// account (nothing is changed); [`Error::Storage`].
-    async fn open(&self, account: &AccountId) -> Result<Arc<dyn LocalStore>, Error>;
+    async fn open(&self, account: &AccountId, residence: Residence) -> Result<Arc<dyn LocalStore>, Error>;
 
     /// Every account with a store on this device, with its counts.
     ///

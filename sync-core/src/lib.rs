@@ -56,7 +56,9 @@ pub mod entity;
 pub mod error;
 pub mod ids;
 pub mod pattern;
+pub mod persistence;
 pub mod protocol;
+mod split_store;
 pub mod status;
 pub mod store;
 pub mod transport;
@@ -72,6 +74,7 @@ pub use entity::{IdAssignment, IdentityMapping, LocalEntity, MappingError, Serve
 pub use error::{Error, StorageErrorKind};
 pub use ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
 pub use pattern::{ConflictDetector, ConflictResolver, Parent, PullAction, PullMode, Resolution, SyncPattern};
+pub use persistence::Residence;
 pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
 pub use store::{Conflict, FieldPath, LocalStore, Order, StoredRecord};
 pub use transport::{Credentials, Transport};

@@ -1,6 +1,8 @@
 //! The storage boundary: the `LocalStore` trait and the records, outbox entries and
 //! conflicts that cross it. The engine never sees SQL.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -357,6 +359,22 @@ pub trait LocalStore: Send + Sync + 'static {
     /// [`Error::AccountMismatch`] when the store belongs to another account (nothing
     /// changes); [`Error::Storage`].
     async fn bind_account(&self, account: &AccountId) -> Result<(), Error>;
+
+    /// Whether the store writes to disk. The default says yes, which is the safe
+    /// answer for [`crate::EngineBuilder::trusted_device`]`(false)`: an untrusted device
+    /// then refuses the store instead of writing to disk.
+    fn on_disk(&self) -> bool {
+        true
+    }
+
+    /// A new, empty store of the same kind that keeps nothing on disk, for the
+    /// collections the app keeps in memory only ([`crate::CollectionSpec::keep_in_memory`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] from a store that has no such thing (the default).
+    async fn in_memory_sibling(&self) -> Result<Arc<dyn LocalStore>, Error> {
+        Err(Error::Config { message: "this store cannot make a memory-only store for memory-only collections".into() })
+    }
 
     /// Whether the store encrypts what it writes to disk. A session token is kept in a
     /// store only when it is ([`crate::EngineBuilder::persist_token`]).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, SqliteConnection};
-use sync_core::{AccountId, AccountSummary, DeviceStores, Error, LocalStore, StorageErrorKind};
+use sync_core::{AccountId, AccountSummary, DeviceStores, Error, LocalStore, Residence, StorageErrorKind};
 
 use crate::{SqliteStore, SqliteStoreOptions, accounts, connect_options, encryption, reads, remove_database_files};
 
@@ -129,8 +129,16 @@ async fn summary(path: &Path, options: &SqliteStoreOptions) -> Result<Option<Acc
 
 #[async_trait]
 impl DeviceStores for SqliteDevice {
-    async fn open(&self, account: &AccountId) -> Result<Arc<dyn LocalStore>, Error> {
-        Ok(Arc::new(self.open_store(account).await?))
+    async fn open(&self, account: &AccountId, residence: Residence) -> Result<Arc<dyn LocalStore>, Error> {
+        match residence {
+            Residence::Disk => Ok(Arc::new(self.open_store(account).await?)),
+            // Not even the directory is made: an untrusted device leaves no trace.
+            Residence::Memory => {
+                let store = SqliteStore::in_memory().await?;
+                accounts::bind_account(&store, account).await?;
+                Ok(Arc::new(store))
+            }
+        }
     }
 
     async fn accounts(&self) -> Result<Vec<AccountSummary>, Error> {

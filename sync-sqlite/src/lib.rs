@@ -221,8 +221,8 @@ impl SqliteStore {
     /// # Cancel safety
     /// Safe.
     pub async fn in_memory() -> Result<Self, Error> {
-        let mut conn =
-            SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true)).await.map_err(storage)?;
+        let options = SqliteConnectOptions::new().in_memory(true).pragma("temp_store", "MEMORY");
+        let mut conn = SqliteConnection::connect_with(&options).await.map_err(storage)?;
         migrate(&mut conn).await?;
         Ok(Self { writer: Arc::new(Mutex::new(Some(conn))), reader: None, path: None, encrypted: false })
     }
@@ -351,7 +351,8 @@ pub(crate) fn remove_database_files(path: &Path) -> Result<(), Error> {
 /// key first when there is one. Statement logging is off for a keyed store, since the
 /// key travels as a `PRAGMA`.
 pub(crate) fn connect_options(path: &Path, options: &SqliteStoreOptions) -> SqliteConnectOptions {
-    let connect = SqliteConnectOptions::new().filename(path);
+    // Sorts and temporary indexes stay in memory: no temporary file holds the store's data.
+    let connect = SqliteConnectOptions::new().filename(path).pragma("temp_store", "MEMORY");
     match &options.encryption {
         Some(key) => connect.pragma("key", key.pragma_value().to_owned()).disable_statement_logging(),
         None => connect,

@@ -25,6 +25,14 @@ impl LocalStore for SqliteStore {
         accounts::bind_account(self, account).await
     }
 
+    fn on_disk(&self) -> bool {
+        self.path().is_some()
+    }
+
+    async fn in_memory_sibling(&self) -> Result<std::sync::Arc<dyn LocalStore>, Error> {
+        Ok(std::sync::Arc::new(SqliteStore::in_memory().await?))
+    }
+
     fn encrypted(&self) -> bool {
         self.is_encrypted()
     }

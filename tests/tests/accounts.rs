@@ -233,7 +233,7 @@ async fn a_store_file_of_another_account_is_refused_and_left_as_it_was() {
     let bob_file = device.store_path(&account("bob"));
     std::fs::copy(&alice_file, &bob_file).unwrap();
     let before = std::fs::read(&bob_file).unwrap();
-    let opened = device.open(&account("bob")).await;
+    let opened = device.open(&account("bob"), sync_core::Residence::Disk).await;
     assert!(
         matches!(&opened, Err(Error::AccountMismatch { bound, given }) if bound == "alice" && given == "bob"),
         "{:?}",

@@ -13,6 +13,8 @@ use crate::entity::{IdAssignment, IdentityMapping, LocalEntity, ServerMapping};
 use crate::error::Error;
 use crate::ids::{AccountId, CollectionName};
 use crate::pattern::SyncPattern;
+use crate::persistence::{Placed, Placement, Policy, Residence, place};
+use crate::split_store::SplitStore;
 use crate::store::{FieldPath, ForeignKey, LocalStore, Relations};
 use crate::transport::{Credentials, Transport};
 
@@ -35,6 +37,7 @@ pub struct CollectionSpec {
     pub(crate) pattern: Arc<dyn SyncPattern>,
     pub(crate) mapping: Arc<dyn ServerMapping>,
     pub(crate) validate: Validator,
+    pub(crate) in_memory: bool,
 }
 
 impl CollectionSpec {
@@ -45,7 +48,17 @@ impl CollectionSpec {
             pattern: Arc::new(pattern),
             mapping: Arc::new(IdentityMapping),
             validate: validate_as::<E>,
+            in_memory: false,
         }
+    }
+
+    /// Keeps this collection in memory only: nothing of it is written to disk, it is
+    /// empty again after a restart and pulled again. A collection the app writes to
+    /// needs [`EngineBuilder::persist_outbox`]`(false)`, since the queue lives with the
+    /// records it refers to.
+    pub fn keep_in_memory(mut self) -> Self {
+        self.in_memory = true;
+        self
     }
 
     /// Uses `mapping` between the local and the server shape.
@@ -170,7 +183,7 @@ pub struct EngineBuilder {
     account: Option<AccountId>,
     credentials: Option<Credentials>,
     token_provider: Option<Arc<dyn TokenProvider>>,
-    persist_token: bool,
+    policy: Policy,
     transport: Option<Arc<dyn Transport>>,
     collections: Vec<CollectionSpec>,
     units: Vec<SyncUnit>,
@@ -223,7 +236,26 @@ impl EngineBuilder {
     /// in again. Allowed only with an encrypted store ([`LocalStore::encrypted`]): a
     /// token is never written to disk in plain text. [`Engine::sign_out`] forgets it.
     pub fn persist_token(mut self, persist: bool) -> Self {
-        self.persist_token = persist;
+        self.policy.persist_token = persist;
+        self
+    }
+
+    /// Whether this is a trusted device (default: yes). An untrusted one (a shared
+    /// kiosk, a borrowed phone) writes nothing to disk at all, whatever else is
+    /// configured: with [`EngineBuilder::device`] its stores are in memory, and a file
+    /// store given with [`EngineBuilder::store`] is refused. Everything is gone when
+    /// the process ends, unsent writes included.
+    pub fn trusted_device(mut self, trusted: bool) -> Self {
+        self.policy.trusted_device = trusted;
+        self
+    }
+
+    /// Whether the outbox survives a restart (default: yes). It lives with the
+    /// collections the app writes to, so `true` needs all of them on disk and `false`
+    /// all of them in memory ([`CollectionSpec::keep_in_memory`]); `build` names the
+    /// collections that break the rule.
+    pub fn persist_outbox(mut self, persist: bool) -> Self {
+        self.policy.persist_outbox = persist;
         self
     }
 
@@ -291,8 +323,14 @@ impl EngineBuilder {
             return Err(config("push_batch, pull_limit and event_capacity must be at least 1"));
         }
         let mut collections = BTreeMap::new();
+        let mut placed = Vec::new();
         for spec in self.collections {
             let name = CollectionName::new(spec.name)?;
+            placed.push(Placed {
+                name: name.clone(),
+                writable: spec.pattern.accepts_local_writes(),
+                in_memory: spec.in_memory,
+            });
             let ids = spec.mapping.id_assignment();
             let entry = CollectionEntry {
                 name: name.clone(),
@@ -340,24 +378,17 @@ impl EngineBuilder {
                 });
             }
         }
-        let store = match (self.store, &self.device, &account) {
-            (Some(store), _, Some(account)) => {
-                store.bind_account(account).await?;
-                store
-            }
-            (Some(store), _, None) => store,
-            (None, Some(device), Some(account)) => device.open(account).await?,
-            (None, _, _) => return Err(config("no store: call .store(..) or .device(..)")),
-        };
+        let placement = place(&self.policy, &placed)?;
+        let store = open_store(self.store, self.device.as_ref(), account.as_ref(), &placement).await?;
         let account = store.account().await?;
-        if self.persist_token && !store.encrypted() {
+        if self.policy.persist_token && !store.encrypted() {
             return Err(config(
                 "persist_token(true) keeps the token only in an encrypted store: open the store with an encryption key \
                  (sync-sqlite's `encryption` feature), or leave the token to the app",
             ));
         }
         let mut credentials = self.credentials;
-        match (&credentials, &account, self.persist_token) {
+        match (&credentials, &account, self.policy.persist_token) {
             (Some(given), _, true) => store.save_token(Some(given.token())).await?,
             (None, Some(account), true) => {
                 if let Some(token) = store.saved_token().await? {
@@ -395,7 +426,7 @@ impl EngineBuilder {
             account,
             credentials,
             token_provider: self.token_provider,
-            persist_token: self.persist_token,
+            persist_token: self.policy.persist_token,
             transport,
             collections,
             units,
@@ -406,6 +437,51 @@ impl EngineBuilder {
             held_for_other_accounts,
         }))
     }
+}
+
+/// The engine's store, where the placement says: the app's store (refused when it is
+/// on disk and nothing may be), the device's store of `account` on disk or in memory,
+/// or both, split by collection.
+async fn open_store(
+    store: Option<Arc<dyn LocalStore>>,
+    device: Option<&Arc<dyn DeviceStores>>,
+    account: Option<&AccountId>,
+    placement: &Placement,
+) -> Result<Arc<dyn LocalStore>, Error> {
+    let config = |message: &str| Error::Config { message: message.to_owned() };
+    type Side = Option<Arc<dyn LocalStore>>;
+    let (disk, memory): (Side, Side) = match (store, device, account) {
+        (Some(store), _, _) if placement.all_in_memory => {
+            if store.on_disk() {
+                return Err(config(
+                    "nothing may be written to disk (trusted_device(false), or every collection in memory), but the \
+                     store given with .store(..) is on disk: give an in-memory store, or a device",
+                ));
+            }
+            (None, Some(store))
+        }
+        (Some(store), _, _) if placement.all_on_disk() => (Some(store), None),
+        (Some(store), _, _) => {
+            let memory = store.in_memory_sibling().await?;
+            (Some(store), Some(memory))
+        }
+        (None, Some(device), Some(account)) => {
+            let disk = if placement.all_in_memory { None } else { Some(device.open(account, Residence::Disk).await?) };
+            let memory =
+                if placement.all_on_disk() { None } else { Some(device.open(account, Residence::Memory).await?) };
+            (disk, memory)
+        }
+        (None, _, _) => return Err(config("no store: call .store(..) or .device(..)")),
+    };
+    let store: Arc<dyn LocalStore> = match (disk, memory) {
+        (Some(disk), Some(memory)) => Arc::new(SplitStore { disk, memory, in_memory: placement.memory.clone() }),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => return Err(config("no store")),
+    };
+    if let Some(account) = account {
+        store.bind_account(account).await?;
+    }
+    Ok(store)
 }
 
 /// What the other accounts on the device still have to send (queued and parked).

@@ -1,0 +1,246 @@
+//! `SplitStore`: the engine's store when some collections live on disk and others in
+//! memory only. Each collection lives wholly in one of the two (records, queued writes,
+//! conflicts, cursor), so every single-collection call goes to its store; calls over
+//! several collections ask both and merge. The persistence rule puts every collection
+//! the outbox can reference in the same store, so the claim order (parents first) and
+//! a record's queue never straddle the two.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Error;
+use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId};
+use crate::protocol::MutationOutcome;
+use crate::store::{
+    CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied,
+    Query, Relations, StoreResolution, StoredRecord,
+};
+
+pub(crate) struct SplitStore {
+    pub(crate) disk: Arc<dyn LocalStore>,
+    pub(crate) memory: Arc<dyn LocalStore>,
+    pub(crate) in_memory: BTreeSet<CollectionName>,
+}
+
+impl SplitStore {
+    fn of(&self, collection: &CollectionName) -> &Arc<dyn LocalStore> {
+        if self.in_memory.contains(collection) { &self.memory } else { &self.disk }
+    }
+
+    fn both(&self) -> [&Arc<dyn LocalStore>; 2] {
+        [&self.disk, &self.memory]
+    }
+
+    /// Splits items by the store of their collection: (disk, memory).
+    fn split<T>(&self, items: Vec<T>, collection: impl Fn(&T) -> &CollectionName) -> (Vec<T>, Vec<T>) {
+        items.into_iter().partition(|item| !self.in_memory.contains(collection(item)))
+    }
+}
+
+#[async_trait]
+impl LocalStore for SplitStore {
+    async fn client_id(&self) -> Result<ClientId, Error> {
+        // The persisted one: the device keeps its id across restarts.
+        self.disk.client_id().await
+    }
+
+    async fn account(&self) -> Result<Option<AccountId>, Error> {
+        self.disk.account().await
+    }
+
+    async fn bind_account(&self, account: &AccountId) -> Result<(), Error> {
+        self.disk.bind_account(account).await?;
+        self.memory.bind_account(account).await
+    }
+
+    fn encrypted(&self) -> bool {
+        self.disk.encrypted()
+    }
+
+    fn on_disk(&self) -> bool {
+        true
+    }
+
+    async fn save_token(&self, token: Option<&str>) -> Result<(), Error> {
+        self.disk.save_token(token).await
+    }
+
+    async fn saved_token(&self) -> Result<Option<String>, Error> {
+        self.disk.saved_token().await
+    }
+
+    async fn destroy(&self) -> Result<(), Error> {
+        let memory = self.memory.destroy().await;
+        self.disk.destroy().await?;
+        memory
+    }
+
+    async fn write(&self, write: LocalWrite) -> Result<(), Error> {
+        self.of(&write.collection).write(write).await
+    }
+
+    async fn write_many(&self, writes: Vec<LocalWrite>) -> Result<(), Error> {
+        let (disk, memory) = self.split(writes, |w| &w.collection);
+        // The engine's writes come one collection at a time, so one side is empty and
+        // the call stays atomic.
+        if !disk.is_empty() {
+            self.disk.write_many(disk).await?;
+        }
+        if !memory.is_empty() {
+            self.memory.write_many(memory).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, Error> {
+        self.of(collection).get(collection, id).await
+    }
+
+    async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error> {
+        self.of(&query.collection).query(query).await
+    }
+
+    async fn claim_push_batch(
+        &self,
+        collections: &[CollectionName],
+        limit: usize,
+        relations: &Relations,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        let (disk, memory): (Vec<_>, Vec<_>) = collections.iter().cloned().partition(|c| !self.in_memory.contains(c));
+        let mut claimed = Vec::new();
+        if !disk.is_empty() {
+            claimed = self.disk.claim_push_batch(&disk, limit, relations).await?;
+        }
+        let left = limit.saturating_sub(claimed.len());
+        if !memory.is_empty() && left > 0 {
+            claimed.extend(self.memory.claim_push_batch(&memory, left, relations).await?);
+        }
+        Ok(claimed)
+    }
+
+    async fn record_push_results(
+        &self,
+        outcomes: Vec<(OutboxEntry, MutationOutcome)>,
+        relations: &Relations,
+        at: DateTime<Utc>,
+    ) -> Result<PushApplied, Error> {
+        let (disk, memory) = self.split(outcomes, |(entry, _)| &entry.collection);
+        let mut applied = PushApplied::default();
+        for (store, outcomes) in [(&self.disk, disk), (&self.memory, memory)] {
+            if outcomes.is_empty() {
+                continue;
+            }
+            let part = store.record_push_results(outcomes, relations, at).await?;
+            applied.applied += part.applied;
+            applied.conflicts.extend(part.conflicts);
+            applied.rejected.extend(part.rejected);
+            applied.renamed.extend(part.renamed);
+            applied.repointed.extend(part.repointed);
+        }
+        Ok(applied)
+    }
+
+    async fn server_id(&self, collection: &CollectionName, local_id: &RecordId) -> Result<Option<RecordId>, Error> {
+        self.of(collection).server_id(collection, local_id).await
+    }
+
+    async fn cursor(&self, collection: &CollectionName) -> Result<Option<Cursor>, Error> {
+        self.of(collection).cursor(collection).await
+    }
+
+    async fn holds_acknowledged(&self, collection: &CollectionName) -> Result<bool, Error> {
+        self.of(collection).holds_acknowledged(collection).await
+    }
+
+    async fn apply_pull_page(
+        &self,
+        pages: Vec<CollectionPage>,
+        decide: PullDecider<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<PageApplied, Error> {
+        let (disk, memory) = self.split(pages, |p| &p.collection);
+        let mut applied = PageApplied::default();
+        for (store, pages) in [(&self.disk, disk), (&self.memory, memory)] {
+            if pages.is_empty() {
+                continue;
+            }
+            // Each store commits its pages with their cursors: a failure in the second
+            // leaves the first applied, and its cursors say so.
+            let part = store.apply_pull_page(pages, decide, at).await?;
+            applied.changed.extend(part.changed);
+            applied.conflicts.extend(part.conflicts);
+        }
+        Ok(applied)
+    }
+
+    async fn finish_replacement(
+        &self,
+        collection: &CollectionName,
+        cursor: Option<Cursor>,
+        decide: PullDecider<'_>,
+        at: DateTime<Utc>,
+    ) -> Result<PageApplied, Error> {
+        self.of(collection).finish_replacement(collection, cursor, decide, at).await
+    }
+
+    async fn counts(&self) -> Result<Counts, Error> {
+        let (a, b) = (self.disk.counts().await?, self.memory.counts().await?);
+        Ok(Counts { pending: a.pending + b.pending, conflicts: a.conflicts + b.conflicts, failed: a.failed + b.failed })
+    }
+
+    async fn conflicts(&self) -> Result<Vec<Conflict>, Error> {
+        let mut all = self.disk.conflicts().await?;
+        all.extend(self.memory.conflicts().await?);
+        Ok(all)
+    }
+
+    async fn conflict(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<Conflict>, Error> {
+        self.of(collection).conflict(collection, id).await
+    }
+
+    async fn resolve_conflict(
+        &self,
+        collection: &CollectionName,
+        id: &RecordId,
+        resolution: StoreResolution,
+        mutation_id: MutationId,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.of(collection).resolve_conflict(collection, id, resolution, mutation_id, at).await
+    }
+
+    async fn failed_mutations(&self) -> Result<Vec<OutboxEntry>, Error> {
+        let mut all = self.disk.failed_mutations().await?;
+        all.extend(self.memory.failed_mutations().await?);
+        Ok(all)
+    }
+
+    async fn retry_failed(&self, id: MutationId) -> Result<(), Error> {
+        for store in self.both() {
+            match store.retry_failed(id).await {
+                Err(Error::NoFailedMutation { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::NoFailedMutation { id })
+    }
+
+    async fn discard_failed(&self, id: MutationId) -> Result<Option<(CollectionName, RecordId)>, Error> {
+        for store in self.both() {
+            match store.discard_failed(id).await {
+                Err(Error::NoFailedMutation { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::NoFailedMutation { id })
+    }
+
+    async fn outbox(&self) -> Result<Vec<OutboxEntry>, Error> {
+        let mut all = self.disk.outbox().await?;
+        all.extend(self.memory.outbox().await?);
+        Ok(all)
+    }
+}
