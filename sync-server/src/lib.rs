@@ -1,14 +1,13 @@
-//! offsync's reference sync server and its HTTP client transport.
+//! offsync's reference sync server.
 //!
-//! - Feature `server` (default): an axum [`router`](router::router) implementing the wire
-//!   protocol of DESIGN.md over a [`ServerStore`](store::ServerStore) (SQLite by
-//!   default), configuration from TOML, tombstone purging, change notifications over
-//!   Server-Sent Events, and the `sync-server` binary.
-//! - Feature `client` (default): [`HttpTransport`](client::HttpTransport), the
-//!   `sync_core::Transport` that talks to it.
+//! Feature `server` (default): an axum [`router`](router::router) implementing the wire
+//! protocol over a [`ServerStore`](store::ServerStore) (SQLite by default, PostgreSQL
+//! for several nodes), configuration from TOML, tombstone purging, change notifications
+//! over Server-Sent Events, and the `sync-server` binary. Devices talk to it through
+//! `sync_http::HttpTransport`, a crate of its own with no server code in it.
 //!
 //! ```no_run
-//! # #[cfg(all(feature = "server", feature = "client"))]
+//! # #[cfg(feature = "server")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use sync_server::config::{ServerConfig, token_sha256};
 //! use sync_server::server::{from_config, start};
@@ -20,15 +19,11 @@
 //! ))?;
 //! let (state, store) = from_config(&config).await?;
 //! let server = start("127.0.0.1:0", state, store, config.tombstone_retention).await?;
-//! // The engine hands the transport its token (`EngineBuilder::credentials`).
-//! let transport = sync_server::client::HttpTransport::new(&server.url())?;
-//! # let _ = transport;
+//! println!("serving on {}", server.url());
 //! server.stop().await?;
 //! # Ok(()) }
 //! ```
 
-#[cfg(feature = "client")]
-pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]

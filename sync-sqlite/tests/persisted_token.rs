@@ -39,7 +39,7 @@ fn builder(url: &str, store: SqliteStore, online: bool) -> EngineBuilder {
     };
     Engine::builder()
         .store(Arc::new(store))
-        .transport(Arc::new(sync_server::client::HttpTransport::new(url).unwrap()))
+        .transport(Arc::new(sync_http::HttpTransport::new(url).unwrap()))
         .collection(CollectionSpec::of::<Note>(ConflictDetection::new()))
         .options(options)
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sync_core::protocol::{MutationOutcome, Op, PullRequest, PullResponse, PushRequest, PushResponse};
 use sync_core::{ClientId, CollectionName, Credentials, Error, MutationId, RecordId, Transport, Version};
-use sync_server::client::status_error;
+use sync_http::status_error;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::router::AppState;
 use sync_server::server::from_config;

@@ -30,9 +30,11 @@ async fn server(dir: &tempfile::TempDir) -> RunningServer {
 }
 
 fn builder(url: &str) -> EngineBuilder {
-    Engine::builder()
-        .transport(Arc::new(sync_server::client::HttpTransport::new(url).unwrap()))
-        .collection(CollectionSpec::of::<WorkOrder>(ConflictDetection::new()))
+    Engine::builder().transport(Arc::new(sync_http::HttpTransport::new(url).unwrap())).collection(CollectionSpec::of::<
+        WorkOrder,
+    >(
+        ConflictDetection::new(),
+    ))
 }
 
 /// An engine for `user` on the shared device.

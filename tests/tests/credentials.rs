@@ -18,8 +18,8 @@ use sync_core::{
     AccountId, AuthState, Backoff, CollectionSpec, Credentials, Engine, EngineOptions, Error, TOKEN_ATTEMPTS,
     TokenProvider, Transport,
 };
+use sync_http::HttpTransport;
 use sync_patterns::ConflictDetection;
-use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 use sync_sqlite::SqliteStore;

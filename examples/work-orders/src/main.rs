@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions, LocalEntity, Resolution, SyncEvent};
+use sync_http::HttpTransport;
 use sync_patterns::ConflictDetection;
-use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{from_config, start};
 use sync_sqlite::SqliteStore;

@@ -99,9 +99,9 @@ pub fn credentials_of(user: &str) -> sync_core::Credentials {
 
 /// An HTTP transport to `url` carrying `user`'s token, for tests that use it directly
 /// or hand it to an engine whose store is not bound to another account.
-pub fn http_as(url: &str, user: &str) -> sync_server::client::HttpTransport {
+pub fn http_as(url: &str, user: &str) -> sync_http::HttpTransport {
     use sync_core::Transport;
-    let transport = sync_server::client::HttpTransport::new(url).unwrap();
+    let transport = sync_http::HttpTransport::new(url).unwrap();
     transport.set_credentials(Some(credentials_of(user)));
     transport
 }

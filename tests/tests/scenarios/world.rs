@@ -16,8 +16,8 @@ use sync_core::{
     CollectionSpec, Conflict, Credentials, Engine, EngineOptions, Error, FieldPath, IdAssignment, LocalEntity,
     ServerMapping, Transport,
 };
+use sync_http::HttpTransport;
 use sync_patterns::{ConflictDetection, LastWriteWins, OneToMany, ReadOnly, ReadOnlyOptimized};
-use sync_server::client::HttpTransport;
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
 use sync_server::store::ServerStore;

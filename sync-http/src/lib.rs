@@ -1,5 +1,20 @@
-//! `HttpTransport`: the `Transport` that speaks the wire protocol over HTTP (reqwest),
-//! and follows the server's change notifications.
+//! offsync's HTTP client: [`HttpTransport`], the `sync_core::Transport` that speaks the
+//! wire protocol to an offsync server over HTTP (reqwest), and follows the server's
+//! change notifications (Server-Sent Events) to trigger syncs. No server code is in
+//! this crate's dependency tree.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sync_http::HttpTransport;
+//!
+//! # fn demo() -> Result<(), sync_core::Error> {
+//! let transport = Arc::new(HttpTransport::new("http://127.0.0.1:8787")?);
+//! // Give it to `Engine::builder().transport(..)` with `.credentials(..)`; then
+//! // `transport.follow_events(engine.change_notifier())` syncs on server changes.
+//! # let _ = transport;
+//! # Ok(()) }
+//! # fn main() {}
+//! ```
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
