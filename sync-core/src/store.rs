@@ -412,7 +412,7 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn destroy(&self) -> Result<(), Error>;
 
     /// Applies one local write and queues its mutation in one transaction, coalescing
-    /// as DESIGN.md says: an update folds into an unsent create; deleting a record the
+    /// as ARCHITECTURE.md describes: an update folds into an unsent create; deleting a record the
     /// server never saw drops its queued mutations and queues nothing.
     ///
     /// # Errors

@@ -70,7 +70,7 @@ pub struct CollectionConfig {
     pub ids: Ids,
 }
 
-/// The file as written (see DESIGN.md for an example).
+/// The file as written (README.md shows an example).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

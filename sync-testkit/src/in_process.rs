@@ -120,7 +120,7 @@ impl InProcessServer {
         Self::from_toml(&server_toml(users, collections)).await
     }
 
-    /// A server configured by a `sync-server.toml` text (as DESIGN.md documents it); its
+    /// A server configured by a `sync-server.toml` text (as README.md documents it); its
     /// `database` is replaced by a temporary SQLite file.
     ///
     /// # Errors

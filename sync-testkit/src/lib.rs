@@ -1,6 +1,6 @@
 //! offsync's test kit: parts for testing apps (and offsync itself) end to end in one
 //! process, with the faults a real network and real crashes produce, and a
-//! property-based simulator that checks DESIGN.md's invariants on random histories.
+//! property-based simulator that checks the sync invariants (listed in ARCHITECTURE.md) on random histories.
 //!
 //! - [`sim`]: generated histories of 2 to 5 clients (writes, deletes, a record deleted
 //!   and created again, custom actions, offline and online, syncs, faults, crashes,

@@ -1,5 +1,5 @@
 //! Shared fixtures: a real server on 127.0.0.1 over a temporary SQLite file, and a raw
-//! HTTP client that speaks the protocol as DESIGN.md writes it.
+//! HTTP client that speaks the protocol as docs/protocol.md writes it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{Value, json};

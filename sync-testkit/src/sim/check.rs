@@ -1,4 +1,4 @@
-//! The invariant checkers (DESIGN.md invariants 1-5, plus resolver soundness and
+//! The invariant checkers (ARCHITECTURE.md's invariants 1-5, plus resolver soundness and
 //! liveness): pure functions over what a simulation observed and the server's log.
 
 use std::collections::{BTreeMap, BTreeSet};

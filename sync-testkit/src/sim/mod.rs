@@ -1,6 +1,6 @@
 //! Property-based conflict-scenario testing: generated multi-client histories with
 //! faults and crashes, run against real engines and the reference server's logic, then
-//! settled and checked against DESIGN.md's invariants 1-5 and liveness.
+//! settled and checked against the invariants 1-5 of ARCHITECTURE.md and liveness.
 //!
 //! - [`SimApp`] describes the app under test; [`Tracked`] its collections.
 //! - [`histories`] generates [`History`]s (proptest, shrinking to a short story).
