@@ -23,13 +23,13 @@ const SUFFIX: &str = ".db";
 ///
 /// ```
 /// use std::sync::Arc;
-/// use sync_core::{AccountId, DeviceStores};
+/// use sync_core::{AccountId, DeviceStores, Residence};
 /// use sync_sqlite::SqliteDevice;
 ///
 /// # async fn demo() -> Result<(), sync_core::Error> {
 /// # let dir = tempfile::tempdir().map_err(|e| sync_core::Error::Config { message: e.to_string() })?;
 /// let device = Arc::new(SqliteDevice::new(dir.path()));
-/// let alice = device.open(&AccountId::new("alice")?).await?;
+/// let alice = device.open(&AccountId::new("alice")?, Residence::Disk).await?;
 /// assert_eq!(alice.account().await?, Some(AccountId::new("alice")?));
 /// # Ok(()) }
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,7 @@
 //! The server-store boundary (`ServerStore`) and the push planning both stores share.
 
 pub mod postgres;
+mod skeleton;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -8,7 +8,6 @@
 //! that row while they write; a push is a handful of set-based statements, so that is
 //! short. Nodes share change notifications through LISTEN/NOTIFY.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,19 +15,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{Connection, PgPool, Row};
-use sync_core::protocol::MutationOutcome;
-use sync_core::{CollectionName, RecordId};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use sync_core::CollectionName;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
 use super::{
-    Asker, PageBuilder, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
-    next_position, owner_filter, plan_push, prefetch_keys, rolling_back_on_release, start_position, touched,
-    version_floors,
+    Asker, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached, owner_filter,
+    rolling_back_on_release,
 };
-use crate::config::Access;
-use crate::cursor;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{StoredRecord, User, WireResult};
@@ -39,10 +35,6 @@ pub struct PgServerStore {
     pool: PgPool,
     epoch: String,
     channel: String,
-}
-
-fn corrupt(message: impl Into<String>) -> ServerError {
-    ServerError::Database { message: message.into(), retryable: false }
 }
 
 impl PgServerStore {
@@ -146,119 +138,12 @@ impl PgServerStore {
         ctx: &PushContext<'_>,
         raw: &[Value],
     ) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
-        let (ids, keys) = prefetch_keys(raw);
         let mut conn = self.pool.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin().await?;
-        let head: i64 =
-            sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let rows =
-            sqlx::query("SELECT mutation_id, result FROM sync_ledger WHERE user_name = $1 AND mutation_id = ANY($2)")
-                .bind(&ctx.user.name)
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut ledger = HashMap::new();
-        for row in rows {
-            let id: String = row.try_get("mutation_id")?;
-            let result: String = row.try_get("result")?;
-            let id = Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?;
-            let outcome: MutationOutcome = serde_json::from_str(&result).map_err(|e| corrupt(e.to_string()))?;
-            ledger.insert(id, outcome);
-        }
-        let (cols, rids): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-        let rows = sqlx::query(
-            "SELECT r.collection, r.id, r.owner, r.version, r.deleted, r.data FROM sync_records r \
-              WHERE (r.collection, r.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        )
-        .bind(&cols)
-        .bind(&rids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut current = HashMap::new();
-        for row in &rows {
-            // A stored key that does not parse is corruption: skipping it would plan the
-            // record as a new create over the one that exists.
-            let c = CollectionName::new(row.try_get::<String, _>("collection")?).map_err(|e| corrupt(e.to_string()))?;
-            let r = RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?;
-            current.insert((c, r), stored(row)?);
-        }
-        let floors: Vec<(String, i64)> =
-            sqlx::query_as("SELECT collection, max_version FROM sync_purged").fetch_all(&mut *tx).await?;
-        let plan = plan_push(ctx, raw, ledger, current, &version_floors(floors));
-        if !plan.writes.is_empty() {
-            // One row per record (its final state) with the batch's last position for it:
-            // PostgreSQL refuses to touch a row twice in one upsert.
-            let mut seq = head;
-            let mut last: HashMap<(&str, &str), (i64, &StoredRecord, String)> = HashMap::new();
-            for w in &plan.writes {
-                seq += 1;
-                last.insert((w.collection.as_str(), w.id.as_str()), (seq, &w.record, w.mutation_id.to_string()));
-            }
-            let now = Utc::now().timestamp_micros();
-            let mut c = Vec::new();
-            let mut i = Vec::new();
-            let mut o = Vec::new();
-            let mut v = Vec::new();
-            let mut d = Vec::new();
-            let mut data = Vec::new();
-            let mut s = Vec::new();
-            let mut m = Vec::new();
-            for ((col, id), (pos, r, mutation)) in &last {
-                c.push(*col);
-                i.push(*id);
-                o.push(r.owner.as_str());
-                v.push(i64::try_from(r.version).map_err(|_| corrupt("version overflow"))?);
-                d.push(r.deleted);
-                data.push(r.data.as_ref().map(Value::to_string));
-                s.push(*pos);
-                m.push(mutation.as_str());
-            }
-            sqlx::query(
-                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, mutation_id, updated_at) \
-                 SELECT c, i, o, v, d, data, s, m, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::int8[], $8::text[]) \
-                   AS t(c, i, o, v, d, data, s, m) \
-                 ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
-                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, \
-                   mutation_id = excluded.mutation_id, updated_at = excluded.updated_at",
-            )
-            .bind(&c)
-            .bind(&i)
-            .bind(&o)
-            .bind(&v)
-            .bind(&d)
-            .bind(&data)
-            .bind(&s)
-            .bind(&m)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE sync_head SET seq = $1 WHERE id = 1").bind(seq).execute(&mut *tx).await?;
-            for t in touched(&plan) {
-                let payload = serde_json::json!({"c": t.collection.as_str(), "o": t.owner}).to_string();
-                sqlx::query("SELECT pg_notify($1, $2)").bind(&self.channel).bind(payload).execute(&mut *tx).await?;
-            }
-        }
-        if !plan.ledger.is_empty() {
-            let mut ids = Vec::with_capacity(plan.ledger.len());
-            let mut results = Vec::with_capacity(plan.ledger.len());
-            for (id, outcome) in &plan.ledger {
-                ids.push(id.to_string());
-                results.push(serde_json::to_string(outcome).map_err(|e| corrupt(e.to_string()))?);
-            }
-            sqlx::query(
-                "INSERT INTO sync_ledger (user_name, mutation_id, result) SELECT $1, m, r FROM unnest($2::text[], $3::text[]) AS t(m, r)",
-            )
-            .bind(&ctx.user.name)
-            .bind(&ids)
-            .bind(&results)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let answer = skeleton::push_in(&mut PgPush { conn: &mut tx, channel: &self.channel }, ctx, raw).await?;
         tx.commit().await?;
-        let touched = touched(&plan);
-        Ok((plan.results, touched))
+        Ok(answer)
     }
 
     async fn pull_now(
@@ -271,61 +156,176 @@ impl PgServerStore {
         let mut conn = self.pool.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin().await?;
+        // The head and the pages in one snapshot.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-        let head: i64 = sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1").fetch_one(&mut *tx).await?;
-        let mut response = PageBuilder::default();
-        for item in items {
-            let parsed = cursor::parse(item.cursor.as_ref(), &self.epoch)?;
-            let purged: i64 =
-                sqlx::query_scalar("SELECT coalesce(max(through_seq), 0)::int8 FROM sync_purged WHERE collection = $1")
-                    .bind(item.collection.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let (start, reset) = start_position(parsed, purged);
-            if reset {
-                response.reset.push(item.collection.clone());
-            }
-            let remaining = limit.saturating_sub(response.count);
-            if remaining == 0 {
-                response.has_more = true;
-                response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, start));
-                continue;
-            }
-            let everyone = user.admin || item.access == Access::ReadOnly;
-            let page_sql = page_sql(everyone);
-            let mut page = sqlx::query(&page_sql)
-                .bind(item.collection.as_str())
-                .bind(start.seq)
-                .bind(i64::try_from(remaining).unwrap_or(i64::MAX));
-            if !everyone {
-                page = page.bind(&user.name);
-            }
-            let page = page.fetch_one(&mut *tx).await?;
-            let n = usize::try_from(page.try_get::<i64, _>("n")?).map_err(|_| corrupt("negative count"))?;
-            let last: i64 = page.try_get("last")?;
-            let more = if n < remaining {
-                false
-            } else {
-                let more_sql = more_sql(everyone);
-                let mut more = sqlx::query_scalar::<_, bool>(&more_sql).bind(item.collection.as_str()).bind(last);
-                if !everyone {
-                    more = more.bind(&user.name);
-                }
-                more.fetch_one(&mut *tx).await?
-            };
-            response.add(page.try_get("page")?, n);
-            response.has_more |= more;
-            let position = next_position(start, last, more, head);
-            response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
-        }
+        let page = skeleton::pull_in(&mut *tx, &self.epoch, user, items, limit).await?;
         tx.commit().await?;
-        response.finish()
+        Ok(page)
     }
 
     async fn purge_now(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
         let mut tx = self.pool.begin().await?;
-        // Purges take the head lock too, so no push interleaves with the mark.
-        sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+        let purged = skeleton::purge_in(&mut *tx, older_than).await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+}
+
+/// PostgreSQL's push statements: batches travel as arrays unpacked with `unnest`, and
+/// the change notifications go out with the commit (`pg_notify` on `channel`).
+struct PgPush<'a> {
+    conn: &'a mut PgConnection,
+    channel: &'a str,
+}
+
+#[async_trait]
+impl PushStatements for PgPush<'_> {
+    async fn head(&mut self) -> Result<i64, ServerError> {
+        // Held until commit: positions are assigned in commit order on every node.
+        Ok(sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *self.conn).await?)
+    }
+
+    async fn ledger(&mut self, user: &str, ids: &[Uuid]) -> Result<Vec<(String, String)>, ServerError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        Ok(sqlx::query_as("SELECT mutation_id, result FROM sync_ledger WHERE user_name = $1 AND mutation_id = ANY($2)")
+            .bind(user)
+            .bind(&ids)
+            .fetch_all(&mut *self.conn)
+            .await?)
+    }
+
+    async fn records(&mut self, keys: &[(String, String)]) -> Result<Vec<(String, String, StoredRecord)>, ServerError> {
+        let (cols, ids): (Vec<&str>, Vec<&str>) = keys.iter().map(|(c, r)| (c.as_str(), r.as_str())).unzip();
+        let rows = sqlx::query(
+            "SELECT r.collection, r.id, r.owner, r.version, r.deleted, r.data FROM sync_records r \
+              WHERE (r.collection, r.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        )
+        .bind(&cols)
+        .bind(&ids)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("collection")?, row.try_get("id")?, stored(row)?))).collect()
+    }
+
+    async fn purged_versions(&mut self) -> Result<Vec<(String, i64)>, ServerError> {
+        Ok(sqlx::query_as("SELECT collection, max_version FROM sync_purged").fetch_all(&mut *self.conn).await?)
+    }
+
+    async fn write_records(&mut self, rows: &[PositionedWrite<'_>], now: i64) -> Result<(), ServerError> {
+        let mut c = Vec::with_capacity(rows.len());
+        let mut i = Vec::with_capacity(rows.len());
+        let mut o = Vec::with_capacity(rows.len());
+        let mut v = Vec::with_capacity(rows.len());
+        let mut d = Vec::with_capacity(rows.len());
+        let mut data = Vec::with_capacity(rows.len());
+        let mut s = Vec::with_capacity(rows.len());
+        let mut m = Vec::with_capacity(rows.len());
+        for w in rows {
+            c.push(w.collection);
+            i.push(w.id);
+            o.push(w.record.owner.as_str());
+            v.push(i64::try_from(w.record.version).map_err(|_| corrupt("version overflow"))?);
+            d.push(w.record.deleted);
+            data.push(w.record.data.as_ref().map(Value::to_string));
+            s.push(w.seq);
+            m.push(w.mutation_id.as_str());
+        }
+        sqlx::query(
+            "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, mutation_id, updated_at) \
+             SELECT c, i, o, v, d, data, s, m, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::text[], $7::int8[], $8::text[]) \
+               AS t(c, i, o, v, d, data, s, m) \
+             ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
+               deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, \
+               mutation_id = excluded.mutation_id, updated_at = excluded.updated_at",
+        )
+        .bind(&c)
+        .bind(&i)
+        .bind(&o)
+        .bind(&v)
+        .bind(&d)
+        .bind(&data)
+        .bind(&s)
+        .bind(&m)
+        .bind(now)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_head(&mut self, head: i64) -> Result<(), ServerError> {
+        sqlx::query("UPDATE sync_head SET seq = $1 WHERE id = 1").bind(head).execute(&mut *self.conn).await?;
+        Ok(())
+    }
+
+    async fn announce(&mut self, touched: &[Touched]) -> Result<(), ServerError> {
+        for t in touched {
+            let payload = serde_json::json!({"c": t.collection.as_str(), "o": t.owner}).to_string();
+            sqlx::query("SELECT pg_notify($1, $2)").bind(self.channel).bind(payload).execute(&mut *self.conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn remember(&mut self, user: &str, entries: &[(String, String)]) -> Result<(), ServerError> {
+        let (ids, results): (Vec<&str>, Vec<&str>) = entries.iter().map(|(i, r)| (i.as_str(), r.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO sync_ledger (user_name, mutation_id, result) SELECT $1, m, r FROM unnest($2::text[], $3::text[]) AS t(m, r)",
+        )
+        .bind(user)
+        .bind(&ids)
+        .bind(&results)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PullStatements for PgConnection {
+    async fn head(&mut self) -> Result<i64, ServerError> {
+        Ok(sqlx::query_scalar("SELECT seq FROM sync_head WHERE id = 1").fetch_one(self).await?)
+    }
+
+    async fn purged_through(&mut self, collection: &str) -> Result<i64, ServerError> {
+        Ok(sqlx::query_scalar("SELECT coalesce(max(through_seq), 0)::int8 FROM sync_purged WHERE collection = $1")
+            .bind(collection)
+            .fetch_one(self)
+            .await?)
+    }
+
+    async fn page(
+        &mut self,
+        collection: &str,
+        after: i64,
+        limit: i64,
+        reader: Option<&str>,
+    ) -> Result<FeedPage, ServerError> {
+        let sql = page_sql(reader.is_none());
+        let mut page = sqlx::query(&sql).bind(collection).bind(after).bind(limit);
+        if let Some(reader) = reader {
+            page = page.bind(reader);
+        }
+        let row = page.fetch_one(self).await?;
+        Ok(FeedPage { count: row.try_get("n")?, last: row.try_get("last")?, json: row.try_get("page")? })
+    }
+
+    async fn more_after(&mut self, collection: &str, after: i64, reader: Option<&str>) -> Result<bool, ServerError> {
+        let sql = more_sql(reader.is_none());
+        let mut more = sqlx::query_scalar::<_, bool>(&sql).bind(collection).bind(after);
+        if let Some(reader) = reader {
+            more = more.bind(reader);
+        }
+        Ok(more.fetch_one(self).await?)
+    }
+}
+
+#[async_trait]
+impl PurgeStatements for PgConnection {
+    async fn hold_head(&mut self) -> Result<(), ServerError> {
+        sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").fetch_one(self).await?;
+        Ok(())
+    }
+
+    async fn mark_purged(&mut self, before: i64) -> Result<(), ServerError> {
         sqlx::query(
             "INSERT INTO sync_purged (collection, through_seq, max_version) \
              SELECT collection, max(seq), max(version) FROM sync_records WHERE deleted AND updated_at < $1 \
@@ -333,14 +333,17 @@ impl PgServerStore {
              ON CONFLICT (collection) DO UPDATE SET through_seq = GREATEST(sync_purged.through_seq, excluded.through_seq), \
                max_version = GREATEST(sync_purged.max_version, excluded.max_version)",
         )
-        .bind(older_than.timestamp_micros())
-        .execute(&mut *tx)
+        .bind(before)
+        .execute(self)
         .await?;
+        Ok(())
+    }
+
+    async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError> {
         let done = sqlx::query("DELETE FROM sync_records WHERE deleted AND updated_at < $1")
-            .bind(older_than.timestamp_micros())
-            .execute(&mut *tx)
+            .bind(before)
+            .execute(self)
             .await?;
-        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

@@ -2,7 +2,6 @@
 //! rule), so a change's seq is assigned and committed in order: a cursor can never pass
 //! a change that commits later.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,18 +9,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, Row, SqlitePool};
-use sync_core::protocol::MutationOutcome;
-use sync_core::{CollectionName, RecordId};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
 use super::{
-    Asker, PageBuilder, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
-    next_position, owner_filter, plan_push, prefetch_keys, rolling_back_on_release, start_position, touched,
-    version_floors,
+    Asker, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached, owner_filter,
+    rolling_back_on_release,
 };
-use crate::config::Access;
-use crate::cursor;
 use crate::error::ServerError;
 use crate::logic::{StoredRecord, User, WireResult};
 
@@ -87,10 +82,6 @@ impl SqliteServerStore {
     }
 }
 
-fn corrupt(message: impl Into<String>) -> ServerError {
-    ServerError::Database { message: message.into(), retryable: false }
-}
-
 fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, ServerError> {
     let data: Option<String> = row.try_get("data")?;
     let version: i64 = row.try_get("version")?;
@@ -127,108 +118,12 @@ impl SqliteServerStore {
         ctx: &PushContext<'_>,
         raw: &[Value],
     ) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
-        let (ids, keys) = prefetch_keys(raw);
         let mut conn = self.writer.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        // The whole batch is looked up in two statements, decided in memory, and written
-        // in three: the cost per mutation is not a round trip per statement.
-        let ids_json = Value::from(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()).to_string();
-        let rows = sqlx::query(
-            "SELECT mutation_id, result FROM sync_ledger WHERE user_name = ? AND mutation_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(&ctx.user.name)
-        .bind(ids_json)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut ledger = HashMap::new();
-        for row in rows {
-            let id: String = row.try_get("mutation_id")?;
-            let result: String = row.try_get("result")?;
-            let id = Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?;
-            let outcome: MutationOutcome = serde_json::from_str(&result).map_err(|e| corrupt(e.to_string()))?;
-            ledger.insert(id, outcome);
-        }
-        let keys_json = Value::from(keys.iter().map(|(c, r)| json!([c, r])).collect::<Vec<_>>()).to_string();
-        let rows = sqlx::query(
-            "SELECT r.collection, r.id, r.owner, r.version, r.deleted, r.data FROM sync_records r \
-              WHERE (r.collection, r.id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
-        )
-        .bind(keys_json)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut current = HashMap::new();
-        for row in &rows {
-            // A stored key that does not parse is corruption: skipping it would plan the
-            // record as a new create over the one that exists.
-            let c = CollectionName::new(row.try_get::<String, _>("collection")?).map_err(|e| corrupt(e.to_string()))?;
-            let r = RecordId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(e.to_string()))?;
-            current.insert((c, r), stored(row)?);
-        }
-        let floors: Vec<(String, i64)> =
-            sqlx::query_as("SELECT collection, max_version FROM sync_purged").fetch_all(&mut *tx).await?;
-        let plan = plan_push(ctx, raw, ledger, current, &version_floors(floors));
-        if !plan.writes.is_empty() {
-            let seq: String =
-                sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
-            let mut seq: i64 = seq.parse().map_err(|_| corrupt("bad seq counter"))?;
-            let now = Utc::now().timestamp_micros();
-            let rows: Vec<Value> = plan
-                .writes
-                .iter()
-                .map(|w| {
-                    seq += 1;
-                    json!([
-                        w.collection.as_str(),
-                        w.id.as_str(),
-                        w.record.owner,
-                        w.record.version,
-                        i64::from(w.record.deleted),
-                        w.record.data.as_ref().map(Value::to_string),
-                        seq,
-                        w.mutation_id.to_string()
-                    ])
-                })
-                .collect();
-            sqlx::query(
-                "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, mutation_id, updated_at) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
-                        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-                        json_extract(value, '$[6]'), json_extract(value, '$[7]'), ? \
-                   FROM json_each(?) WHERE true \
-                 ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
-                   deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, \
-                   mutation_id = excluded.mutation_id, updated_at = excluded.updated_at",
-            )
-            .bind(now)
-            .bind(Value::from(rows).to_string())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE sync_meta SET value = ? WHERE key = 'seq'")
-                .bind(seq.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !plan.ledger.is_empty() {
-            let entries: Vec<Value> = plan
-                .ledger
-                .iter()
-                .map(|(id, outcome)| {
-                    Ok(json!([id.to_string(), serde_json::to_string(outcome).map_err(|e| corrupt(e.to_string()))?]))
-                })
-                .collect::<Result<_, ServerError>>()?;
-            sqlx::query(
-                "INSERT INTO sync_ledger (user_name, mutation_id, result) \
-                 SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)",
-            )
-            .bind(&ctx.user.name)
-            .bind(Value::from(entries).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
+        let answer = skeleton::push_in(&mut *tx, ctx, raw).await?;
         tx.commit().await?;
-        let touched = touched(&plan);
-        Ok((plan.results, touched))
+        Ok(answer)
     }
 
     async fn pull_now(
@@ -239,64 +134,164 @@ impl SqliteServerStore {
         limit: usize,
     ) -> Result<PullPage, ServerError> {
         // One read transaction: every query sees the same snapshot, so the feed's end
-        // read here is exactly what the queries below could see.
+        // read first is exactly what the pages can see.
         let mut conn = self.readers.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin().await?;
-        let head: String =
-            sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(&mut *tx).await?;
-        let head: i64 = head.parse().map_err(|_| corrupt("bad seq counter"))?;
-        let mut response = PageBuilder::default();
-        for item in items {
-            let parsed = cursor::parse(item.cursor.as_ref(), &self.epoch)?;
-            let purged: i64 =
-                sqlx::query_scalar("SELECT coalesce(max(through_seq), 0) FROM sync_purged WHERE collection = ?")
-                    .bind(item.collection.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let (start, reset) = start_position(parsed, purged);
-            if reset {
-                response.reset.push(item.collection.clone());
-            }
-            let remaining = limit.saturating_sub(response.count);
-            if remaining == 0 {
-                response.has_more = true;
-                response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, start));
-                continue;
-            }
-            let everyone = user.admin || item.access == Access::ReadOnly;
-            let page_sql = page_sql(everyone);
-            let mut page = sqlx::query(&page_sql)
-                .bind(item.collection.as_str())
-                .bind(start.seq)
-                .bind(i64::try_from(remaining).unwrap_or(i64::MAX));
-            if !everyone {
-                page = page.bind(&user.name);
-            }
-            let page = page.fetch_one(&mut *tx).await?;
-            let n = usize::try_from(page.try_get::<i64, _>("n")?).map_err(|_| corrupt("negative count"))?;
-            let last: i64 = page.try_get("last")?;
-            let more = if n < remaining {
-                false
-            } else {
-                let more_sql = more_sql(everyone);
-                let mut more = sqlx::query_scalar::<_, bool>(&more_sql).bind(item.collection.as_str()).bind(last);
-                if !everyone {
-                    more = more.bind(&user.name);
-                }
-                more.fetch_one(&mut *tx).await?
-            };
-            response.add(page.try_get("page")?, n);
-            response.has_more |= more;
-            let position = next_position(start, last, more, head);
-            response.cursors.insert(item.collection.clone(), cursor::format(&self.epoch, position));
-        }
+        let page = skeleton::pull_in(&mut *tx, &self.epoch, user, items, limit).await?;
         tx.commit().await?;
-        response.finish()
+        Ok(page)
     }
 
     async fn purge_now(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let purged = skeleton::purge_in(&mut *tx, older_than).await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+}
+
+/// The head position, kept as text in `sync_meta`.
+async fn read_head(conn: &mut SqliteConnection) -> Result<i64, ServerError> {
+    let head: String = sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'seq'").fetch_one(conn).await?;
+    head.parse().map_err(|_| corrupt("bad seq counter"))
+}
+
+/// SQLite's statements. Batches travel as one JSON array each, unpacked with
+/// `json_each`: a push costs a few statements, not a round trip per mutation. The write
+/// transaction is `BEGIN IMMEDIATE` on the one writer, so positions commit in order.
+#[async_trait]
+impl PushStatements for SqliteConnection {
+    async fn head(&mut self) -> Result<i64, ServerError> {
+        read_head(self).await
+    }
+
+    async fn ledger(&mut self, user: &str, ids: &[Uuid]) -> Result<Vec<(String, String)>, ServerError> {
+        let ids = Value::from(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()).to_string();
+        Ok(sqlx::query_as(
+            "SELECT mutation_id, result FROM sync_ledger WHERE user_name = ? AND mutation_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(user)
+        .bind(ids)
+        .fetch_all(self)
+        .await?)
+    }
+
+    async fn records(&mut self, keys: &[(String, String)]) -> Result<Vec<(String, String, StoredRecord)>, ServerError> {
+        let keys = Value::from(keys.iter().map(|(c, r)| json!([c, r])).collect::<Vec<_>>()).to_string();
+        let rows = sqlx::query(
+            "SELECT r.collection, r.id, r.owner, r.version, r.deleted, r.data FROM sync_records r \
+              WHERE (r.collection, r.id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+        )
+        .bind(keys)
+        .fetch_all(self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("collection")?, row.try_get("id")?, stored(row)?))).collect()
+    }
+
+    async fn purged_versions(&mut self) -> Result<Vec<(String, i64)>, ServerError> {
+        Ok(sqlx::query_as("SELECT collection, max_version FROM sync_purged").fetch_all(self).await?)
+    }
+
+    async fn write_records(&mut self, rows: &[PositionedWrite<'_>], now: i64) -> Result<(), ServerError> {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|w| {
+                json!([
+                    w.collection,
+                    w.id,
+                    w.record.owner,
+                    w.record.version,
+                    i64::from(w.record.deleted),
+                    w.record.data.as_ref().map(Value::to_string),
+                    w.seq,
+                    w.mutation_id
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, mutation_id, updated_at) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+                    json_extract(value, '$[6]'), json_extract(value, '$[7]'), ? \
+               FROM json_each(?) WHERE true \
+             ON CONFLICT (collection, id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
+               deleted = excluded.deleted, data = excluded.data, seq = excluded.seq, \
+               mutation_id = excluded.mutation_id, updated_at = excluded.updated_at",
+        )
+        .bind(now)
+        .bind(Value::from(rows).to_string())
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_head(&mut self, head: i64) -> Result<(), ServerError> {
+        sqlx::query("UPDATE sync_meta SET value = ? WHERE key = 'seq'").bind(head.to_string()).execute(self).await?;
+        Ok(())
+    }
+
+    async fn remember(&mut self, user: &str, entries: &[(String, String)]) -> Result<(), ServerError> {
+        let entries = Value::from(entries.iter().map(|(id, result)| json!([id, result])).collect::<Vec<_>>());
+        sqlx::query(
+            "INSERT INTO sync_ledger (user_name, mutation_id, result) \
+             SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)",
+        )
+        .bind(user)
+        .bind(entries.to_string())
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PullStatements for SqliteConnection {
+    async fn head(&mut self) -> Result<i64, ServerError> {
+        read_head(self).await
+    }
+
+    async fn purged_through(&mut self, collection: &str) -> Result<i64, ServerError> {
+        Ok(sqlx::query_scalar("SELECT coalesce(max(through_seq), 0) FROM sync_purged WHERE collection = ?")
+            .bind(collection)
+            .fetch_one(self)
+            .await?)
+    }
+
+    async fn page(
+        &mut self,
+        collection: &str,
+        after: i64,
+        limit: i64,
+        reader: Option<&str>,
+    ) -> Result<FeedPage, ServerError> {
+        let sql = page_sql(reader.is_none());
+        let mut page = sqlx::query(&sql).bind(collection).bind(after).bind(limit);
+        if let Some(reader) = reader {
+            page = page.bind(reader);
+        }
+        let row = page.fetch_one(self).await?;
+        Ok(FeedPage { count: row.try_get("n")?, last: row.try_get("last")?, json: row.try_get("page")? })
+    }
+
+    async fn more_after(&mut self, collection: &str, after: i64, reader: Option<&str>) -> Result<bool, ServerError> {
+        let sql = more_sql(reader.is_none());
+        let mut more = sqlx::query_scalar::<_, bool>(&sql).bind(collection).bind(after);
+        if let Some(reader) = reader {
+            more = more.bind(reader);
+        }
+        Ok(more.fetch_one(self).await?)
+    }
+}
+
+#[async_trait]
+impl PurgeStatements for SqliteConnection {
+    async fn hold_head(&mut self) -> Result<(), ServerError> {
+        // BEGIN IMMEDIATE on the one writer already holds it.
+        Ok(())
+    }
+
+    async fn mark_purged(&mut self, before: i64) -> Result<(), ServerError> {
         sqlx::query(
             "INSERT INTO sync_purged (collection, through_seq, max_version) \
              SELECT collection, max(seq), max(version) FROM sync_records WHERE deleted = 1 AND updated_at < ? \
@@ -304,14 +299,17 @@ impl SqliteServerStore {
              ON CONFLICT (collection) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq), \
                max_version = max(max_version, excluded.max_version)",
         )
-        .bind(older_than.timestamp_micros())
-        .execute(&mut *tx)
+        .bind(before)
+        .execute(self)
         .await?;
+        Ok(())
+    }
+
+    async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError> {
         let done = sqlx::query("DELETE FROM sync_records WHERE deleted = 1 AND updated_at < ?")
-            .bind(older_than.timestamp_micros())
-            .execute(&mut *tx)
+            .bind(before)
+            .execute(self)
             .await?;
-        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

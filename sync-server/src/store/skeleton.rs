@@ -1,0 +1,513 @@
+//! The server transaction, written once: the push, pull and purge steps both backends
+//! take, over a small per-backend set of statements ([`PushStatements`],
+//! [`PullStatements`], [`PurgeStatements`]). A backend owns its SQL text, its row types
+//! and how it makes a change's position commit in order (SQLite's single writer,
+//! PostgreSQL's head-row lock); everything else (ledger replay, version floors, the
+//! plan, positions, cursors and resets) lives here, once.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sync_core::protocol::MutationOutcome;
+use sync_core::{CollectionName, RecordId};
+use uuid::Uuid;
+
+use super::{
+    PageBuilder, PullItem, PullPage, PushContext, PushPlan, RecordWrite, Touched, next_position, plan_push,
+    prefetch_keys, start_position, touched, version_floors,
+};
+use crate::config::Access;
+use crate::cursor;
+use crate::error::ServerError;
+use crate::logic::{StoredRecord, User, WireResult};
+
+pub(crate) fn corrupt(message: impl Into<String>) -> ServerError {
+    ServerError::Database { message: message.into(), retryable: false }
+}
+
+/// A record's new row: its final state in this push and its feed position.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PositionedWrite<'a> {
+    pub(crate) collection: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) record: &'a StoredRecord,
+    pub(crate) mutation_id: String,
+    pub(crate) seq: i64,
+}
+
+/// The statements of a push, inside the backend's write transaction.
+#[async_trait]
+pub(crate) trait PushStatements: Send {
+    /// The feed's last position, held for this transaction: no other push may assign
+    /// positions until it commits.
+    async fn head(&mut self) -> Result<i64, ServerError>;
+    /// The stored answers (as JSON text) of those of `ids` that `user` pushed before.
+    async fn ledger(&mut self, user: &str, ids: &[Uuid]) -> Result<Vec<(String, String)>, ServerError>;
+    /// The stored records among `keys` (collection, id), with their keys as stored.
+    async fn records(&mut self, keys: &[(String, String)]) -> Result<Vec<(String, String, StoredRecord)>, ServerError>;
+    /// Per collection, the highest version its purged tombstones had.
+    async fn purged_versions(&mut self) -> Result<Vec<(String, i64)>, ServerError>;
+    /// Writes the records' new rows (one per record) at `now` (µs since the epoch).
+    async fn write_records(&mut self, rows: &[PositionedWrite<'_>], now: i64) -> Result<(), ServerError>;
+    /// Moves the feed's last position to `head`.
+    async fn set_head(&mut self, head: i64) -> Result<(), ServerError>;
+    /// Tells other server nodes what changed, when they commit (a no-op by default).
+    async fn announce(&mut self, touched: &[Touched]) -> Result<(), ServerError> {
+        let _ = touched;
+        Ok(())
+    }
+    /// Remembers first answers: (mutation id, answer as JSON text).
+    async fn remember(&mut self, user: &str, entries: &[(String, String)]) -> Result<(), ServerError>;
+}
+
+/// A push inside the caller's transaction (the caller commits): look up the ledger and
+/// the records, plan, position and write. Nothing is written when nothing applies.
+pub(crate) async fn push_in(
+    tx: &mut impl PushStatements,
+    ctx: &PushContext<'_>,
+    raw: &[Value],
+) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
+    let (ids, keys) = prefetch_keys(raw);
+    let head = tx.head().await?;
+    let ledger = parse_ledger(tx.ledger(&ctx.user.name, &ids).await?)?;
+    let current = parse_records(tx.records(&keys).await?)?;
+    let floors = version_floors(tx.purged_versions().await?);
+    let plan = plan_push(ctx, raw, ledger, current, &floors);
+    let touched = touched(&plan);
+    if !plan.writes.is_empty() {
+        let (rows, new_head) = positioned(&plan.writes, head);
+        tx.write_records(&rows, Utc::now().timestamp_micros()).await?;
+        tx.set_head(new_head).await?;
+        tx.announce(&touched).await?;
+    }
+    if !plan.ledger.is_empty() {
+        tx.remember(&ctx.user.name, &ledger_entries(&plan)?).await?;
+    }
+    Ok((plan.results, touched))
+}
+
+/// Parses stored ledger rows; a row that does not parse is corruption.
+fn parse_ledger(rows: Vec<(String, String)>) -> Result<HashMap<Uuid, MutationOutcome>, ServerError> {
+    rows.into_iter()
+        .map(|(id, result)| {
+            let id = Uuid::parse_str(&id).map_err(|e| corrupt(format!("ledger id: {e}")))?;
+            let outcome = serde_json::from_str(&result).map_err(|e| corrupt(format!("ledger answer: {e}")))?;
+            Ok((id, outcome))
+        })
+        .collect()
+}
+
+/// Keys the stored records. A stored key that does not parse is corruption: skipping it
+/// would plan the record as a new create over the one that exists.
+fn parse_records(
+    rows: Vec<(String, String, StoredRecord)>,
+) -> Result<HashMap<(CollectionName, RecordId), StoredRecord>, ServerError> {
+    rows.into_iter()
+        .map(|(c, r, record)| {
+            let c = CollectionName::new(c).map_err(|e| corrupt(e.to_string()))?;
+            let r = RecordId::new(r).map_err(|e| corrupt(e.to_string()))?;
+            Ok(((c, r), record))
+        })
+        .collect()
+}
+
+/// The rows a push writes: each record's last state with the position of its last
+/// write, positions following `head` one per write in order; and the new head. A record
+/// written twice in one push keeps one row (a single upsert cannot touch a row twice),
+/// and the head still counts both writes, so positions never repeat.
+pub(crate) fn positioned(writes: &[RecordWrite], head: i64) -> (Vec<PositionedWrite<'_>>, i64) {
+    let mut seq = head;
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut last: HashMap<(&str, &str), PositionedWrite<'_>> = HashMap::new();
+    for w in writes {
+        seq += 1;
+        let key = (w.collection.as_str(), w.id.as_str());
+        if !last.contains_key(&key) {
+            order.push(key);
+        }
+        last.insert(
+            key,
+            PositionedWrite {
+                collection: key.0,
+                id: key.1,
+                record: &w.record,
+                mutation_id: w.mutation_id.to_string(),
+                seq,
+            },
+        );
+    }
+    let rows = order.into_iter().filter_map(|key| last.remove(&key)).collect();
+    (rows, seq)
+}
+
+fn ledger_entries(plan: &PushPlan) -> Result<Vec<(String, String)>, ServerError> {
+    plan.ledger
+        .iter()
+        .map(|(id, outcome)| {
+            let text = serde_json::to_string(outcome).map_err(|e| corrupt(e.to_string()))?;
+            Ok((id.to_string(), text))
+        })
+        .collect()
+}
+
+/// One collection's page as the database assembled it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FeedPage {
+    /// How many changes.
+    pub(crate) count: i64,
+    /// The position of the last change in it (the start position when empty).
+    pub(crate) last: i64,
+    /// The changes as a JSON array.
+    pub(crate) json: String,
+}
+
+/// The statements of a pull, inside one read snapshot.
+#[async_trait]
+pub(crate) trait PullStatements: Send {
+    /// The feed's last committed position, in this snapshot.
+    async fn head(&mut self) -> Result<i64, ServerError>;
+    /// The position through which `collection`'s tombstones were purged (0: none).
+    async fn purged_through(&mut self, collection: &str) -> Result<i64, ServerError>;
+    /// Up to `limit` changes of `collection` after `after`, in feed order; only
+    /// `reader`'s own records when it is Some.
+    async fn page(
+        &mut self,
+        collection: &str,
+        after: i64,
+        limit: i64,
+        reader: Option<&str>,
+    ) -> Result<FeedPage, ServerError>;
+    /// Whether `collection` has changes after `after` (for `reader`, as above).
+    async fn more_after(&mut self, collection: &str, after: i64, reader: Option<&str>) -> Result<bool, ServerError>;
+}
+
+/// A pull inside the caller's read snapshot: per collection, where to start (or reset),
+/// one page within the request's limit, and the cursor after it.
+pub(crate) async fn pull_in(
+    tx: &mut impl PullStatements,
+    epoch: &str,
+    user: &User,
+    items: &[PullItem],
+    limit: usize,
+) -> Result<PullPage, ServerError> {
+    let head = tx.head().await?;
+    let mut response = PageBuilder::default();
+    for item in items {
+        let parsed = cursor::parse(item.cursor.as_ref(), epoch)?;
+        let purged = tx.purged_through(item.collection.as_str()).await?;
+        let (start, reset) = start_position(parsed, purged);
+        if reset {
+            response.reset.push(item.collection.clone());
+        }
+        let remaining = limit.saturating_sub(response.count);
+        if remaining == 0 {
+            response.has_more = true;
+            response.cursors.insert(item.collection.clone(), cursor::format(epoch, start));
+            continue;
+        }
+        let everyone = user.admin || item.access == Access::ReadOnly;
+        let reader = (!everyone).then_some(user.name.as_str());
+        let page_limit = i64::try_from(remaining).unwrap_or(i64::MAX);
+        let page = tx.page(item.collection.as_str(), start.seq, page_limit, reader).await?;
+        let n = usize::try_from(page.count).map_err(|_| corrupt("negative count"))?;
+        let more = n >= remaining && tx.more_after(item.collection.as_str(), page.last, reader).await?;
+        response.add(page.json, n);
+        response.has_more |= more;
+        let position = next_position(start, page.last, more, head);
+        response.cursors.insert(item.collection.clone(), cursor::format(epoch, position));
+    }
+    response.finish()
+}
+
+/// The statements of a tombstone purge, inside the backend's write transaction.
+#[async_trait]
+pub(crate) trait PurgeStatements: Send {
+    /// Holds the feed's head, so that no push interleaves with the mark.
+    async fn hold_head(&mut self) -> Result<(), ServerError>;
+    /// Marks, per collection, the last position and highest version among the
+    /// tombstones updated before `before` (µs since the epoch), keeping earlier marks'
+    /// maxima.
+    async fn mark_purged(&mut self, before: i64) -> Result<(), ServerError>;
+    /// Deletes those tombstones; returns how many.
+    async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError>;
+}
+
+/// A purge inside the caller's transaction: the mark first, so that a cursor older
+/// than the deleted tombstones is answered with `reset`, and a record created again
+/// starts above their versions.
+pub(crate) async fn purge_in(tx: &mut impl PurgeStatements, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
+    let before = older_than.timestamp_micros();
+    tx.hold_head().await?;
+    tx.mark_purged(before).await?;
+    tx.delete_purged(before).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn write(collection: &str, id: &str, version: u64) -> RecordWrite {
+        RecordWrite {
+            collection: CollectionName::new(collection).unwrap(),
+            id: RecordId::new(id).unwrap(),
+            record: StoredRecord { version, deleted: false, owner: "alice".into(), data: None },
+            mutation_id: Uuid::now_v7(),
+        }
+    }
+
+    #[test]
+    fn positions_follow_the_head_one_per_write_and_never_repeat() {
+        let writes = [write("c", "a", 1), write("c", "b", 1), write("c", "a", 2), write("d", "a", 1)];
+        let (rows, head) = positioned(&writes, 10);
+        assert_eq!(head, 14, "every write takes a position, also a record's earlier one");
+        let got: Vec<_> = rows.iter().map(|r| (r.collection, r.id, r.record.version, r.seq)).collect();
+        // One row per record, in first-write order, with its last state and position.
+        assert_eq!(got, [("c", "a", 2, 13), ("c", "b", 1, 12), ("d", "a", 1, 14)]);
+        assert_eq!(rows[0].mutation_id, writes[2].mutation_id.to_string());
+        let (none, same) = positioned(&[], 7);
+        assert!(none.is_empty());
+        assert_eq!(same, 7);
+    }
+
+    /// A feed in memory behind the same statements a backend gives: the skeleton's own
+    /// rules (ledger replay, version floors, positions, cursors, resets) are tested here
+    /// without a database; both real backends run the same steps in their own tests.
+    #[derive(Default)]
+    struct MemoryFeed {
+        head: i64,
+        ledger: HashMap<(String, String), String>,
+        /// (collection, id) -> (record, position, updated at)
+        records: std::collections::BTreeMap<(String, String), (StoredRecord, i64, i64)>,
+        /// collection -> (through position, highest version)
+        purged: HashMap<String, (i64, i64)>,
+    }
+
+    #[async_trait]
+    impl PushStatements for MemoryFeed {
+        async fn head(&mut self) -> Result<i64, ServerError> {
+            Ok(self.head)
+        }
+        async fn ledger(&mut self, user: &str, ids: &[Uuid]) -> Result<Vec<(String, String)>, ServerError> {
+            Ok(ids
+                .iter()
+                .filter_map(|id| {
+                    let key = (user.to_owned(), id.to_string());
+                    self.ledger.get(&key).map(|r| (key.1.clone(), r.clone()))
+                })
+                .collect())
+        }
+        async fn records(
+            &mut self,
+            keys: &[(String, String)],
+        ) -> Result<Vec<(String, String, StoredRecord)>, ServerError> {
+            Ok(keys
+                .iter()
+                .filter_map(|k| self.records.get(k).map(|(r, _, _)| (k.0.clone(), k.1.clone(), r.clone())))
+                .collect())
+        }
+        async fn purged_versions(&mut self) -> Result<Vec<(String, i64)>, ServerError> {
+            Ok(self.purged.iter().map(|(c, (_, v))| (c.clone(), *v)).collect())
+        }
+        async fn write_records(&mut self, rows: &[PositionedWrite<'_>], now: i64) -> Result<(), ServerError> {
+            for w in rows {
+                self.records.insert((w.collection.into(), w.id.into()), (w.record.clone(), w.seq, now));
+            }
+            Ok(())
+        }
+        async fn set_head(&mut self, head: i64) -> Result<(), ServerError> {
+            self.head = head;
+            Ok(())
+        }
+        async fn remember(&mut self, user: &str, entries: &[(String, String)]) -> Result<(), ServerError> {
+            for (id, result) in entries {
+                self.ledger.insert((user.to_owned(), id.clone()), result.clone());
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl PullStatements for MemoryFeed {
+        async fn head(&mut self) -> Result<i64, ServerError> {
+            Ok(self.head)
+        }
+        async fn purged_through(&mut self, collection: &str) -> Result<i64, ServerError> {
+            Ok(self.purged.get(collection).map_or(0, |(through, _)| *through))
+        }
+        async fn page(
+            &mut self,
+            collection: &str,
+            after: i64,
+            limit: i64,
+            reader: Option<&str>,
+        ) -> Result<FeedPage, ServerError> {
+            let mut rows: Vec<_> = self
+                .records
+                .iter()
+                .filter(|((c, _), (r, seq, _))| c == collection && *seq > after && reader.is_none_or(|u| r.owner == u))
+                .collect();
+            rows.sort_by_key(|(_, (_, seq, _))| *seq);
+            rows.truncate(usize::try_from(limit).unwrap());
+            let last = rows.last().map_or(after, |(_, (_, seq, _))| *seq);
+            let changes: Vec<Value> = rows
+                .iter()
+                .map(|((c, id), (r, _, _))| {
+                    serde_json::json!({"collection": c, "record_id": id, "version": r.version,
+                        "deleted": r.deleted, "data": r.data})
+                })
+                .collect();
+            Ok(FeedPage { count: rows.len() as i64, last, json: Value::from(changes).to_string() })
+        }
+        async fn more_after(
+            &mut self,
+            collection: &str,
+            after: i64,
+            reader: Option<&str>,
+        ) -> Result<bool, ServerError> {
+            Ok(self.page(collection, after, 1, reader).await?.count > 0)
+        }
+    }
+
+    #[async_trait]
+    impl PurgeStatements for MemoryFeed {
+        async fn hold_head(&mut self) -> Result<(), ServerError> {
+            Ok(())
+        }
+        async fn mark_purged(&mut self, before: i64) -> Result<(), ServerError> {
+            for ((c, _), (r, seq, at)) in &self.records {
+                if r.deleted && *at < before {
+                    let mark = self.purged.entry(c.clone()).or_insert((0, 0));
+                    mark.0 = mark.0.max(*seq);
+                    mark.1 = mark.1.max(i64::try_from(r.version).unwrap());
+                }
+            }
+            Ok(())
+        }
+        async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError> {
+            let n = self.records.len();
+            self.records.retain(|_, (r, _, at)| !(r.deleted && *at < before));
+            Ok((n - self.records.len()) as u64)
+        }
+    }
+
+    struct World {
+        feed: MemoryFeed,
+        alice: User,
+        collections: std::collections::BTreeMap<CollectionName, crate::config::CollectionConfig>,
+        users: std::collections::HashSet<String>,
+        actions: HashMap<String, std::sync::Arc<dyn super::super::ActionHandler>>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let config = crate::config::CollectionConfig { access: Access::Owner, ids: Default::default() };
+            Self {
+                feed: MemoryFeed::default(),
+                alice: User { name: "alice".into(), admin: false },
+                collections: [(CollectionName::new("notes").unwrap(), config)].into(),
+                users: ["alice".to_owned()].into(),
+                actions: HashMap::new(),
+            }
+        }
+
+        async fn push(&mut self, mutations: Vec<Value>) -> Vec<WireResult> {
+            let ctx = PushContext {
+                user: &self.alice,
+                collections: &self.collections,
+                users: &self.users,
+                actions: &self.actions,
+            };
+            push_in(&mut self.feed, &ctx, &mutations).await.unwrap().0
+        }
+
+        async fn pull(&mut self, cursor: Option<sync_core::Cursor>) -> PullPage {
+            let item = PullItem { collection: CollectionName::new("notes").unwrap(), access: Access::Owner, cursor };
+            pull_in(&mut self.feed, "epoch1", &self.alice, &[item], 100).await.unwrap()
+        }
+    }
+
+    fn upsert(id: Uuid, record: &str, base: Option<u64>) -> Value {
+        serde_json::json!({"mutation_id": id.to_string(), "collection": "notes", "record_id": record,
+            "op": "upsert", "base_version": base, "data": {"text": record}})
+    }
+
+    fn delete(record: &str) -> Value {
+        serde_json::json!({"mutation_id": Uuid::now_v7().to_string(), "collection": "notes", "record_id": record,
+            "op": "delete", "base_version": null, "data": null})
+    }
+
+    fn version_of(result: &WireResult) -> Option<u64> {
+        match &result.outcome {
+            MutationOutcome::Applied { version, .. } => Some(version.0),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_mutation_is_answered_from_the_ledger_and_writes_nothing() {
+        let mut world = World::new();
+        let id = Uuid::now_v7();
+        let first = world.push(vec![upsert(id, "r1", Some(0))]).await;
+        let head = world.feed.head;
+        let again = world.push(vec![upsert(id, "r1", Some(0))]).await;
+        assert_eq!(first, again);
+        assert_eq!(world.feed.head, head, "the repeat took a feed position");
+        assert_eq!(world.feed.records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn versions_never_repeat_even_after_the_tombstones_are_purged() {
+        let mut world = World::new();
+        let v1 = version_of(&world.push(vec![upsert(Uuid::now_v7(), "r1", None)]).await[0]);
+        let v2 = version_of(&world.push(vec![upsert(Uuid::now_v7(), "r1", None)]).await[0]);
+        let gone = version_of(&world.push(vec![delete("r1")]).await[0]);
+        assert_eq!((v1, v2, gone), (Some(1), Some(2), Some(3)));
+        assert_eq!(purge_in(&mut world.feed, Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 1);
+        let again = version_of(&world.push(vec![upsert(Uuid::now_v7(), "r1", Some(0))]).await[0]);
+        assert!(again > gone, "created again at {again:?}, at or below the purged {gone:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cursor_from_before_a_purge_is_reset_and_a_current_one_is_not() {
+        let mut world = World::new();
+        world.push(vec![upsert(Uuid::now_v7(), "r1", None)]).await;
+        let old = world.pull(None).await;
+        world.push(vec![upsert(Uuid::now_v7(), "r2", None), delete("r1")]).await;
+        purge_in(&mut world.feed, Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        let current = world.pull(None).await;
+        let old_cursor = old.cursors.values().next().cloned();
+        let reset = world.pull(old_cursor).await;
+        assert_eq!(reset.reset, [CollectionName::new("notes").unwrap()]);
+        assert_eq!(reset.count, 1, "the full set follows the reset");
+        let fresh = world.pull(current.cursors.values().next().cloned()).await;
+        assert!(fresh.reset.is_empty());
+        assert_eq!(fresh.count, 0);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_at_the_head_misses_nothing_that_follows() {
+        let mut world = World::new();
+        for i in 0..3 {
+            world.push(vec![upsert(Uuid::now_v7(), &format!("r{i}"), None)]).await;
+        }
+        let caught_up = world.pull(None).await;
+        assert_eq!((caught_up.count, caught_up.has_more), (3, false));
+        world.push(vec![upsert(Uuid::now_v7(), "r9", None)]).await;
+        let next = world.pull(caught_up.cursors.values().next().cloned()).await;
+        assert_eq!(next.count, 1);
+        assert!(next.changes.get().contains("r9"));
+    }
+
+    #[test]
+    fn stored_rows_that_do_not_parse_are_corruption() {
+        assert!(parse_ledger(vec![("not a uuid".into(), "{}".into())]).is_err());
+        assert!(parse_ledger(vec![(Uuid::now_v7().to_string(), "not json".into())]).is_err());
+        let record = StoredRecord { version: 1, deleted: false, owner: "alice".into(), data: None };
+        assert!(parse_records(vec![("Bad Name".into(), "r".into(), record.clone())]).is_err());
+        assert!(parse_records(vec![("c".into(), String::new(), record.clone())]).is_err());
+        assert_eq!(parse_records(vec![("c".into(), "r".into(), record)]).unwrap().len(), 1);
+    }
+}
