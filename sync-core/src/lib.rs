@@ -58,6 +58,7 @@ pub mod ids;
 pub mod pattern;
 pub mod persistence;
 pub mod protocol;
+pub mod query;
 mod split_store;
 pub mod status;
 pub mod store;
@@ -68,13 +69,14 @@ pub use backoff::Backoff;
 pub use device::{AccountSummary, DeviceStores};
 pub use engine::{
     ALL_UNIT, ChangeNotifier, Collection, CollectionSpec, Direction, Engine, EngineBuilder, EngineOptions,
-    QueryBuilder, SignOut, SignOutReport, SyncUnit, TriggerOptions, WatchStream,
+    QueryBuilder, SignOut, SignOutReport, SyncUnit, Tracked, TriggerOptions, WatchStream,
 };
 pub use entity::{IdAssignment, IdentityMapping, LocalEntity, MappingError, ServerMapping};
 pub use error::{Error, StorageErrorKind};
 pub use ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
 pub use pattern::{ConflictDetector, ConflictResolver, Parent, PullAction, PullMode, Resolution, SyncPattern};
 pub use persistence::Residence;
+pub use query::{Cmp, Filter, Order};
 pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
-pub use store::{Conflict, FieldPath, LocalStore, Order, StoredRecord};
+pub use store::{Conflict, FieldPath, LocalStore, PendingChange, RecordState, StoredRecord};
 pub use transport::{Credentials, Transport};

@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId};
 use crate::protocol::MutationOutcome;
 use crate::store::{
-    CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied,
-    Query, Relations, StoreResolution, StoredRecord,
+    CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
+    PushApplied, Query, Relations, StoreResolution, StoredRecord,
 };
 
 pub(crate) struct SplitStore {
@@ -101,6 +101,21 @@ impl LocalStore for SplitStore {
 
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error> {
         self.of(&query.collection).query(query).await
+    }
+
+    async fn count(&self, query: &Query) -> Result<u64, Error> {
+        self.of(&query.collection).count(query).await
+    }
+
+    async fn ensure_indexes(&self, collections: &[CollectionName], indexes: &[IndexSpec]) -> Result<(), Error> {
+        for store in self.both() {
+            let mine: Vec<CollectionName> =
+                collections.iter().filter(|c| std::ptr::eq(self.of(c), store)).cloned().collect();
+            let theirs: Vec<IndexSpec> =
+                indexes.iter().filter(|i| std::ptr::eq(self.of(&i.collection), store)).cloned().collect();
+            store.ensure_indexes(&mine, &theirs).await?;
+        }
+        Ok(())
     }
 
     async fn claim_push_batch(

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
 use crate::pattern::{LocalRecordState, PullAction};
 use crate::protocol::{Change, MutationOutcome, Op, ServerRecord};
+pub use crate::query::{After, Cmp, Filter, IndexSpec, Order, Query, Scalar};
 
 /// The JSON text of a record's data, checked once to be an object. Writes carry text,
 /// not a `serde_json::Value`, so an entity is serialized exactly once on its way to disk.
@@ -80,10 +81,26 @@ pub struct LocalWrite {
 pub enum RecordState {
     /// Equal to the server's last known version.
     Synced,
-    /// Local changes wait in the outbox.
-    Pending,
+    /// Local changes wait in the outbox; the newest one is of this kind.
+    Pending(PendingChange),
     /// An open conflict holds the record.
     Conflict,
+    /// The server refused one of its changes for good (parked); later changes wait
+    /// behind it until the app retries or discards it.
+    Failed,
+}
+
+/// The kind of the newest local change waiting to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingChange {
+    /// The record was created here and the server has not acknowledged it yet.
+    Create,
+    /// The record was changed here.
+    Update,
+    /// The record was deleted here (shown only when a query asks for pending deletes).
+    Delete,
+    /// A custom action on the record waits; its data is unchanged here.
+    Action,
 }
 
 /// A record as the store holds it.
@@ -101,15 +118,6 @@ pub struct StoredRecord {
     pub state: RecordState,
     /// When it last changed locally or from the server.
     pub modified_at: DateTime<Utc>,
-}
-
-/// Sort direction of a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// Smallest first.
-    Asc,
-    /// Largest first.
-    Desc,
 }
 
 /// A dotted path into a record's JSON data, such as `status` or `site.city`.
@@ -155,23 +163,15 @@ impl FieldPath {
         false
     }
 
+    /// The value at this path in `value`, if any.
+    pub fn get<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        self.0.split('.').try_fold(value, |node, part| node.get(part))
+    }
+
     /// The JSON path form, `$.a.b`.
     pub fn json_path(&self) -> String {
         format!("$.{}", self.0)
     }
-}
-
-/// A query on one collection: equality filters, one sort key and a limit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Query {
-    /// The collection.
-    pub collection: CollectionName,
-    /// Each field must equal the value.
-    pub filters: Vec<(FieldPath, Value)>,
-    /// Sort key; records sort by id when None.
-    pub order_by: Option<(FieldPath, Order)>,
-    /// The most records returned.
-    pub limit: Option<u32>,
 }
 
 /// One entry of the persisted outbox.
@@ -431,11 +431,31 @@ pub trait LocalStore: Send + Sync + 'static {
     /// [`Error::Storage`].
     async fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, Error>;
 
-    /// The live records matching a query.
+    /// The records matching a query, in its order, each with its sync state.
     ///
     /// # Errors
     /// [`Error::Storage`].
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error>;
+
+    /// How many records match a query (its limit, offset and order ignored).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn count(&self, query: &Query) -> Result<u64, Error> {
+        let all = Query { limit: None, offset: None, ..query.clone() };
+        Ok(self.query(&all).await?.len() as u64)
+    }
+
+    /// Makes the store's indexes of `collections` exactly `indexes`: creates the missing
+    /// ones and drops those no longer declared (other collections' are left alone). The
+    /// engine calls it when it starts. The default keeps no indexes.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn ensure_indexes(&self, collections: &[CollectionName], indexes: &[IndexSpec]) -> Result<(), Error> {
+        let _ = (collections, indexes);
+        Ok(())
+    }
 
     /// Takes the next mutations to push: for each record only its oldest entry, and only
     /// when that entry is queued (not parked) and the record has no open conflict; in

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use sync_core::protocol::Op;
-use sync_core::store::{OutboxEntry, RecordState, StoredRecord};
+use sync_core::store::{OutboxEntry, PendingChange, RecordState, StoredRecord};
 use sync_core::{CollectionName, Error, MutationId, RecordId, Version};
 
 use crate::errors::{corrupt, storage};
@@ -86,25 +86,40 @@ pub(crate) fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
     })
 }
 
-/// The state column computed by record queries.
+/// The state column computed by record queries: `conflict`, `failed`, the op of the
+/// newest queued entry (`upsert`, `delete`, `action`), or null when nothing waits. Each
+/// part is a lookup in the conflicts' primary key or the outbox's (collection, record,
+/// seq) index, so a state costs no extra read per row.
 pub(crate) const STATE_EXPR: &str = "CASE \
-    WHEN EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) THEN 2 \
-    WHEN EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id) THEN 1 \
-    ELSE 0 END";
+    WHEN EXISTS (SELECT 1 FROM offsync_conflicts c WHERE c.collection = r.collection AND c.record_id = r.id) THEN 'conflict' \
+    WHEN EXISTS (SELECT 1 FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id AND o.status = 1) THEN 'failed' \
+    ELSE (SELECT o.op FROM offsync_outbox o WHERE o.collection = r.collection AND o.record_id = r.id ORDER BY o.seq DESC LIMIT 1) \
+    END";
+
+/// A record's state from the state column and whether the server ever acknowledged it.
+pub(crate) fn record_state(state: Option<&str>, acknowledged: bool) -> Result<RecordState, Error> {
+    Ok(match state {
+        None => RecordState::Synced,
+        Some("conflict") => RecordState::Conflict,
+        Some("failed") => RecordState::Failed,
+        Some("upsert") if acknowledged => RecordState::Pending(PendingChange::Update),
+        Some("upsert") => RecordState::Pending(PendingChange::Create),
+        Some("delete") => RecordState::Pending(PendingChange::Delete),
+        Some("action") => RecordState::Pending(PendingChange::Action),
+        Some(other) => return Err(corrupt(format!("stored outbox op {other:?}"))),
+    })
+}
 
 pub(crate) fn stored_record(collection_name: &CollectionName, row: &SqliteRow) -> Result<StoredRecord, Error> {
     let data: Option<String> = row.try_get("data").map_err(storage)?;
-    let state: i64 = row.try_get("state").map_err(storage)?;
+    let state: Option<String> = row.try_get("state").map_err(storage)?;
+    let server_version = version(row.try_get("server_version").map_err(storage)?)?;
     Ok(StoredRecord {
         collection: collection_name.clone(),
         id: record_id(row.try_get("id").map_err(storage)?)?,
         data: opt_json(data)?.unwrap_or(Value::Null),
-        server_version: version(row.try_get("server_version").map_err(storage)?)?,
-        state: match state {
-            2 => RecordState::Conflict,
-            1 => RecordState::Pending,
-            _ => RecordState::Synced,
-        },
+        server_version,
+        state: record_state(state.as_deref(), server_version.is_some())?,
         modified_at: from_micros(row.try_get("modified_at").map_err(storage)?)?,
     })
 }
@@ -129,5 +144,22 @@ mod tests {
         assert_eq!(from_micros(1_700_000_000_000_000).map(|t| t.timestamp()).ok(), Some(1_700_000_000));
         assert!(is_corrupt(from_micros(i64::MAX)), "an unreadable time is not 1970");
         assert!(is_corrupt(from_micros(i64::MIN)));
+    }
+
+    #[test]
+    fn record_states_from_the_state_column() {
+        let pending = RecordState::Pending;
+        for (column, acknowledged, expected) in [
+            (None, true, Some(RecordState::Synced)),
+            (Some("conflict"), true, Some(RecordState::Conflict)),
+            (Some("failed"), false, Some(RecordState::Failed)),
+            (Some("upsert"), false, Some(pending(PendingChange::Create))),
+            (Some("upsert"), true, Some(pending(PendingChange::Update))),
+            (Some("delete"), true, Some(pending(PendingChange::Delete))),
+            (Some("action"), true, Some(pending(PendingChange::Action))),
+            (Some("rename"), true, None),
+        ] {
+            assert_eq!(record_state(column, acknowledged).ok(), expected, "{column:?} {acknowledged}");
+        }
     }
 }

@@ -31,8 +31,10 @@ mod conflicts;
 mod device;
 mod encryption;
 mod errors;
+mod indexes;
 mod pull;
 mod push;
+mod query_sql;
 mod reads;
 mod renames;
 mod store_impl;
@@ -300,7 +302,14 @@ impl SqliteStore {
             reader.close().await;
         }
         let writer = self.writer.lock().await.take();
-        if let Some(writer) = writer {
+        if let Some(mut writer) = writer {
+            // Everything into the database file now, rather than when SQLite gets to it:
+            // a closed store is one file (copied, backed up or rekeyed whole).
+            if self.path.is_some() {
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut writer).await {
+                    tracing::debug!(error = %e, "checkpoint at close failed; SQLite checkpoints later");
+                }
+            }
             if let Err(e) = writer.close().await {
                 tracing::warn!(error = %e, "closing the store's writer failed");
             }

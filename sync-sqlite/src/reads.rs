@@ -1,13 +1,14 @@
 //! Reads: records and queries, counts, cursors, the outbox, the client id.
 
-use sqlx::{QueryBuilder, Row, Sqlite};
-use sync_core::store::{Counts, Order, OutboxEntry, Query, StoredRecord};
+use sqlx::{Row, Sqlite};
+use sync_core::store::{Counts, OutboxEntry, Query, StoredRecord};
 use sync_core::{ClientId, CollectionName, Cursor, Error, RecordId};
 use uuid::Uuid;
 
 use crate::SqliteStore;
-use crate::codec::{OUTBOX_COLUMNS, STATE_EXPR, json_text, outbox_entry, stored_record};
+use crate::codec::{OUTBOX_COLUMNS, STATE_EXPR, outbox_entry, stored_record};
 use crate::errors::storage;
+use crate::query_sql::{self, Bind};
 
 pub(crate) async fn client_id(store: &SqliteStore) -> Result<ClientId, Error> {
     sqlx::query("INSERT OR IGNORE INTO offsync_meta (key, value) VALUES ('client_id', ?)")
@@ -42,32 +43,26 @@ pub(crate) async fn get(
 }
 
 pub(crate) async fn query(store: &SqliteStore, query: &Query) -> Result<Vec<StoredRecord>, Error> {
-    let select = record_select();
-    let mut b: QueryBuilder<'_, Sqlite> = QueryBuilder::new(select);
-    b.push("WHERE r.collection = ").push_bind(query.collection.as_str()).push(" AND r.deleted = 0");
-    for (field, value) in &query.filters {
-        // Both sides go through json_extract, so strings, numbers, booleans and null
-        // compare as SQLite values; `IS` makes null equal null.
-        b.push(" AND json_extract(r.data, ")
-            .push_bind(field.json_path())
-            .push(") IS json_extract(")
-            .push_bind(json_text(value))
-            .push(", '$')");
-    }
-    if let Some((field, order)) = &query.order_by {
-        b.push(" ORDER BY json_extract(r.data, ").push_bind(field.json_path()).push(")");
-        b.push(match order {
-            Order::Asc => " ASC, r.id ASC",
-            Order::Desc => " DESC, r.id DESC",
-        });
-    } else {
-        b.push(" ORDER BY r.id");
-    }
-    if let Some(limit) = query.limit {
-        b.push(" LIMIT ").push_bind(i64::from(limit));
-    }
-    let rows = b.build().fetch_all(&mut *store.read_conn().await?).await.map_err(storage)?;
+    let sql = query_sql::select(query);
+    let rows = bound(&sql).fetch_all(&mut *store.read_conn().await?).await.map_err(storage)?;
     rows.iter().map(|r| stored_record(&query.collection, r)).collect()
+}
+
+pub(crate) async fn count(store: &SqliteStore, query: &Query) -> Result<u64, Error> {
+    let sql = query_sql::count(query);
+    let n: i64 =
+        bound(&sql).fetch_one(&mut *store.read_conn().await?).await.map_err(storage)?.try_get(0).map_err(storage)?;
+    u64::try_from(n).map_err(|_| crate::errors::corrupt("negative count"))
+}
+
+/// The SQL with its parameters bound.
+fn bound(sql: &query_sql::Sql) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    sql.binds.iter().fold(sqlx::query(&sql.text), |q, b| match b {
+        Bind::Null => q.bind(None::<i64>),
+        Bind::Int(i) => q.bind(*i),
+        Bind::Float(f) => q.bind(*f),
+        Bind::Text(t) => q.bind(t.as_str()),
+    })
 }
 
 pub(crate) async fn counts(store: &SqliteStore) -> Result<Counts, Error> {

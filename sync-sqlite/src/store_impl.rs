@@ -4,12 +4,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sync_core::protocol::MutationOutcome;
 use sync_core::store::{
-    CollectionPage, Conflict, Counts, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider, PushApplied,
-    Query, Relations, StoreResolution, StoredRecord,
+    CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
+    PushApplied, Query, Relations, StoreResolution, StoredRecord,
 };
 use sync_core::{AccountId, ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 
-use crate::{SqliteStore, accounts, conflicts, pull, push, reads, renames, writes};
+use crate::{SqliteStore, accounts, conflicts, indexes, pull, push, reads, renames, writes};
 
 #[async_trait]
 impl LocalStore for SqliteStore {
@@ -63,6 +63,14 @@ impl LocalStore for SqliteStore {
 
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error> {
         reads::query(self, query).await
+    }
+
+    async fn count(&self, query: &Query) -> Result<u64, Error> {
+        reads::count(self, query).await
+    }
+
+    async fn ensure_indexes(&self, collections: &[CollectionName], indexes: &[IndexSpec]) -> Result<(), Error> {
+        indexes::ensure(self, collections, indexes).await
     }
 
     async fn claim_push_batch(

@@ -34,7 +34,10 @@ async fn a_local_write_fires_its_event_and_updates_live_queries_before_any_netwo
 
     // Reads see the pending change; nothing touched the network.
     assert_eq!(orders.get("a").await.unwrap(), Some(wo("a", "open", 1)));
-    assert_eq!(orders.get_stored("a").await.unwrap().unwrap().state, RecordState::Pending);
+    assert_eq!(
+        orders.get_stored("a").await.unwrap().unwrap().state,
+        RecordState::Pending(sync_core::PendingChange::Create)
+    );
     assert_eq!(server.calls(), (0, 0, 0));
 
     // Updates re-emit the result set; records leaving the filter leave the set.

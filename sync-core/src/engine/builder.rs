@@ -15,7 +15,7 @@ use crate::ids::{AccountId, CollectionName};
 use crate::pattern::SyncPattern;
 use crate::persistence::{Placed, Placement, Policy, Residence, place};
 use crate::split_store::SplitStore;
-use crate::store::{FieldPath, ForeignKey, LocalStore, Relations};
+use crate::store::{FieldPath, ForeignKey, IndexSpec, LocalStore, Relations};
 use crate::transport::{Credentials, Transport};
 
 use super::{Engine, Parts};
@@ -38,6 +38,7 @@ pub struct CollectionSpec {
     pub(crate) mapping: Arc<dyn ServerMapping>,
     pub(crate) validate: Validator,
     pub(crate) in_memory: bool,
+    pub(crate) indexes: Vec<Vec<String>>,
 }
 
 impl CollectionSpec {
@@ -49,7 +50,17 @@ impl CollectionSpec {
             mapping: Arc::new(IdentityMapping),
             validate: validate_as::<E>,
             in_memory: false,
+            indexes: Vec::new(),
         }
+    }
+
+    /// Declares an index on `fields` (dotted paths, most selective first: equality
+    /// fields, then one range or sort field), so that queries filtering and sorting by
+    /// them are answered from the index instead of scanning the collection. The store
+    /// creates it when the engine starts and drops indexes no longer declared.
+    pub fn index(mut self, fields: &[&str]) -> Self {
+        self.indexes.push(fields.iter().map(|f| (*f).to_owned()).collect());
+        self
     }
 
     /// Keeps this collection in memory only: nothing of it is written to disk, it is
@@ -324,6 +335,7 @@ impl EngineBuilder {
         }
         let mut collections = BTreeMap::new();
         let mut placed = Vec::new();
+        let mut indexes = Vec::new();
         for spec in self.collections {
             let name = CollectionName::new(spec.name)?;
             placed.push(Placed {
@@ -331,6 +343,17 @@ impl EngineBuilder {
                 writable: spec.pattern.accepts_local_writes(),
                 in_memory: spec.in_memory,
             });
+            for fields in &spec.indexes {
+                let fields = fields
+                    .iter()
+                    .map(|f| FieldPath::new(f))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Config { message: format!("an index of collection {name}: {e}") })?;
+                if fields.is_empty() {
+                    return Err(Error::Config { message: format!("an index of collection {name} names no field") });
+                }
+                indexes.push(IndexSpec { collection: name.clone(), fields });
+            }
             let ids = spec.mapping.id_assignment();
             let entry = CollectionEntry {
                 name: name.clone(),
@@ -380,6 +403,8 @@ impl EngineBuilder {
         }
         let placement = place(&self.policy, &placed)?;
         let store = open_store(self.store, self.device.as_ref(), account.as_ref(), &placement).await?;
+        let names: Vec<CollectionName> = collections.keys().cloned().collect();
+        store.ensure_indexes(&names, &indexes).await?;
         let account = store.account().await?;
         if self.policy.persist_token && !store.encrypted() {
             return Err(config(

@@ -15,7 +15,9 @@ use crate::entity::LocalEntity;
 use crate::error::Error;
 use crate::ids::{MutationId, RecordId};
 use crate::status::{Origin, SyncEvent};
-use crate::store::{FieldPath, JsonObject, LocalWrite, Order, Query, StoredRecord, WriteKind};
+use crate::store::{
+    After, Cmp, FieldPath, Filter, JsonObject, LocalWrite, Order, Query, RecordState, Scalar, StoredRecord, WriteKind,
+};
 
 /// A typed handle on one collection. Writes land in the local store first (record and
 /// outbox entry in one transaction) and fire [`SyncEvent::RecordChanged`] at once,
@@ -229,12 +231,9 @@ impl<E: LocalEntity> Collection<E> {
         self.query().fetch().await
     }
 
-    /// Starts a query: filters on field values, one sort key, a limit.
+    /// Starts a query: filters, sort keys, pagination; see [`QueryBuilder`].
     pub fn query(&self) -> QueryBuilder<E> {
-        QueryBuilder {
-            collection: self.clone(),
-            query: Ok(Query { collection: self.entry.name.clone(), filters: Vec::new(), order_by: None, limit: None }),
-        }
+        QueryBuilder { collection: self.clone(), query: Ok(Query::all(self.entry.name.clone())) }
     }
 
     /// A live query of the whole collection (see [`QueryBuilder::watch`]).
@@ -243,37 +242,144 @@ impl<E: LocalEntity> Collection<E> {
     }
 }
 
-/// A query under construction; errors in field paths surface when it runs.
+/// An entity with its sync state, as [`QueryBuilder::fetch_tracked`] returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked<E> {
+    /// The record's id.
+    pub id: RecordId,
+    /// The entity (for a pending delete: as the server last acknowledged it).
+    pub entity: E,
+    /// Synced, pending (and with what), in conflict or failed.
+    pub state: RecordState,
+}
+
+/// A query under construction. Filters combine with AND (use [`QueryBuilder::filter`]
+/// with [`Filter::or`] for OR); values are bound as parameters; a bad field path or a
+/// value that cannot compare surfaces as [`Error::InvalidQuery`] when the query runs.
+/// Fields a collection declares with [`crate::CollectionSpec::index`] are answered from
+/// an index.
 pub struct QueryBuilder<E> {
     collection: Collection<E>,
     query: Result<Query, Error>,
 }
 
 impl<E: LocalEntity> QueryBuilder<E> {
-    /// Keeps records whose `field` (a dotted path) equals `value`.
-    pub fn filter_eq(mut self, field: &str, value: impl Into<Value>) -> Self {
+    fn with(mut self, change: impl FnOnce(&mut Query) -> Result<(), Error>) -> Self {
         self.query = self.query.and_then(|mut q| {
-            q.filters.push((FieldPath::new(field)?, value.into()));
+            change(&mut q)?;
             Ok(q)
         });
         self
     }
 
-    /// Sorts by `field` (a dotted path).
-    pub fn order_by(mut self, field: &str, order: Order) -> Self {
-        self.query = self.query.and_then(|mut q| {
-            q.order_by = Some((FieldPath::new(field)?, order));
-            Ok(q)
-        });
-        self
+    /// Keeps the records that match `filter` too.
+    pub fn filter(self, filter: Result<Filter, Error>) -> Self {
+        self.with(|q| {
+            let filter = filter?;
+            q.filter = std::mem::replace(&mut q.filter, Filter::All(Vec::new())).and(filter);
+            Ok(())
+        })
+    }
+
+    /// Keeps records whose `field` (a dotted path) equals `value` (null: is null or missing).
+    pub fn filter_eq(self, field: &str, value: impl Into<Value>) -> Self {
+        self.filter(Filter::eq(field, value))
+    }
+
+    /// Keeps records whose `field` differs from `value` (null: is present and not null).
+    pub fn filter_ne(self, field: &str, value: impl Into<Value>) -> Self {
+        self.filter(Filter::compare(field, Cmp::Ne, value))
+    }
+
+    /// Keeps records whose `field` is less than `value`.
+    pub fn filter_lt(self, field: &str, value: impl Into<Value>) -> Self {
+        self.filter(Filter::compare(field, Cmp::Lt, value))
+    }
+
+    /// Keeps records whose `field` is at most `value`.
+    pub fn filter_le(self, field: &str, value: impl Into<Value>) -> Self {
+        self.filter(Filter::compare(field, Cmp::Le, value))
+    }
+
+    /// Keeps records whose `field` is greater than `value`.
+    pub fn filter_gt(self, field: &str, value: impl Into<Value>) -> Self {
+        self.filter(Filter::compare(field, Cmp::Gt, value))
+    }
+
+    /// Keeps records whose `field` is at least `value`.
+    pub fn filter_ge(self, field: &str, value: impl Into<Value>) -> Self {
+        self.filter(Filter::compare(field, Cmp::Ge, value))
+    }
+
+    /// Keeps records whose `field` equals one of `values`.
+    pub fn filter_in<V: Into<Value>>(self, field: &str, values: impl IntoIterator<Item = V>) -> Self {
+        self.filter(Filter::one_of(field, values))
+    }
+
+    /// Keeps records whose `field` is null or missing.
+    pub fn filter_null(self, field: &str) -> Self {
+        self.filter(Filter::is_null(field))
+    }
+
+    /// Keeps records whose `field` is present and not null.
+    pub fn filter_not_null(self, field: &str) -> Self {
+        self.filter(Filter::not_null(field))
+    }
+
+    /// Keeps records whose `field` is a string starting with `prefix`.
+    pub fn filter_prefix(self, field: &str, prefix: impl Into<String>) -> Self {
+        self.filter(Filter::starts_with(field, prefix))
+    }
+
+    /// Sorts by `field` (a dotted path), after any sort keys given before.
+    pub fn order_by(self, field: &str, order: Order) -> Self {
+        self.with(|q| {
+            q.order_by.push((FieldPath::new(field)?, order));
+            Ok(())
+        })
     }
 
     /// Returns at most `limit` records.
-    pub fn limit(mut self, limit: u32) -> Self {
-        if let Ok(q) = &mut self.query {
+    pub fn limit(self, limit: u32) -> Self {
+        self.with(|q| {
             q.limit = Some(limit);
-        }
-        self
+            Ok(())
+        })
+    }
+
+    /// Skips the first `offset` records.
+    pub fn offset(self, offset: u32) -> Self {
+        self.with(|q| {
+            q.offset = Some(offset);
+            Ok(())
+        })
+    }
+
+    /// Keyset pagination: only the records after `last` (the last row of the previous
+    /// page) in this query's order. Cheaper than an offset on deep pages, and stable
+    /// while records are added before the position.
+    pub fn after(self, last: &E) -> Self {
+        let value = serde_json::to_value(last).map_err(|e| Error::InvalidQuery { message: e.to_string() });
+        let id = RecordId::new(last.id());
+        self.with(move |q| {
+            let value = value?;
+            let keys = q
+                .order_by
+                .iter()
+                .map(|(field, _)| Scalar::from_json(field.get(&value).unwrap_or(&Value::Null)))
+                .collect::<Result<Vec<_>, _>>()?;
+            q.after = Some(After { keys, id: id? });
+            Ok(())
+        })
+    }
+
+    /// Includes records deleted here whose delete is not sent yet (with the data the
+    /// server last acknowledged); see them with [`QueryBuilder::fetch_tracked`].
+    pub fn include_pending_deletes(self) -> Self {
+        self.with(|q| {
+            q.include_pending_deletes = true;
+            Ok(())
+        })
     }
 
     /// Runs the query once.
@@ -286,6 +392,31 @@ impl<E: LocalEntity> QueryBuilder<E> {
     pub async fn fetch(self) -> Result<Vec<E>, Error> {
         let query = self.query?;
         fetch(&self.collection, &query).await
+    }
+
+    /// Runs the query once, each entity with its sync state (read in the same query,
+    /// no extra read per row).
+    ///
+    /// # Errors
+    /// As [`QueryBuilder::fetch`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn fetch_tracked(self) -> Result<Vec<Tracked<E>>, Error> {
+        let query = self.query?;
+        fetch_tracked(&self.collection, &query).await
+    }
+
+    /// How many records match (limit and offset ignored).
+    ///
+    /// # Errors
+    /// [`Error::InvalidQuery`], [`Error::Storage`].
+    ///
+    /// # Cancel safety
+    /// Safe: it only reads.
+    pub async fn count(self) -> Result<u64, Error> {
+        let query = self.query?;
+        self.collection.shared.store.count(&query).await
     }
 
     /// A stream that yields the result set now and again after every local or remote
@@ -335,6 +466,17 @@ fn with_id(data: JsonObject, path: Option<FieldPath>, id: &RecordId) -> Result<J
 async fn fetch<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<E>, Error> {
     let records = collection.shared.store.query(query).await?;
     records.into_iter().map(|r| collection.decode(r)).collect()
+}
+
+async fn fetch_tracked<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<Tracked<E>>, Error> {
+    let records = collection.shared.store.query(query).await?;
+    records
+        .into_iter()
+        .map(|r| {
+            let (id, state) = (r.id.clone(), r.state);
+            Ok(Tracked { id, entity: collection.decode(r)?, state })
+        })
+        .collect()
 }
 
 impl<E> Collection<E> {

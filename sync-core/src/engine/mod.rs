@@ -13,7 +13,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use builder::{ALL_UNIT, CollectionSpec, Direction, EngineBuilder, EngineOptions, SyncUnit};
-pub use collection::{Collection, QueryBuilder, WatchStream};
+pub use collection::{Collection, QueryBuilder, Tracked, WatchStream};
 
 use crate::auth::TokenProvider;
 use crate::device::DeviceStores;
