@@ -103,8 +103,16 @@ impl LocalStore for SplitStore {
         self.of(&query.collection).query(query).await
     }
 
+    async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {
+        self.of(&query.collection).matching(query, ids).await
+    }
+
     async fn count(&self, query: &Query) -> Result<u64, Error> {
         self.of(&query.collection).count(query).await
+    }
+
+    async fn suspend_indexes(&self, collection: &CollectionName) -> Result<(), Error> {
+        self.of(collection).suspend_indexes(collection).await
     }
 
     async fn ensure_indexes(&self, collections: &[CollectionName], indexes: &[IndexSpec]) -> Result<(), Error> {

@@ -437,6 +437,18 @@ pub trait LocalStore: Send + Sync + 'static {
     /// [`Error::Storage`].
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error>;
 
+    /// Those of `ids` that match the query's filter (its order, limit, offset and keyset
+    /// position ignored): how a live query tells whether a change can affect it without
+    /// running it. The default runs the query; a store can look the ids up directly.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {
+        let all = Query { limit: None, offset: None, after: None, ..query.clone() };
+        let wanted: std::collections::HashSet<&RecordId> = ids.iter().collect();
+        Ok(self.query(&all).await?.into_iter().map(|r| r.id).filter(|id| wanted.contains(id)).collect())
+    }
+
     /// How many records match a query (its limit, offset and order ignored).
     ///
     /// # Errors
@@ -444,6 +456,18 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn count(&self, query: &Query) -> Result<u64, Error> {
         let all = Query { limit: None, offset: None, ..query.clone() };
         Ok(self.query(&all).await?.len() as u64)
+    }
+
+    /// Drops `collection`'s declared indexes for a bulk load (a first download): building
+    /// an index once over sorted data is cheaper than keeping it up to date row by row.
+    /// The engine puts them back with [`LocalStore::ensure_indexes`] when the load ends,
+    /// and at its next start if it stopped half way. The default does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn suspend_indexes(&self, collection: &CollectionName) -> Result<(), Error> {
+        let _ = collection;
+        Ok(())
     }
 
     /// Makes the store's indexes of `collections` exactly `indexes`: creates the missing

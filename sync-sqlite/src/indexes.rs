@@ -44,6 +44,11 @@ pub(crate) fn create_sql(spec: &IndexSpec) -> String {
     )
 }
 
+/// Drops every declared index of `collection` (for a bulk load).
+pub(crate) async fn suspend(store: &SqliteStore, collection: &CollectionName) -> Result<(), Error> {
+    ensure(store, std::slice::from_ref(collection), &[]).await
+}
+
 /// Makes the indexes of `collections` exactly `specs`, in one transaction.
 pub(crate) async fn ensure(
     store: &SqliteStore,

@@ -225,6 +225,25 @@ pub(crate) fn select(query: &Query) -> Sql {
     sql
 }
 
+/// `SELECT r.id` of those of `ids` that match `query`'s scope and filter: a primary-key
+/// lookup per id, whatever the collection's size.
+pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT r.id FROM offsync_records r ");
+    scope(&mut sql, query);
+    sql.push(" AND ");
+    filter(&mut sql, &query.filter, query.include_pending_deletes);
+    sql.push(" AND r.id IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Bind::Text(id.to_string()));
+    }
+    sql.push(")");
+    sql
+}
+
 /// `SELECT count(*)` of the records matching `query` (its order, limit and offset
 /// ignored; a keyset position counts only what follows it).
 pub(crate) fn count(query: &Query) -> Sql {

@@ -48,6 +48,15 @@ pub(crate) async fn query(store: &SqliteStore, query: &Query) -> Result<Vec<Stor
     rows.iter().map(|r| stored_record(&query.collection, r)).collect()
 }
 
+pub(crate) async fn matching(store: &SqliteStore, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = query_sql::matching(query, ids);
+    let rows = bound(&sql).fetch_all(&mut *store.read_conn().await?).await.map_err(storage)?;
+    rows.iter().map(|r| crate::codec::record_id(r.try_get("id").map_err(storage)?)).collect()
+}
+
 pub(crate) async fn count(store: &SqliteStore, query: &Query) -> Result<u64, Error> {
     let sql = query_sql::count(query);
     let n: i64 =

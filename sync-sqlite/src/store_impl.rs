@@ -65,8 +65,16 @@ impl LocalStore for SqliteStore {
         reads::query(self, query).await
     }
 
+    async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {
+        reads::matching(self, query, ids).await
+    }
+
     async fn count(&self, query: &Query) -> Result<u64, Error> {
         reads::count(self, query).await
+    }
+
+    async fn suspend_indexes(&self, collection: &CollectionName) -> Result<(), Error> {
+        indexes::suspend(self, collection).await
     }
 
     async fn ensure_indexes(&self, collections: &[CollectionName], indexes: &[IndexSpec]) -> Result<(), Error> {

@@ -244,3 +244,125 @@ async fn rows_come_with_their_sync_state_and_pending_deletes_on_request() {
     assert_eq!(orders.query().count().await.unwrap(), 6);
     engine.shutdown().await;
 }
+
+/// The next result of a watch within `wait`, or None.
+async fn next_within(watch: &mut sync_core::WatchStream<Job>, wait: std::time::Duration) -> Option<Vec<Job>> {
+    use futures::StreamExt;
+    tokio::time::timeout(wait, watch.next()).await.ok().flatten().map(|r| r.unwrap())
+}
+
+fn job(id: &str, status: &str) -> Job {
+    Job {
+        id: id.into(),
+        title: format!("job {id}"),
+        status: status.into(),
+        due: Some(1),
+        priority: 1.0,
+        done: false,
+        site: Site { city: "Lyon".into() },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_runs_again_only_for_changes_that_can_affect_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let jobs = engine.collection::<Job>().unwrap();
+    jobs.insert(&job("a", "open")).await.unwrap();
+    jobs.insert(&job("b", "done")).await.unwrap();
+    let mut open = jobs.query().filter_eq("status", "open").watch();
+    let quiet = std::time::Duration::from_millis(300);
+    let soon = std::time::Duration::from_secs(10);
+    assert_eq!(ids(&next_within(&mut open, soon).await.unwrap()), ["a"]);
+
+    // Records that neither are shown nor match: no new result.
+    jobs.update(&job("b", "cancelled")).await.unwrap();
+    jobs.insert(&job("c", "done")).await.unwrap();
+    assert!(next_within(&mut open, quiet).await.is_none(), "a change that cannot matter ran the watch");
+    // A record that comes to match.
+    jobs.update(&job("c", "open")).await.unwrap();
+    assert_eq!(ids(&next_within(&mut open, soon).await.unwrap()), ["a", "c"]);
+    // A shown record that stops matching.
+    jobs.update(&job("a", "done")).await.unwrap();
+    assert_eq!(ids(&next_within(&mut open, soon).await.unwrap()), ["c"]);
+    // A shown record deleted.
+    jobs.delete("c").await.unwrap();
+    assert!(next_within(&mut open, soon).await.unwrap().is_empty());
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_folds_into_few_runs_and_ends_on_the_final_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let jobs = engine.collection::<Job>().unwrap();
+    let mut all = jobs.query().filter_eq("status", "open").watch();
+    let soon = std::time::Duration::from_secs(10);
+    assert!(next_within(&mut all, soon).await.unwrap().is_empty());
+    // 3,000 single writes as fast as they go, every one of them matching.
+    let writer = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            for i in 0..3000 {
+                jobs.insert(&job(&format!("w{i:04}"), "open")).await.unwrap();
+            }
+        })
+    };
+    let mut runs = 0;
+    let mut last = Vec::new();
+    while last.len() < 3000 {
+        last = next_within(&mut all, soon).await.expect("the watch stopped before the final state");
+        runs += 1;
+    }
+    writer.await.unwrap();
+    assert_eq!(last.len(), 3000);
+    assert!(runs < 3000 / 2, "{runs} runs for 3,000 writes: the burst was not folded");
+    engine.shutdown().await;
+}
+
+async fn declared_index_count(path: &std::path::Path) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", path.display())).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'offsync_ix_jobs_%'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_download_loads_without_the_indexes_and_builds_them_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let server = Arc::new(MemoryServer::new());
+    for j in jobs() {
+        server.put("jobs", &j.id.clone(), serde_json::to_value(j).unwrap());
+    }
+    let build = || async {
+        Engine::builder()
+            .store(Arc::new(SqliteStore::open(&path).await.unwrap()))
+            .transport(server.clone())
+            .collection(CollectionSpec::of::<Job>(LastWriteWins).index(&["status", "due"]).index(&["title"]))
+            .options(quiet())
+            .build()
+            .await
+            .unwrap()
+    };
+    let engine = build().await;
+    assert_eq!(declared_index_count(&path).await, 2);
+    // The first download fails half way: the indexes are back all the same.
+    server.fail_next_pull(Error::Transient { message: "cut".into() });
+    assert!(engine.sync_now().await.is_err());
+    assert_eq!(declared_index_count(&path).await, 2);
+    engine.sync_now().await.unwrap();
+    assert_eq!(engine.collection::<Job>().unwrap().query().count().await.unwrap(), 40);
+    assert_eq!(declared_index_count(&path).await, 2, "the indexes were not rebuilt after the download");
+    engine.shutdown().await;
+    // Stopped in the middle of a load (indexes dropped): the next start builds them.
+    let store = SqliteStore::open(&path).await.unwrap();
+    sync_core::LocalStore::suspend_indexes(&store, &sync_core::CollectionName::new("jobs").unwrap()).await.unwrap();
+    assert_eq!(declared_index_count(&path).await, 0);
+    store.close().await;
+    let engine = build().await;
+    assert_eq!(declared_index_count(&path).await, 2);
+    engine.shutdown().await;
+}

@@ -87,6 +87,8 @@ pub(crate) struct CollectionEntry {
     pub(crate) validate: Validator,
     /// Who chooses created records' ids (the mapping's answer, asked once).
     pub(crate) ids: IdAssignment,
+    /// Its declared indexes.
+    pub(crate) indexes: Vec<IndexSpec>,
 }
 
 impl CollectionEntry {
@@ -335,7 +337,7 @@ impl EngineBuilder {
         }
         let mut collections = BTreeMap::new();
         let mut placed = Vec::new();
-        let mut indexes = Vec::new();
+        let mut indexes: Vec<IndexSpec> = Vec::new();
         for spec in self.collections {
             let name = CollectionName::new(spec.name)?;
             placed.push(Placed {
@@ -361,6 +363,7 @@ impl EngineBuilder {
                 mapping: spec.mapping,
                 validate: spec.validate,
                 ids,
+                indexes: indexes.iter().filter(|i| i.collection == name).cloned().collect(),
             };
             if collections.insert(name.clone(), Arc::new(entry)).is_some() {
                 return Err(Error::Config { message: format!("collection {name} is registered twice") });

@@ -419,9 +419,15 @@ impl<E: LocalEntity> QueryBuilder<E> {
         self.collection.shared.store.count(&query).await
     }
 
-    /// A stream that yields the result set now and again after every local or remote
-    /// change to the collection. A subscriber that falls behind skips to the latest
-    /// result; it never slows the engine. The stream ends when the engine shuts down.
+    /// A stream that yields the result set now and again whenever a change can affect
+    /// it: a change to a record in the current result, or to one that matches the
+    /// query's filter now (checked with one indexed lookup for all the changed records,
+    /// not by running the query). A burst of changes (a pull page, an initial sync) is
+    /// folded into one re-run, and re-runs are spaced by twice the last one's duration,
+    /// so a watch never takes more than a third of a core; the last change is always
+    /// followed by a re-run, so the stream ends on the final state. A subscriber that
+    /// falls behind skips to the latest result; it never slows the engine. The stream
+    /// ends when the engine shuts down.
     pub fn watch(self) -> WatchStream<E> {
         let collection = self.collection;
         let query = match self.query {
@@ -431,27 +437,121 @@ impl<E: LocalEntity> QueryBuilder<E> {
         // Subscribe before the first read so no change between the two is missed.
         let events = collection.shared.events.subscribe();
         let shutdown = collection.shared.shutdown.clone();
-        let state = (collection, query, events, shutdown, true);
-        Box::pin(futures::stream::unfold(state, |(collection, query, mut events, mut shutdown, first)| async move {
-            if !first {
-                loop {
-                    let event = tokio::select! {
-                        event = events.recv() => event,
-                        _ = shutdown.wait_for(|stopped| *stopped) => return None,
-                    };
-                    match event {
-                        Ok(SyncEvent::RecordChanged { collection: c, .. }) if c == collection.entry.name => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-                // Fold a burst of changes into one re-read.
-                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
-            }
-            let result = fetch(&collection, &query).await;
-            Some((result, (collection, query, events, shutdown, false)))
+        let watcher = Watcher { collection, query, events, shutdown, shown: None, next_run: None };
+        Box::pin(futures::stream::unfold(watcher, |mut w| async move {
+            let result = w.next().await?;
+            Some((result, w))
         }))
+    }
+}
+
+/// More changed records than this in one burst re-run the query without checking each.
+const WATCH_CHECK_LIMIT: usize = 256;
+
+/// The state of one live query between its re-runs.
+struct Watcher<E> {
+    collection: Collection<E>,
+    query: Query,
+    events: broadcast::Receiver<SyncEvent>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The ids in the last result (None before the first run).
+    shown: Option<std::collections::HashSet<RecordId>>,
+    /// No re-run before this instant (twice the last run's duration after it ended).
+    next_run: Option<tokio::time::Instant>,
+}
+
+/// What a burst of events asks of a watch.
+enum Burst {
+    /// Re-run the query.
+    Rerun,
+    /// Check whether any of these changed records matter.
+    Check(Vec<RecordId>),
+    /// The engine stopped.
+    Closed,
+}
+
+impl<E: LocalEntity> Watcher<E> {
+    /// The next result to yield (None: the stream ends).
+    async fn next(&mut self) -> Option<Result<Vec<E>, Error>> {
+        if self.shown.is_some() {
+            loop {
+                let burst = self.wait_for_changes().await;
+                let changed = match burst {
+                    Burst::Closed => return None,
+                    Burst::Rerun => true,
+                    Burst::Check(ids) => self.matters(&ids).await,
+                };
+                if changed {
+                    break;
+                }
+            }
+            if let Some(at) = self.next_run {
+                tokio::time::sleep_until(at).await;
+            }
+            // Whatever arrived while waiting is folded into this run.
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = self.events.try_recv() {}
+        }
+        let started = tokio::time::Instant::now();
+        let result = self.collection.shared.store.query(&self.query).await;
+        let ended = tokio::time::Instant::now();
+        self.next_run = Some(ended + (ended - started) * 2);
+        Some(match result {
+            Ok(records) => {
+                self.shown = Some(records.iter().map(|r| r.id.clone()).collect());
+                records.into_iter().map(|r| self.collection.decode(r)).collect()
+            }
+            Err(e) => {
+                // The next change runs it again.
+                self.shown = Some(Default::default());
+                Err(e)
+            }
+        })
+    }
+
+    /// Waits for changes to this collection and gathers the burst that came with them.
+    async fn wait_for_changes(&mut self) -> Burst {
+        let mut ids = Vec::new();
+        loop {
+            let event = tokio::select! {
+                event = self.events.recv() => event,
+                _ = self.shutdown.wait_for(|stopped| *stopped) => return Burst::Closed,
+            };
+            match event {
+                Ok(SyncEvent::RecordChanged { collection, id, .. }) if collection == self.collection.entry.name => {
+                    ids.push(id);
+                    break;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return Burst::Rerun,
+                Err(broadcast::error::RecvError::Closed) => return Burst::Closed,
+            }
+        }
+        loop {
+            match self.events.try_recv() {
+                Ok(SyncEvent::RecordChanged { collection, id, .. }) if collection == self.collection.entry.name => {
+                    ids.push(id);
+                }
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return Burst::Rerun,
+                Err(_) => break,
+            }
+            if ids.len() > WATCH_CHECK_LIMIT {
+                return Burst::Rerun;
+            }
+        }
+        Burst::Check(ids)
+    }
+
+    /// Whether changes to `ids` can change the result: one of them is shown, or matches
+    /// the filter now. A failed check counts as a change.
+    async fn matters(&self, ids: &[RecordId]) -> bool {
+        if self.shown.as_ref().is_none_or(|shown| ids.iter().any(|id| shown.contains(id))) {
+            return true;
+        }
+        match self.collection.shared.store.matching(&self.query, ids).await {
+            Ok(matching) => !matching.is_empty(),
+            Err(_) => true,
+        }
     }
 }
 

@@ -286,6 +286,36 @@ impl Cycle<'_> {
                 cursors.insert(c.clone(), cursor);
             }
         }
+        // A first download of a collection with declared indexes loads without them and
+        // builds them once at the end (put back on failure too, and at the next start).
+        let bulk: Vec<CollectionName> = cursors
+            .iter()
+            .filter(|(c, cursor)| cursor.is_none() && !replacing.contains(*c))
+            .filter(|(c, _)| self.shared.collections.get(*c).is_some_and(|e| !e.indexes.is_empty()))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &bulk {
+            self.shared.store.suspend_indexes(c).await?;
+        }
+        let pulled = self.pull_pages(cursors, replacing).await;
+        for c in &bulk {
+            let declared = self.shared.collections.get(c).map(|e| e.indexes.clone()).unwrap_or_default();
+            let restored = self.shared.store.ensure_indexes(std::slice::from_ref(c), &declared).await;
+            if pulled.is_ok() {
+                restored?;
+            } else if let Err(e) = restored {
+                tracing::warn!(collection = %c, error = %e, "indexes not rebuilt after a failed download; the next start rebuilds them");
+            }
+        }
+        pulled
+    }
+
+    /// The page loop of [`Cycle::pull`].
+    async fn pull_pages(
+        &mut self,
+        cursors: BTreeMap<CollectionName, Option<Cursor>>,
+        replacing: BTreeSet<CollectionName>,
+    ) -> Result<(), Error> {
         let (pages_tx, mut pages_rx) = mpsc::channel(1);
         let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx)));
         while let Some(fetched) = pages_rx.recv().await {
