@@ -44,6 +44,22 @@ pub struct HttpTransport {
     token: RwLock<Option<String>>,
 }
 
+/// How an [`HttpTransport`] connects.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// The longest a push or pull request may take.
+    pub timeout: Duration,
+    /// PEM root certificates to trust for `https://` besides the platform's: a private
+    /// CA's (each entry may hold several certificates).
+    pub root_certificates_pem: Vec<Vec<u8>>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30), root_certificates_pem: Vec::new() }
+    }
+}
+
 /// How long the events stream may stay silent: four of the server's keep-alive periods.
 const EVENTS_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,12 +82,35 @@ impl HttpTransport {
     /// # Errors
     /// [`Error::Config`] when the HTTP client cannot be built.
     pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::with_options(base_url, HttpOptions { timeout, ..HttpOptions::default() })
+    }
+
+    /// A transport with `options`: the request timeout, and for `https://` the root
+    /// certificates to trust besides the platform's (a private CA).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a root certificate is not PEM or the client cannot be built.
+    pub fn with_options(base_url: &str, options: HttpOptions) -> Result<Self, Error> {
+        let mut roots = Vec::new();
+        for pem in &options.root_certificates_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Config { message: format!("root certificate: {e}") })?;
+            if certs.is_empty() {
+                return Err(Error::Config { message: "root certificate: no certificate in the PEM text".into() });
+            }
+            roots.extend(certs);
+        }
         let built = |b: reqwest::ClientBuilder| {
+            // rustls, with the platform's roots and the built-in Mozilla set, plus the app's own.
+            let b = roots
+                .iter()
+                .cloned()
+                .fold(b.use_rustls_tls().tls_built_in_root_certs(true), |b, cert| b.add_root_certificate(cert));
             b.connect_timeout(CONNECT_TIMEOUT)
                 .build()
                 .map_err(|e| Error::Config { message: format!("HTTP client: {e}") })
         };
-        let http = built(reqwest::Client::builder().timeout(timeout))?;
+        let http = built(reqwest::Client::builder().timeout(options.timeout))?;
         let events = built(reqwest::Client::builder().read_timeout(EVENTS_READ_TIMEOUT))?;
         Ok(Self { base: base_url.trim_end_matches('/').to_owned(), http, events, token: RwLock::new(None) })
     }
@@ -184,12 +223,29 @@ fn send_error(e: reqwest::Error) -> Error {
     if e.is_timeout() {
         Error::Transient { message: format!("timed out: {e}") }
     } else if e.is_connect() || e.is_request() {
-        Error::Unreachable { message: e.to_string() }
+        // reqwest's own text is only "error sending request"; the cause (refused, DNS,
+        // a certificate for another host) is down the chain.
+        Error::Unreachable { message: with_causes(&e) }
     } else if e.is_decode() || e.is_body() {
         Error::MalformedResponse { message: e.to_string() }
     } else {
         Error::Transient { message: e.to_string() }
     }
+}
+
+/// An error's text followed by its causes': `a: b: c`.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The client-side error for an error answer: 401 is [`Error::Unauthorized`], 429 and

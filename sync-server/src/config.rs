@@ -90,6 +90,8 @@ struct RawConfig {
     users: Vec<UserConfig>,
     #[serde(default)]
     collections: BTreeMap<String, CollectionConfig>,
+    #[serde(default)]
+    tls: Option<crate::tls::TlsFiles>,
 }
 
 fn default_listen() -> String {
@@ -130,6 +132,8 @@ pub struct ServerConfig {
     pub users: Vec<UserConfig>,
     /// Collections by name.
     pub collections: BTreeMap<CollectionName, CollectionConfig>,
+    /// Serve HTTPS with these files (None: plain HTTP, for local development).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -168,6 +172,7 @@ impl ServerConfig {
             max_json_depth: raw.max_json_depth,
             users: raw.users,
             collections,
+            tls: raw.tls,
         })
     }
 

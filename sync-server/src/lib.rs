@@ -39,5 +39,7 @@ pub mod router;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod tls;
 
 pub use error::ServerError;

@@ -17,6 +17,7 @@ use crate::router::{AppState, router};
 use crate::store::ServerStore;
 use crate::store::postgres::PgServerStore;
 use crate::store::sqlite::SqliteServerStore;
+use crate::tls::TlsListener;
 
 /// Opens the store a database URL names: `sqlite://path` (the embedded default) or
 /// `postgres://...` (several nodes).
@@ -38,14 +39,16 @@ pub async fn open_store(database: &str) -> Result<Arc<dyn ServerStore>, ServerEr
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
 
 impl RunningServer {
-    /// The base URL, `http://addr`.
+    /// The base URL, `http://addr` (or `https://addr` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting requests, lets running ones finish, and waits.
@@ -78,20 +81,46 @@ pub async fn start(
     let task = tokio::spawn(serve(listener, state, store, retention, async move {
         let _ = stopped.await;
     }));
-    Ok(RunningServer { addr, stop: Some(stop), task })
+    Ok(RunningServer { addr, scheme: "http", stop: Some(stop), task })
+}
+
+/// As [`start`], serving HTTPS with `tls` (from [`crate::tls::TlsFiles::server_config`]).
+///
+/// # Errors
+/// [`ServerError::Io`] when the address cannot be bound.
+pub async fn start_tls(
+    listen: &str,
+    state: AppState,
+    store: Arc<dyn ServerStore>,
+    retention: Duration,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<RunningServer, ServerError> {
+    let tcp =
+        TcpListener::bind(listen).await.map_err(|e| ServerError::Io { message: format!("bind {listen}: {e}") })?;
+    let listener = TlsListener::new(tcp, tls).map_err(|e| ServerError::Io { message: e.to_string() })?;
+    let addr = axum::serve::Listener::local_addr(&listener).map_err(|e| ServerError::Io { message: e.to_string() })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state, store, retention, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningServer { addr, scheme: "https", stop: Some(stop), task })
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.
 ///
 /// # Errors
 /// [`ServerError::Io`] when serving fails.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     mut state: AppState,
     store: Arc<dyn ServerStore>,
     retention: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+) -> Result<(), ServerError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let notifications = state.connect_notifications().await?;
     let purge = tokio::spawn(purge_loop(store, retention));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;

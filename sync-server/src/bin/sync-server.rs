@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use sync_server::config::ServerConfig;
 use sync_server::server::{from_config, serve};
+use sync_server::tls::TlsListener;
 
 /// offsync reference sync server.
 #[derive(Parser)]
@@ -36,8 +37,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let (state, store) = from_config(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, database = %config.database, "sync-server ready");
-    serve(listener, state, store, config.tombstone_retention, shutdown_signal()).await?;
+    let addr = listener.local_addr()?;
+    match &config.tls {
+        Some(files) => {
+            let tls = TlsListener::new(listener, files.server_config()?)?;
+            tracing::info!(listen = %addr, database = %config.database, "sync-server ready (https)");
+            serve(tls, state, store, config.tombstone_retention, shutdown_signal()).await?;
+        }
+        None => {
+            tracing::info!(listen = %addr, database = %config.database, "sync-server ready (plain http)");
+            serve(listener, state, store, config.tombstone_retention, shutdown_signal()).await?;
+        }
+    }
     tracing::info!("sync-server stopped");
     Ok(())
 }
