@@ -92,6 +92,8 @@ struct RawConfig {
     collections: BTreeMap<String, CollectionConfig>,
     #[serde(default)]
     tls: Option<crate::tls::TlsFiles>,
+    #[serde(default)]
+    jwt: Option<crate::jwt::JwtConfig>,
 }
 
 fn default_listen() -> String {
@@ -134,6 +136,9 @@ pub struct ServerConfig {
     pub collections: BTreeMap<CollectionName, CollectionConfig>,
     /// Serve HTTPS with these files (None: plain HTTP, for local development).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Accept JWT identity tokens (besides the static tokens of `users`), checked with
+    /// these keys (read and validated when the configuration is).
+    pub jwt: Option<std::sync::Arc<crate::jwt::JwtVerifier>>,
 }
 
 impl ServerConfig {
@@ -173,6 +178,7 @@ impl ServerConfig {
             users: raw.users,
             collections,
             tls: raw.tls,
+            jwt: raw.jwt.as_ref().map(crate::jwt::JwtVerifier::from_config).transpose()?.map(std::sync::Arc::new),
         })
     }
 

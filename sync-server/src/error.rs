@@ -24,6 +24,9 @@ pub enum ServerError {
         /// The limit.
         limit: usize,
     },
+    /// A JWT that verified but has expired (401 `token_expired`): refresh it.
+    #[error("token expired")]
+    TokenExpired,
     /// No valid bearer token (401).
     #[error("unauthorized: {message}")]
     Unauthorized {
@@ -73,7 +76,7 @@ impl ServerError {
     pub fn status(&self) -> u16 {
         match self {
             ServerError::BadRequest { .. } => 400,
-            ServerError::Unauthorized { .. } => 401,
+            ServerError::Unauthorized { .. } | ServerError::TokenExpired => 401,
             ServerError::PayloadTooLarge { .. } => 413,
             ServerError::Database { retryable: true, .. } => 503,
             ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => 500,
@@ -85,6 +88,7 @@ impl ServerError {
         match self {
             ServerError::BadRequest { code, .. } => code,
             ServerError::Unauthorized { .. } => "unauthorized",
+            ServerError::TokenExpired => "token_expired",
             ServerError::PayloadTooLarge { .. } => "body_too_large",
             ServerError::Database { retryable: true, .. } => "unavailable",
             ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => "internal",

@@ -32,6 +32,8 @@ pub mod error;
 #[cfg(feature = "server")]
 pub mod events;
 #[cfg(feature = "server")]
+pub mod jwt;
+#[cfg(feature = "server")]
 pub mod logic;
 #[cfg(feature = "server")]
 pub mod router;

@@ -81,6 +81,23 @@ impl AppState {
         self.user_for_token(token)
     }
 
+    /// The user of a JWT, when the server verifies them; nothing about why a token was
+    /// refused reaches the client but "expired" (so that it refreshes).
+    fn user_for_jwt(&self, token: &str) -> Option<Result<User, ServerError>> {
+        let verifier = self.config.jwt.as_ref()?;
+        // A static token has no dots; a JWT has exactly two.
+        if token.bytes().filter(|b| *b == b'.').count() != 2 {
+            return None;
+        }
+        Some(verifier.verify(token).map_err(|refusal| match refusal {
+            crate::jwt::Refusal::Expired => ServerError::TokenExpired,
+            crate::jwt::Refusal::Invalid(why) => {
+                tracing::debug!(reason = %why, "JWT refused");
+                ServerError::Unauthorized { message: "invalid token".into() }
+            }
+        }))
+    }
+
     /// Reads a JSON body within the size and depth limits.
     async fn json_body(&self, headers: &HeaderMap, body: Body) -> Result<Value, ServerError> {
         let limit = self.config.max_body_bytes;
@@ -152,6 +169,9 @@ impl AppState {
     /// # Errors
     /// [`ServerError::Unauthorized`] for an unknown token.
     pub fn user_for_token(&self, token: &str) -> Result<User, ServerError> {
+        if let Some(user) = self.user_for_jwt(token.trim()) {
+            return user;
+        }
         self.users_by_token_hash
             .get(&crate::config::token_sha256(token.trim()))
             .cloned()
