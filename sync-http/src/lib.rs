@@ -16,6 +16,7 @@
 //! # fn main() {}
 //! ```
 
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,7 +43,21 @@ pub struct HttpTransport {
     /// reopened.
     events: reqwest::Client,
     token: RwLock<Option<String>>,
+    /// The request coding the server said it decodes (its answers' `Accept-Encoding`).
+    server_decodes: AtomicU8,
+    /// Request body bytes sent, as they went on the wire.
+    sent_bytes: AtomicU64,
+    /// Whether to compress at all ([`HttpOptions::compression`]).
+    compression: bool,
 }
+
+/// What the server decodes, in `server_decodes`.
+const PLAIN: u8 = 0;
+const GZIP: u8 = 1;
+const ZSTD: u8 = 2;
+
+/// Request bodies smaller than this go uncompressed.
+const COMPRESS_ABOVE: usize = 1024;
 
 /// How an [`HttpTransport`] connects.
 #[derive(Debug, Clone)]
@@ -52,11 +67,14 @@ pub struct HttpOptions {
     /// PEM root certificates to trust for `https://` besides the platform's: a private
     /// CA's (each entry may hold several certificates).
     pub root_certificates_pem: Vec<Vec<u8>>,
+    /// Ask for compressed answers (zstd, gzip) and compress request bodies over 1 KiB
+    /// once the server has said it decodes them (default: yes).
+    pub compression: bool,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(30), root_certificates_pem: Vec::new() }
+        Self { timeout: Duration::from_secs(30), root_certificates_pem: Vec::new(), compression: true }
     }
 }
 
@@ -110,9 +128,63 @@ impl HttpTransport {
                 .build()
                 .map_err(|e| Error::Config { message: format!("HTTP client: {e}") })
         };
-        let http = built(reqwest::Client::builder().timeout(options.timeout))?;
+        let mut api = reqwest::Client::builder().timeout(options.timeout);
+        if !options.compression {
+            api = api.no_gzip().no_zstd();
+        }
+        let http = built(api)?;
         let events = built(reqwest::Client::builder().read_timeout(EVENTS_READ_TIMEOUT))?;
-        Ok(Self { base: base_url.trim_end_matches('/').to_owned(), http, events, token: RwLock::new(None) })
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+            events,
+            token: RwLock::new(None),
+            server_decodes: AtomicU8::new(PLAIN),
+            sent_bytes: AtomicU64::new(0),
+            compression: options.compression,
+        })
+    }
+
+    /// Request body bytes sent so far, compressed where they were.
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Notes which request codings the server decodes, from an answer's `Accept-Encoding`.
+    fn learn_codings(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(accepted) = headers.get(reqwest::header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let has = |coding: &str| accepted.split(',').any(|c| c.trim().eq_ignore_ascii_case(coding));
+        let best = if has("zstd") {
+            ZSTD
+        } else if has("gzip") {
+            GZIP
+        } else {
+            PLAIN
+        };
+        self.server_decodes.store(best, Ordering::Relaxed);
+    }
+
+    /// The body to send and its `Content-Encoding`: compressed once the server has said
+    /// it decodes a coding (no request is ever refused for its coding) and the body is
+    /// worth it.
+    fn encode(&self, json: Vec<u8>) -> (Vec<u8>, Option<&'static str>) {
+        if !self.compression || json.len() < COMPRESS_ABOVE {
+            return (json, None);
+        }
+        let compressed = match self.server_decodes.load(Ordering::Relaxed) {
+            ZSTD => zstd::encode_all(&json[..], 3).ok().map(|b| (b, "zstd")),
+            GZIP => {
+                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut encoder, &json).and_then(|()| encoder.finish()).ok().map(|b| (b, "gzip"))
+            }
+            _ => None,
+        };
+        match compressed {
+            Some((bytes, coding)) if bytes.len() < json.len() => (bytes, Some(coding)),
+            _ => (json, None),
+        }
     }
 
     fn token(&self) -> Option<String> {
@@ -132,7 +204,16 @@ impl HttpTransport {
         path: &str,
         body: &Req,
     ) -> Result<Resp, Error> {
-        let response = self.request(reqwest::Method::POST, path).json(body).send().await.map_err(send_error)?;
+        let json = serde_json::to_vec(body).map_err(|e| Error::Config { message: format!("request body: {e}") })?;
+        let (bytes, coding) = self.encode(json);
+        self.sent_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let mut request =
+            self.request(reqwest::Method::POST, path).header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(coding) = coding {
+            request = request.header(reqwest::header::CONTENT_ENCODING, coding);
+        }
+        let response = request.body(bytes).send().await.map_err(send_error)?;
+        self.learn_codings(response.headers());
         let status = response.status();
         let bytes = response.bytes().await.map_err(send_error)?;
         if status.is_success() {
@@ -274,6 +355,7 @@ impl Transport for HttpTransport {
 
     async fn probe(&self) -> Result<(), Error> {
         let response = self.request(reqwest::Method::GET, "/v1/health").send().await.map_err(send_error)?;
+        self.learn_codings(response.headers());
         let status = response.status().as_u16();
         if status == 200 {
             return Ok(());

@@ -24,6 +24,12 @@ pub enum ServerError {
         /// The limit.
         limit: usize,
     },
+    /// A request body in a content coding the server does not decode (415).
+    #[error("unsupported content encoding {encoding:?}")]
+    UnsupportedEncoding {
+        /// The coding as sent.
+        encoding: String,
+    },
     /// A JWT that verified but has expired (401 `token_expired`): refresh it.
     #[error("token expired")]
     TokenExpired,
@@ -78,6 +84,7 @@ impl ServerError {
             ServerError::BadRequest { .. } => 400,
             ServerError::Unauthorized { .. } | ServerError::TokenExpired => 401,
             ServerError::PayloadTooLarge { .. } => 413,
+            ServerError::UnsupportedEncoding { .. } => 415,
             ServerError::Database { retryable: true, .. } => 503,
             ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => 500,
         }
@@ -90,6 +97,7 @@ impl ServerError {
             ServerError::Unauthorized { .. } => "unauthorized",
             ServerError::TokenExpired => "token_expired",
             ServerError::PayloadTooLarge { .. } => "body_too_large",
+            ServerError::UnsupportedEncoding { .. } => "unsupported_encoding",
             ServerError::Database { retryable: true, .. } => "unavailable",
             ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => "internal",
         }

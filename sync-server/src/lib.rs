@@ -28,6 +28,8 @@
 pub mod config;
 #[cfg(feature = "server")]
 pub mod cursor;
+#[cfg(feature = "server")]
+pub mod encoding;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod events;

@@ -7,11 +7,14 @@ use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sync_core::{CollectionName, Cursor};
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{Role, ServerConfig};
 use crate::error::ServerError;
@@ -108,7 +111,9 @@ impl AppState {
         }
         let bytes: Bytes =
             axum::body::to_bytes(body, limit).await.map_err(|_| ServerError::PayloadTooLarge { limit })?;
-        self.parse_body(&bytes)
+        let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+        let decoded = crate::encoding::decode_body(encoding, &bytes, limit)?;
+        self.parse_body(&decoded)
     }
 
     /// Parses a request body within the size and depth limits (`max_body_bytes`,
@@ -144,6 +149,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
+        // Answers over 1 KiB in zstd or gzip, as the client accepts (never the event
+        // stream); every answer says which request codings the server decodes.
+        .layer(
+            CompressionLayer::new()
+                .no_br()
+                .no_deflate()
+                // The fastest levels: a pull page is made once per request, and the
+                // default levels made an initial sync several times slower.
+                .quality(CompressionLevel::Fastest)
+                .compress_when(DefaultPredicate::new().and(SizeAbove::new(crate::encoding::COMPRESS_ABOVE))),
+        )
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static(crate::encoding::ACCEPTED),
+        ))
         .with_state(Arc::new(state))
 }
 
