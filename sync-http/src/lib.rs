@@ -231,11 +231,12 @@ impl HttpTransport {
         tokio::spawn(async move {
             let backoff = Backoff::default();
             let mut failures = 0u32;
+            let mut connected_before = false;
             loop {
                 if notifier.is_closed() {
                     return;
                 }
-                match transport.read_events(&notifier).await {
+                match transport.read_events(&notifier, &mut connected_before).await {
                     Ok(()) => failures = 0,
                     Err(_) => failures = failures.saturating_add(1),
                 }
@@ -245,8 +246,15 @@ impl HttpTransport {
         })
     }
 
-    async fn read_events(&self, notifier: &ChangeNotifier) -> Result<(), Error> {
-        let mut builder = self.events.get(format!("{}/v1/events", self.base));
+    /// Reads one events stream until it ends. When it is not the first stream, the
+    /// client syncs once as soon as it is open: a change announced while the stream was
+    /// down would otherwise wait for the next trigger.
+    async fn read_events(&self, notifier: &ChangeNotifier, connected_before: &mut bool) -> Result<(), Error> {
+        // The device's own pushes are not announced back to it.
+        let mut builder = self
+            .events
+            .get(format!("{}/v1/events", self.base))
+            .query(&[("client_id", notifier.client_id().to_string())]);
         if let Some(token) = self.token() {
             builder = builder.bearer_auth(token);
         }
@@ -255,6 +263,9 @@ impl HttpTransport {
             let status = response.status().as_u16();
             let bytes = response.bytes().await.map_err(send_error)?;
             return Err(status_error(status, &bytes));
+        }
+        if std::mem::replace(connected_before, true) {
+            notifier.notify();
         }
         let mut body = response.bytes_stream();
         let mut parser = SseParser::default();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -209,7 +209,7 @@ impl AppState {
         let shape =
             || ServerError::bad_request("invalid_request", "expected {\"client_id\": string, \"mutations\": [..]}");
         let Value::Object(mut obj) = body else { return Err(shape()) };
-        obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?;
+        let client_id = obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?.to_owned();
         let Some(Value::Array(mutations)) = obj.remove("mutations") else { return Err(shape()) };
         if mutations.len() > self.config.max_batch {
             return Err(ServerError::bad_request(
@@ -217,7 +217,7 @@ impl AppState {
                 format!("{} mutations; at most {} per push", mutations.len(), self.config.max_batch),
             ));
         }
-        let job = PushJob { user: user.clone(), rules: self.rules.clone(), mutations };
+        let job = PushJob { user: user.clone(), rules: self.rules.clone(), mutations, client_id };
         let (results, touched) = self.store.push(job).await?;
         if self.publish_locally {
             self.hub.publish(touched);
@@ -286,8 +286,15 @@ async fn pull(
     Ok(Json(state.handle_pull(&user, &body).await?))
 }
 
-async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ServerError> {
+/// `GET /v1/events[?client_id=..]`: with the device's client id, the changes of its own
+/// pushes are not announced to it.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ServerError> {
     let user = state.authenticate(&headers)?;
     let collections: BTreeMap<_, _> = state.rules.collections.clone();
-    Ok(sse_for(user, collections, state.hub.subscribe()).into_response())
+    let client = params.get("client_id").cloned();
+    Ok(sse_for(user, client, collections, &state.hub).into_response())
 }

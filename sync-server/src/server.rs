@@ -122,6 +122,12 @@ where
     L::Addr: std::fmt::Debug,
 {
     let notifications = state.connect_notifications().await?;
+    // Open event streams end when shutdown begins; requests in flight finish.
+    let hub = state.hub().clone();
+    let shutdown = async move {
+        shutdown.await;
+        hub.close();
+    };
     let purge = tokio::spawn(purge_loop(store, retention));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     purge.abort();

@@ -178,7 +178,10 @@ async fn bench_backend(backend: &str, database: String, n: usize, pushes: usize)
                     "record_id": order(*i).id, "op": "upsert", "base_version": null, "data": order(*i)})
             })
             .collect();
-        store.push(PushJob { user: user.clone(), rules: rules.clone(), mutations: raw }).await.unwrap();
+        store
+            .push(PushJob { user: user.clone(), rules: rules.clone(), mutations: raw, client_id: "seed".into() })
+            .await
+            .unwrap();
     }
     let seeded = start.elapsed();
     println!(

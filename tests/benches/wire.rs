@@ -136,7 +136,10 @@ async fn main() {
                     "record_id": order(*i).id, "op": "upsert", "base_version": null, "data": order(*i)})
             })
             .collect();
-        store.push(PushJob { user: user.clone(), rules: rules.clone(), mutations: raw }).await.unwrap();
+        store
+            .push(PushJob { user: user.clone(), rules: rules.clone(), mutations: raw, client_id: "seed".into() })
+            .await
+            .unwrap();
     }
     let server = server::start("127.0.0.1:0", state, store, config.tombstone_retention).await.unwrap();
     println!(

@@ -155,7 +155,9 @@ pub(crate) struct UnitSpec {
 /// Timing and sizing options; the defaults suit a phone on a mobile network.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Quiet time after the last local write before the write trigger syncs.
+    /// Quiet time after the last local write before the write trigger syncs. The default
+    /// is none: an idle engine pushes a write at once, and writes made while a cycle runs
+    /// go out together in the next one, so a burst still makes few requests.
     pub debounce: Duration,
     /// Sync this often while online (None: no periodic trigger).
     pub interval: Option<Duration>,
@@ -176,7 +178,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(250),
+            debounce: Duration::ZERO,
             interval: None,
             sync_on_start: true,
             start_online: true,

@@ -257,6 +257,7 @@ pub(crate) struct NetStateView {
 /// notification" trigger). Cheap to clone; it never keeps the engine alive.
 #[derive(Clone)]
 pub struct ChangeNotifier {
+    client_id: ClientId,
     commands: mpsc::Sender<Command>,
     overflow: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
@@ -267,6 +268,12 @@ impl ChangeNotifier {
     pub fn notify(&self) {
         let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
         request(&self.commands, &self.overflow, command);
+    }
+
+    /// The engine's client id (a transport that follows the server's notifications
+    /// sends it, so that the server does not announce this device's own pushes to it).
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
     }
 
     /// True once the engine has shut down: the notifier's owner can stop listening.
@@ -427,6 +434,7 @@ impl Engine {
     /// stream): each `notify` triggers a sync. It does not keep the engine alive.
     pub fn change_notifier(&self) -> ChangeNotifier {
         ChangeNotifier {
+            client_id: self.shared.client_id.clone(),
             commands: self.shared.commands.clone(),
             overflow: self.shared.overflow.clone(),
             shutdown: self.shared.shutdown.clone(),

@@ -149,6 +149,8 @@ pub struct PushJob {
     pub rules: Arc<PushRules>,
     /// The raw mutations, in order.
     pub mutations: Vec<Value>,
+    /// The pushing device's `client_id`.
+    pub client_id: String,
 }
 
 impl PushJob {
@@ -159,6 +161,7 @@ impl PushJob {
             collections: &self.rules.collections,
             users: &self.rules.users,
             actions: &self.rules.actions,
+            client_id: &self.client_id,
         }
     }
 }
@@ -184,6 +187,8 @@ pub struct PushContext<'a> {
     pub users: &'a HashSet<String>,
     /// Action handlers by name.
     pub actions: &'a HashMap<String, Arc<dyn ActionHandler>>,
+    /// The pushing device's `client_id`.
+    pub client_id: &'a str,
 }
 
 /// A record write decided by a push, in order.
@@ -352,6 +357,8 @@ pub struct Touched {
     pub collection: CollectionName,
     /// The owner of the changed record.
     pub owner: String,
+    /// The device whose push changed it: its own event stream is not told (it knows).
+    pub client: Option<String>,
 }
 
 /// The server's storage. Object-safe; implementations: [`sqlite::SqliteServerStore`],
@@ -509,11 +516,15 @@ pub(crate) fn next_position(start: Position, last_sent: i64, more: bool, head: i
 }
 
 /// Touched collections of a plan, for notifications.
-pub(crate) fn touched(plan: &PushPlan) -> Vec<Touched> {
+pub(crate) fn touched(plan: &PushPlan, client: &str) -> Vec<Touched> {
     let set: HashSet<Touched> = plan
         .writes
         .iter()
-        .map(|w| Touched { collection: w.collection.clone(), owner: w.record.owner.clone() })
+        .map(|w| Touched {
+            collection: w.collection.clone(),
+            owner: w.record.owner.clone(),
+            client: Some(client.to_owned()),
+        })
         .collect();
     set.into_iter().collect()
 }

@@ -93,8 +93,9 @@ impl PgServerStore {
 fn forward(hub: &ChangeHub, payload: &str) {
     let Ok(t) = serde_json::from_str::<Value>(payload) else { return };
     let (Some(c), Some(o)) = (t["c"].as_str(), t["o"].as_str()) else { return };
+    let client = t["k"].as_str().map(str::to_owned);
     if let Ok(collection) = CollectionName::new(c) {
-        hub.publish(vec![Touched { collection, owner: o.to_owned() }]);
+        hub.publish(vec![Touched { collection, owner: o.to_owned(), client }]);
     }
 }
 
@@ -259,7 +260,7 @@ impl PushStatements for PgPush<'_> {
 
     async fn announce(&mut self, touched: &[Touched]) -> Result<(), ServerError> {
         for t in touched {
-            let payload = serde_json::json!({"c": t.collection.as_str(), "o": t.owner}).to_string();
+            let payload = serde_json::json!({"c": t.collection.as_str(), "o": t.owner, "k": t.client}).to_string();
             sqlx::query("SELECT pg_notify($1, $2)").bind(self.channel).bind(payload).execute(&mut *self.conn).await?;
         }
         Ok(())

@@ -75,7 +75,7 @@ pub(crate) async fn push_in(
     let current = parse_records(tx.records(&keys).await?)?;
     let floors = version_floors(tx.purged_versions().await?);
     let plan = plan_push(ctx, raw, ledger, current, &floors);
-    let touched = touched(&plan);
+    let touched = touched(&plan, ctx.client_id);
     if !plan.writes.is_empty() {
         let (rows, new_head) = positioned(&plan.writes, head);
         tx.write_records(&rows, Utc::now().timestamp_micros()).await?;
@@ -419,6 +419,7 @@ mod tests {
                 collections: &self.collections,
                 users: &self.users,
                 actions: &self.actions,
+                client_id: "device",
             };
             push_in(&mut self.feed, &ctx, &mutations).await.unwrap().0
         }
