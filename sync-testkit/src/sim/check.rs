@@ -414,9 +414,16 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
     let deletes_an_unsent_create = |index: usize| {
         let Some(create) = sent[..index].iter().rposition(|a| a.source == Source::Create) else { return false };
         let (from, to) = (sent[create].seq, sent[index].seq);
-        let sent_since = sent[create..index]
-            .iter()
-            .any(|a| thread.applied.iter().any(|applied| matches(&a.intent, applied, &collection, normalize)));
+        // Applications are matched by value, so an earlier intent with the same value
+        // (the record written, deleted elsewhere and created again with the same data)
+        // accounts for as many of them as it has copies; only applications beyond those
+        // show that something since the create reached the server.
+        let sent_since = sent[create..index].iter().any(|a| {
+            let applied =
+                thread.applied.iter().filter(|applied| matches(&a.intent, applied, &collection, normalize)).count();
+            let earlier_copies = sent[..create].iter().filter(|b| b.intent == a.intent).count();
+            applied > earlier_copies
+        });
         let heard_since = thread.events.iter().any(|e| {
             e.seq > from
                 && e.seq < to
