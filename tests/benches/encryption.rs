@@ -19,47 +19,21 @@ async fn main() {
 }
 
 #[cfg(feature = "encryption")]
+#[path = "shared/mod.rs"]
+mod shared;
+
+#[cfg(feature = "encryption")]
 mod bench {
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use serde::{Deserialize, Serialize};
-    use sync_core::{CollectionSpec, Engine, EngineOptions, LocalEntity, RecordId};
+    use sync_core::{CollectionSpec, Engine, EngineOptions};
     use sync_patterns::ConflictDetection;
     use sync_sqlite::{EncryptionKey, SqliteStore, SqliteStoreOptions};
     use sync_testkit::MemoryServer;
 
-    /// About 200 bytes of JSON, as in `local_write`.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    struct Order {
-        id: String,
-        site: String,
-        task: String,
-        status: String,
-        n: u64,
-    }
-
-    impl LocalEntity for Order {
-        const COLLECTION: &'static str = "work_orders";
-        fn id(&self) -> &str {
-            &self.id
-        }
-    }
-
-    fn order(n: u64) -> Order {
-        Order {
-            id: RecordId::generate().to_string(),
-            site: format!("Depot {n:06} north wing, second floor"),
-            task: format!("Replace the intake filter and log pressure readings #{n:08}"),
-            status: "open".into(),
-            n,
-        }
-    }
-
-    fn env(name: &str, default: usize) -> usize {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-    }
+    use super::shared::{Order, env, ms, order, percentile, us};
 
     fn options(encrypted: bool) -> SqliteStoreOptions {
         let encryption = encrypted.then(|| EncryptionKey::raw(&[0x5a; 32]).unwrap());
@@ -77,19 +51,6 @@ mod bench {
             .build()
             .await
             .unwrap()
-    }
-
-    fn percentile(sorted: &[Duration], p: f64) -> Duration {
-        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[i]
-    }
-
-    fn us(d: Duration) -> f64 {
-        d.as_secs_f64() * 1e6
-    }
-
-    fn ms(d: Duration) -> f64 {
-        d.as_secs_f64() * 1e3
     }
 
     pub async fn run() {

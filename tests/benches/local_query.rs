@@ -6,6 +6,10 @@
 //! default 300).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{env, percentile, us};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,10 +56,6 @@ fn order(n: u64) -> Order_ {
 /// The pause between a person's writes in the watch and write-with-watches figures.
 const PACE: Duration = Duration::from_millis(5);
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn options() -> EngineOptions {
     EngineOptions { start_online: false, sync_on_start: false, ..EngineOptions::default() }
 }
@@ -73,14 +73,6 @@ async fn engine(path: &Path, indexed: bool) -> Engine {
         .build()
         .await
         .unwrap()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 fn report(label: &str, mut ours: Vec<Duration>, mut raw: Vec<Duration>) {

@@ -5,47 +5,19 @@
 //! (`LOCAL_WRITE_N` single writes, default 5,000; `LOCAL_WRITE_BULK` rows, default 100,000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{Order, env, order, percentile, us};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
-use sync_core::{CollectionSpec, Engine, EngineOptions, LocalEntity, MutationId, RecordId};
+use sync_core::{CollectionSpec, Engine, EngineOptions, MutationId};
 use sync_patterns::ConflictDetection;
 use sync_sqlite::SqliteStore;
 use sync_testkit::MemoryServer;
-
-/// About 200 bytes of JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Order {
-    id: String,
-    site: String,
-    task: String,
-    status: String,
-    n: u64,
-}
-
-impl LocalEntity for Order {
-    const COLLECTION: &'static str = "work_orders";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-fn order(n: u64) -> Order {
-    Order {
-        id: RecordId::generate().to_string(),
-        site: format!("Depot {n:06} north wing, second floor"),
-        task: format!("Replace the intake filter and log pressure readings #{n:08}"),
-        status: "open".into(),
-        n,
-    }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 async fn engine(path: &Path) -> Engine {
     let store = SqliteStore::open(path).await.unwrap();
@@ -68,15 +40,6 @@ async fn raw(path: &Path) -> SqliteConnection {
     sqlx::query("PRAGMA journal_mode = WAL").execute(&mut conn).await.unwrap();
     sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut conn).await.unwrap();
     conn
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 #[tokio::main]

@@ -6,6 +6,10 @@
 //! measured, default 300).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{ms, percentile};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -73,14 +77,6 @@ async fn device(url: &str, dir: &std::path::Path, name: &str) -> (Engine, Arc<Co
         .unwrap();
     http.follow_events(engine.change_notifier());
     (engine, counted)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[tokio::main]

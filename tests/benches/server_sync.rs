@@ -11,14 +11,17 @@
 //! when `SYNC_TEST_POSTGRES_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{Order, env, order};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
-use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions, LocalEntity};
+use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions};
 use sync_http::HttpTransport;
 use sync_patterns::ConflictDetection;
 use sync_server::config::{ServerConfig, token_sha256};
@@ -26,36 +29,6 @@ use sync_server::logic::User;
 use sync_server::server::{self, from_config};
 use sync_server::store::{PushJob, PushRules};
 use sync_sqlite::SqliteStore;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Order {
-    id: String,
-    site: String,
-    task: String,
-    status: String,
-    n: u64,
-}
-
-impl LocalEntity for Order {
-    const COLLECTION: &'static str = "work_orders";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-fn order(n: u64) -> Order {
-    Order {
-        id: format!("order-{n:012}"),
-        site: format!("Depot {n:06} north wing, second floor"),
-        task: format!("Replace the intake filter and log pressure readings #{n:08}"),
-        status: "open".into(),
-        n,
-    }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 const TOKEN: &str = "bench-token";
 

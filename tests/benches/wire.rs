@@ -5,13 +5,16 @@
 //! Run with: `cargo bench -p offsync-tests --bench wire` (`WIRE_N` records, default 100,000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{Order, order};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions, LocalEntity};
+use sync_core::{AccountId, CollectionSpec, Credentials, Engine, EngineOptions};
 use sync_http::{HttpOptions, HttpTransport};
 use sync_patterns::ConflictDetection;
 use sync_server::config::{ServerConfig, token_sha256};
@@ -21,32 +24,6 @@ use sync_server::store::{PushJob, PushRules};
 use sync_sqlite::SqliteStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Order {
-    id: String,
-    site: String,
-    task: String,
-    status: String,
-    n: u64,
-}
-
-impl LocalEntity for Order {
-    const COLLECTION: &'static str = "work_orders";
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-fn order(n: u64) -> Order {
-    Order {
-        id: format!("order-{n:012}"),
-        site: format!("Depot {n:06} north wing, second floor"),
-        task: format!("Replace the intake filter and log pressure readings #{n:08}"),
-        status: "open".into(),
-        n,
-    }
-}
 
 const TOKEN: &str = "bench-token";
 
