@@ -56,6 +56,9 @@ const PLAIN: u8 = 0;
 const GZIP: u8 = 1;
 const ZSTD: u8 = 2;
 
+/// The header carrying a request's id, which the server logs and echoes.
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// Request bodies smaller than this go uncompressed.
 const COMPRESS_ABOVE: usize = 1024;
 
@@ -212,10 +215,30 @@ impl HttpTransport {
         if let Some(coding) = coding {
             request = request.header(reqwest::header::CONTENT_ENCODING, coding);
         }
-        let response = request.body(bytes).send().await.map_err(send_error)?;
-        self.learn_codings(response.headers());
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(send_error)?;
+        // The server logs this id with the request and echoes it: a device's log line
+        // and the server's can be matched.
+        let request_id = uuid::Uuid::now_v7().to_string();
+        tracing::Span::current().record("request_id", request_id.as_str());
+        let started = std::time::Instant::now();
+        let sent = bytes.len();
+        let request = request.header(REQUEST_ID, &request_id).body(bytes);
+        let answer = async {
+            let response = request.send().await.map_err(send_error)?;
+            self.learn_codings(response.headers());
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(send_error)?;
+            Ok::<_, Error>((status, bytes))
+        }
+        .await;
+        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (status, bytes) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::debug!(%request_id, path, sent, took_ms, %error, "request failed");
+                return Err(error);
+            }
+        };
+        tracing::debug!(%request_id, path, status = status.as_u16(), sent, received = bytes.len(), took_ms, "request answered");
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| Error::MalformedResponse { message: format!("{path}: {e}") });

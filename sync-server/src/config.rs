@@ -86,6 +86,10 @@ struct RawConfig {
     max_batch: usize,
     #[serde(default = "default_max_depth")]
     max_json_depth: usize,
+    #[serde(default = "default_max_event_streams")]
+    max_event_streams: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
     #[serde(default)]
     users: Vec<UserConfig>,
     #[serde(default)]
@@ -94,6 +98,23 @@ struct RawConfig {
     tls: Option<crate::tls::TlsFiles>,
     #[serde(default)]
     jwt: Option<crate::jwt::JwtConfig>,
+    #[serde(default)]
+    metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table: where `/metrics` is served. Off without it; with it, on a
+/// listener of its own (`listen`, for a private network or a sidecar), or on the main
+/// listener to holders of a token (`token_sha256`), or both. Never open to everyone on
+/// the public listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate address serving only `/metrics`, without a token.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The hex SHA-256 of the bearer token that may read `/metrics` on the main listener.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -114,6 +135,12 @@ fn default_max_batch() -> usize {
 fn default_max_depth() -> usize {
     32
 }
+fn default_max_connections() -> usize {
+    50_000
+}
+fn default_max_event_streams() -> usize {
+    crate::events::ChangeHub::DEFAULT_MAX_STREAMS
+}
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -130,6 +157,12 @@ pub struct ServerConfig {
     pub max_batch: usize,
     /// Deepest JSON nesting accepted in a request body.
     pub max_json_depth: usize,
+    /// Most event streams open at once; beyond, `GET /v1/events` is answered 503 with
+    /// `Retry-After`.
+    pub max_event_streams: usize,
+    /// Most connections open at once (lowered at start to what the open-files limit
+    /// allows); beyond, a new connection is answered 503 with `Retry-After` and closed.
+    pub max_connections: usize,
     /// Users by name.
     pub users: Vec<UserConfig>,
     /// Collections by name.
@@ -139,6 +172,8 @@ pub struct ServerConfig {
     /// Accept JWT identity tokens (besides the static tokens of `users`), checked with
     /// these keys (read and validated when the configuration is).
     pub jwt: Option<std::sync::Arc<crate::jwt::JwtVerifier>>,
+    /// Where `/metrics` is served (None: nowhere).
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl ServerConfig {
@@ -150,8 +185,12 @@ impl ServerConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ServerError::config(e.to_string()))?;
         let tombstone_retention = humantime::parse_duration(&raw.tombstone_retention)
             .map_err(|e| ServerError::config(format!("tombstone_retention {:?}: {e}", raw.tombstone_retention)))?;
-        if raw.max_batch == 0 || raw.max_body_bytes == 0 || raw.max_json_depth == 0 {
-            return Err(ServerError::config("max_batch, max_body_bytes and max_json_depth must be at least 1"));
+        if [raw.max_batch, raw.max_body_bytes, raw.max_json_depth, raw.max_connections, raw.max_event_streams]
+            .contains(&0)
+        {
+            return Err(ServerError::config(
+                "max_batch, max_body_bytes, max_json_depth, max_connections and max_event_streams must be at least 1",
+            ));
         }
         let mut collections = BTreeMap::new();
         for (name, c) in raw.collections {
@@ -163,9 +202,18 @@ impl ServerConfig {
             if !names.insert(u.name.as_str()) {
                 return Err(ServerError::config(format!("user {:?} is listed twice", u.name)));
             }
-            let ok = u.token_sha256.len() == 64 && u.token_sha256.chars().all(|c| c.is_ascii_hexdigit());
-            if !ok {
+            if !is_sha256_hex(&u.token_sha256) {
                 return Err(ServerError::config(format!("user {:?}: token_sha256 must be 64 hex digits", u.name)));
+            }
+        }
+        if let Some(m) = &raw.metrics {
+            if m.listen.is_none() && m.token_sha256.is_none() {
+                return Err(ServerError::config(
+                    "[metrics] needs `listen` (a listener of its own) or `token_sha256` (on the main listener)",
+                ));
+            }
+            if m.token_sha256.as_deref().is_some_and(|t| !is_sha256_hex(t)) {
+                return Err(ServerError::config("[metrics] token_sha256 must be 64 hex digits"));
             }
         }
         Ok(Self {
@@ -175,9 +223,12 @@ impl ServerConfig {
             max_body_bytes: raw.max_body_bytes,
             max_batch: raw.max_batch,
             max_json_depth: raw.max_json_depth,
+            max_event_streams: raw.max_event_streams,
+            max_connections: raw.max_connections,
             users: raw.users,
             collections,
             tls: raw.tls,
+            metrics: raw.metrics,
             jwt: raw.jwt.as_ref().map(crate::jwt::JwtVerifier::from_config).transpose()?.map(std::sync::Arc::new),
         })
     }
@@ -191,6 +242,10 @@ impl ServerConfig {
             .map_err(|e| ServerError::config(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml(&text)
     }
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// The hex SHA-256 of a token, as `token_sha256` holds it.

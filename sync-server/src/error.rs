@@ -47,6 +47,15 @@ pub enum ServerError {
         /// Whether the client should retry.
         retryable: bool,
     },
+    /// The server is at a limit it sets itself (503 with `Retry-After`): too many event
+    /// streams or connections open. Retrying later helps.
+    #[error("server busy: {message}")]
+    Overloaded {
+        /// Which limit.
+        message: String,
+        /// Seconds the client should wait before retrying.
+        retry_after_secs: u32,
+    },
     /// The listener or another I/O resource failed.
     #[error("i/o failure: {message}")]
     Io {
@@ -85,7 +94,7 @@ impl ServerError {
             ServerError::Unauthorized { .. } | ServerError::TokenExpired => 401,
             ServerError::PayloadTooLarge { .. } => 413,
             ServerError::UnsupportedEncoding { .. } => 415,
-            ServerError::Database { retryable: true, .. } => 503,
+            ServerError::Database { retryable: true, .. } | ServerError::Overloaded { .. } => 503,
             ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => 500,
         }
     }
@@ -99,6 +108,7 @@ impl ServerError {
             ServerError::PayloadTooLarge { .. } => "body_too_large",
             ServerError::UnsupportedEncoding { .. } => "unsupported_encoding",
             ServerError::Database { retryable: true, .. } => "unavailable",
+            ServerError::Overloaded { .. } => "overloaded",
             ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => "internal",
         }
     }
@@ -124,6 +134,11 @@ impl axum::response::IntoResponse for ServerError {
     fn into_response(self) -> axum::response::Response {
         let status =
             axum::http::StatusCode::from_u16(self.status()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        if let ServerError::Overloaded { retry_after_secs, .. } = &self {
+            tracing::warn!(error = %self, "request refused");
+            let retry_after = [(axum::http::header::RETRY_AFTER, retry_after_secs.to_string())];
+            return (status, retry_after, axum::Json(self.body())).into_response();
+        }
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }

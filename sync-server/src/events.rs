@@ -1,31 +1,121 @@
-//! Change notifications: a hub every push publishes to, and the SSE stream of
-//! `GET /v1/events`, filtered per user.
+//! Change notifications: a hub every push publishes to, routing each change only to the
+//! event streams (`GET /v1/events`) of users who may read it.
+//!
+//! An idle stream costs memory, not CPU: a change is handed to its readers' streams
+//! (looked up by the record's audience) and never to the others. Each stream holds the
+//! set of collections changed since it last wrote an event, so a burst of changes, or a
+//! slow reader, becomes one event naming the collections, never an unbounded queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use tokio::sync::broadcast;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio::sync::Notify;
 
 use sync_core::CollectionName;
 use sync_core::protocol::ChangeNotification;
 
-use crate::config::CollectionConfig;
-use crate::logic::{User, may_read};
+use crate::config::Access;
+use crate::logic::{Audience, User, audience};
 use crate::store::Touched;
 
-/// Fans change notifications out to every connected client.
+/// Routes change notifications to the event streams that may hear of them.
 #[derive(Debug, Clone)]
 pub struct ChangeHub {
-    sender: broadcast::Sender<Touched>,
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    routes: Mutex<Routes>,
+    /// Who reads each served collection; a change to any other collection is dropped.
+    access: RwLock<HashMap<CollectionName, Access>>,
+    /// Most streams open at once (beyond: [`ChangeHub::listen`] refuses).
+    max_streams: AtomicUsize,
     /// Set when the server stops: every event stream ends, so that a graceful shutdown
     /// does not wait forever for devices that hold their stream open.
     closing: tokio::sync::watch::Sender<bool>,
 }
+
+/// The open streams, indexed by who they belong to.
+#[derive(Debug, Default)]
+struct Routes {
+    next_id: u64,
+    /// Every stream (the audience of read-only collections).
+    all: HashMap<u64, Arc<Listener>>,
+    /// Streams by user name.
+    by_user: HashMap<String, HashMap<u64, Arc<Listener>>>,
+    /// Admins' streams (they read everything).
+    admins: HashMap<u64, Arc<Listener>>,
+}
+
+/// One open event stream.
+#[derive(Debug)]
+struct Listener {
+    /// The device's client id: changes of its own pushes are not announced to it.
+    client: Option<String>,
+    /// Collections changed since the stream last wrote an event.
+    pending: Mutex<BTreeSet<CollectionName>>,
+    wake: Notify,
+}
+
+impl Listener {
+    fn tell(&self, collection: &CollectionName) {
+        let newly = lock(&self.pending).insert(collection.clone());
+        if newly {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn next_change(&self) -> Vec<CollectionName> {
+        loop {
+            let names: Vec<_> = std::mem::take(&mut *lock(&self.pending)).into_iter().collect();
+            if !names.is_empty() {
+                return names;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// A registered stream; dropping it (the client went away) unregisters it.
+#[derive(Debug)]
+struct Registration {
+    hub: Arc<HubInner>,
+    id: u64,
+    user: User,
+    listener: Arc<Listener>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut routes = lock(&self.hub.routes);
+        routes.all.remove(&self.id);
+        if self.user.admin {
+            routes.admins.remove(&self.id);
+        }
+        if let Some(streams) = routes.by_user.get_mut(&self.user.name) {
+            streams.remove(&self.id);
+            if streams.is_empty() {
+                routes.by_user.remove(&self.user.name);
+            }
+        }
+    }
+}
+
+/// A mutex whose holder panicked still guards consistent data here (every critical
+/// section is a single insert or remove), so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Too many event streams are open: answer 503 and let the client retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamsFull;
 
 impl Default for ChangeHub {
     fn default() -> Self {
@@ -34,68 +124,209 @@ impl Default for ChangeHub {
 }
 
 impl ChangeHub {
-    /// A hub with room for 1,024 notifications per slow listener.
+    /// Most event streams a hub holds by default.
+    pub const DEFAULT_MAX_STREAMS: usize = 45_000;
+
+    /// A hub for up to [`Self::DEFAULT_MAX_STREAMS`] streams.
     pub fn new() -> Self {
-        let (sender, _) = broadcast::channel(1024);
+        Self::with_max_streams(Self::DEFAULT_MAX_STREAMS)
+    }
+
+    /// A hub for up to `max_streams` streams at once.
+    pub fn with_max_streams(max_streams: usize) -> Self {
         let (closing, _) = tokio::sync::watch::channel(false);
-        Self { sender, closing }
+        Self {
+            inner: Arc::new(HubInner {
+                routes: Mutex::new(Routes::default()),
+                access: RwLock::new(HashMap::new()),
+                max_streams: AtomicUsize::new(max_streams),
+                closing,
+            }),
+        }
+    }
+
+    /// The most streams open at once from now on (streams already open stay).
+    pub fn set_max_streams(&self, max_streams: usize) {
+        self.inner.max_streams.store(max_streams, Ordering::Relaxed);
+    }
+
+    /// The most streams open at once.
+    pub fn max_streams(&self) -> usize {
+        self.inner.max_streams.load(Ordering::Relaxed)
+    }
+
+    /// Sets the collections served and who reads them (the server does this once, from
+    /// its configuration).
+    pub fn serve<'a>(&self, collections: impl IntoIterator<Item = (&'a CollectionName, Access)>) {
+        let map = collections.into_iter().map(|(name, access)| (name.clone(), access)).collect();
+        *self.inner.access.write().unwrap_or_else(PoisonError::into_inner) = map;
     }
 
     /// Ends every event stream (the server is stopping).
     pub fn close(&self) {
-        self.closing.send_replace(true);
+        self.inner.closing.send_replace(true);
     }
 
     /// Completes when the hub is closed.
     pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
-        let mut closing = self.closing.subscribe();
+        let mut closing = self.inner.closing.subscribe();
         async move {
             let _ = closing.wait_for(|closed| *closed).await;
         }
     }
 
-    /// Publishes the collections a push touched.
+    /// The number of event streams open now.
+    pub fn open_streams(&self) -> usize {
+        lock(&self.inner.routes).all.len()
+    }
+
+    /// Hands each change to the streams of the users who may read it, except the stream
+    /// of the device that made it. Costs the number of receivers, not of open streams.
     pub fn publish(&self, touched: Vec<Touched>) {
-        for t in touched {
-            let _ = self.sender.send(t);
+        let access = self.inner.access.read().unwrap_or_else(PoisonError::into_inner);
+        let routes = lock(&self.inner.routes);
+        for t in &touched {
+            let Some(&collection_access) = access.get(&t.collection) else { continue };
+            let tell = |listener: &Arc<Listener>| {
+                if t.client.is_none() || listener.client != t.client {
+                    listener.tell(&t.collection);
+                }
+            };
+            match audience(collection_access, &t.owner) {
+                Audience::Everyone => routes.all.values().for_each(tell),
+                Audience::Owner(owner) => {
+                    if let Some(streams) = routes.by_user.get(owner) {
+                        streams.values().for_each(tell);
+                    }
+                    // An admin who owns the record was told above; telling twice is
+                    // harmless (the pending set holds the collection once).
+                    routes.admins.values().for_each(tell);
+                }
+            }
         }
     }
 
-    /// A listener for everything published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Touched> {
-        self.sender.subscribe()
+    /// Registers a stream for `user` (on the device `client`).
+    fn listen(&self, user: User, client: Option<String>) -> Result<Registration, StreamsFull> {
+        let listener = Arc::new(Listener { client, pending: Mutex::new(BTreeSet::new()), wake: Notify::new() });
+        let mut routes = lock(&self.inner.routes);
+        if routes.all.len() >= self.inner.max_streams.load(Ordering::Relaxed) {
+            return Err(StreamsFull);
+        }
+        routes.next_id += 1;
+        let id = routes.next_id;
+        routes.all.insert(id, listener.clone());
+        if user.admin {
+            routes.admins.insert(id, listener.clone());
+        }
+        routes.by_user.entry(user.name.clone()).or_default().insert(id, listener.clone());
+        drop(routes);
+        Ok(Registration { hub: self.inner.clone(), id, user, listener })
     }
 }
 
-/// The SSE response for one user: a `change` event per change they may read. A listener
-/// that falls behind is told that every collection changed, which is always safe.
+/// The SSE response for one user: a `change` event naming the collections changed
+/// (that they may read) since the previous event.
+///
+/// # Errors
+/// [`StreamsFull`] when the hub holds its most streams already.
 pub fn sse_for(
     user: User,
     client: Option<String>,
-    collections: BTreeMap<CollectionName, CollectionConfig>,
     hub: &ChangeHub,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
-    let receiver = hub.subscribe();
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, StreamsFull> {
+    let registration = hub.listen(user, client)?;
     let closed = hub.closed();
-    let all: Vec<CollectionName> = collections.keys().cloned().collect();
-    let stream = BroadcastStream::new(receiver).filter_map(move |item| {
-        let names = match item {
-            Ok(t) => {
-                let access = collections.get(&t.collection)?.access;
-                if !may_read(&user, access, &t.owner) {
-                    return None;
-                }
-                // The device that pushed the change has it already.
-                if client.is_some() && t.client == client {
-                    return None;
-                }
-                vec![t.collection]
-            }
-            Err(_lagged) => all.clone(),
-        };
-        let data = serde_json::to_string(&ChangeNotification { collections: names }).ok()?;
-        Some(Ok(Event::default().event("change").data(data)))
+    let stream = futures::stream::unfold(registration, |registration| async move {
+        let collections = registration.listener.next_change().await;
+        let data = serde_json::to_string(&ChangeNotification { collections }).unwrap_or_default();
+        Some((Ok(Event::default().event("change").data(data)), registration))
     });
     let stream = futures::StreamExt::take_until(stream, closed);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> CollectionName {
+        CollectionName::new(s).unwrap()
+    }
+
+    fn user(name: &str, admin: bool) -> User {
+        User { name: name.into(), admin }
+    }
+
+    fn touched(collection: &str, owner: &str, client: Option<&str>) -> Touched {
+        Touched { collection: name(collection), owner: owner.into(), client: client.map(str::to_owned) }
+    }
+
+    fn hub() -> ChangeHub {
+        let hub = ChangeHub::new();
+        hub.serve([(&name("orders"), Access::Owner), (&name("catalogue"), Access::ReadOnly)]);
+        hub
+    }
+
+    fn pending(r: &Registration) -> Vec<String> {
+        lock(&r.listener.pending).iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn a_change_reaches_exactly_the_streams_that_may_read_it() {
+        let hub = hub();
+        let alice = hub.listen(user("alice", false), Some("a1".into())).unwrap();
+        let alice_phone = hub.listen(user("alice", false), Some("a2".into())).unwrap();
+        let bob = hub.listen(user("bob", false), None).unwrap();
+        let admin = hub.listen(user("root", true), None).unwrap();
+
+        // Alice's own change, pushed from a1: her other device and admins hear of it.
+        hub.publish(vec![touched("orders", "alice", Some("a1"))]);
+        assert_eq!(pending(&alice), Vec::<String>::new(), "the pushing device is not told");
+        assert_eq!(pending(&alice_phone), vec!["orders"]);
+        assert_eq!(pending(&bob), Vec::<String>::new(), "bob may not read alice's orders");
+        assert_eq!(pending(&admin), vec!["orders"]);
+
+        // A catalogue change reaches everyone; an unknown collection reaches no one.
+        hub.publish(vec![touched("catalogue", "root", None), touched("secret", "bob", None)]);
+        assert_eq!(pending(&alice), vec!["catalogue"]);
+        assert_eq!(pending(&bob), vec!["catalogue"]);
+        assert_eq!(pending(&admin), vec!["catalogue", "orders"]);
+    }
+
+    #[test]
+    fn a_burst_folds_into_one_pending_set_and_streams_unregister_when_dropped() {
+        let hub = hub();
+        let alice = hub.listen(user("alice", false), None).unwrap();
+        for _ in 0..10_000 {
+            hub.publish(vec![touched("orders", "alice", None)]);
+        }
+        assert_eq!(pending(&alice), vec!["orders"]);
+        assert_eq!(hub.open_streams(), 1);
+        drop(alice);
+        assert_eq!(hub.open_streams(), 0);
+        assert!(lock(&hub.inner.routes).by_user.is_empty());
+    }
+
+    #[test]
+    fn streams_beyond_the_cap_are_refused() {
+        let hub = ChangeHub::with_max_streams(2);
+        let a = hub.listen(user("a", false), None).unwrap();
+        let _b = hub.listen(user("b", false), None).unwrap();
+        assert_eq!(hub.listen(user("c", false), None).err(), Some(StreamsFull));
+        drop(a);
+        assert!(hub.listen(user("c", false), None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_wakes_with_every_collection_changed_meanwhile() {
+        let hub = hub();
+        let alice = hub.listen(user("alice", true), None).unwrap();
+        let listener = alice.listener.clone();
+        let waiter = tokio::spawn(async move { listener.next_change().await });
+        tokio::task::yield_now().await;
+        hub.publish(vec![touched("orders", "bob", None), touched("catalogue", "root", None)]);
+        let names: Vec<String> = waiter.await.unwrap().iter().map(|c| c.to_string()).collect();
+        assert_eq!(names, vec!["catalogue", "orders"]);
+    }
 }

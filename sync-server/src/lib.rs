@@ -36,7 +36,11 @@ pub mod events;
 #[cfg(feature = "server")]
 pub mod jwt;
 #[cfg(feature = "server")]
+pub mod limits;
+#[cfg(feature = "server")]
 pub mod logic;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod router;
 #[cfg(feature = "server")]

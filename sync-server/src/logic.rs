@@ -223,9 +223,39 @@ pub fn conflict(current: Option<&StoredRecord>) -> MutationOutcome {
     MutationOutcome::Conflict { server }
 }
 
+/// Who may read a record: everyone (read-only collections), or its owner; admins read
+/// everything either way. Pulls check it per user and change notifications are routed
+/// by it, so the two can never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// Every user.
+    Everyone,
+    /// The user of this name (and admins).
+    Owner(&'a str),
+}
+
+impl Audience<'_> {
+    /// Whether `user` is in this audience.
+    pub fn includes(&self, user: &User) -> bool {
+        user.admin
+            || match self {
+                Audience::Everyone => true,
+                Audience::Owner(owner) => *owner == user.name,
+            }
+    }
+}
+
+/// The audience of a record owned by `owner` in a collection with `access`.
+pub fn audience(access: Access, owner: &str) -> Audience<'_> {
+    match access {
+        Access::ReadOnly => Audience::Everyone,
+        Access::Owner => Audience::Owner(owner),
+    }
+}
+
 /// Whether `user` may read a record owned by `owner` in a collection with `access`.
 pub fn may_read(user: &User, access: Access, owner: &str) -> bool {
-    user.admin || access == Access::ReadOnly || owner == user.name
+    audience(access, owner).includes(user)
 }
 
 /// The depth of a JSON value (a scalar is 1), computed without recursion.

@@ -1,12 +1,12 @@
 //! The axum router: `/v1/health`, `/v1/push`, `/v1/pull`, `/v1/events`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,12 +14,15 @@ use serde_json::{Value, json};
 use sync_core::{CollectionName, Cursor};
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::{Role, ServerConfig};
 use crate::error::ServerError;
 use crate::events::{ChangeHub, sse_for};
 use crate::logic::{User, WireResult, json_depth};
+use crate::metrics::Metrics;
 use crate::store::{ActionHandler, PullItem, PullJob, PullPage, PushJob, PushRules, ServerStore};
 
 /// Everything the handlers share.
@@ -33,6 +36,7 @@ pub struct AppState {
     hub: ChangeHub,
     /// False when the store forwards every node's notifications into the hub itself.
     publish_locally: bool,
+    metrics: Metrics,
 }
 
 impl AppState {
@@ -48,13 +52,29 @@ impl AppState {
             users: config.users.iter().map(|u| u.name.clone()).collect(),
             actions: HashMap::new(),
         });
-        Self { config, users_by_token_hash, rules, store, hub, publish_locally: true }
+        hub.serve(config.collections.iter().map(|(name, c)| (name, c.access)));
+        Self { config, users_by_token_hash, rules, store, hub, publish_locally: true, metrics: Metrics::new() }
     }
 
     /// Registers the server side of a custom action.
     pub fn action(mut self, name: impl Into<String>, handler: impl ActionHandler) -> Self {
         Arc::make_mut(&mut self.rules).actions.insert(name.into(), Arc::new(handler));
         self
+    }
+
+    /// The configuration it serves.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics text, with the gauges (open streams, pool use) read now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.hub.open_streams(), &self.store.pool_use())
     }
 
     /// The change hub every push's notifications go through.
@@ -141,12 +161,25 @@ impl AppState {
 
 /// Builds the router. Body limits are enforced by the handlers, so that a body over
 /// `max_body_bytes` gets the protocol's JSON error with status 413.
+///
+/// Every request carries an id (`x-request-id`: the client's, or a new UUID), which is
+/// in the request's tracing span and echoed in the answer, so a device's log and the
+/// server's can be matched.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    shared_router(Arc::new(state))
+}
+
+/// As [`router`], over state shared with others (the metrics listener's router).
+pub fn shared_router(state: Arc<AppState>) -> Router {
+    let mut routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/push", post(push))
         .route("/v1/pull", post(pull))
-        .route("/v1/events", get(events))
+        .route("/v1/events", get(events));
+    if state.config.metrics.as_ref().is_some_and(|m| m.token_sha256.is_some()) {
+        routes = routes.route("/metrics", get(metrics_with_token));
+    }
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         // Answers over 1 KiB in zstd or gzip, as the client accepts (never the event
@@ -164,7 +197,58 @@ pub fn router(state: AppState) -> Router {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static(crate::encoding::ACCEPTED),
         ))
-        .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span).on_response(DefaultOnResponse::new()))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// A router serving only `GET /metrics`, without a token: for `[metrics] listen`, an
+/// address of its own that only the operator's network reaches.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new().route("/metrics", get(metrics_open)).fallback(not_found).with_state(state)
+}
+
+/// The request's span: method, path and request id.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+}
+
+/// Counts the request in the metrics by the route it matched (`other` for none).
+async fn count_request(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics.request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+fn metrics_response(state: &AppState) -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.render_metrics()).into_response()
+}
+
+async fn metrics_open(State(state): State<Arc<AppState>>) -> Response {
+    metrics_response(&state)
+}
+
+/// `/metrics` on the main listener: only for the configured token.
+async fn metrics_with_token(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ServerError> {
+    let expected = state.config.metrics.as_ref().and_then(|m| m.token_sha256.as_deref());
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| crate::config::token_sha256(t.trim()));
+    match (expected, given) {
+        (Some(expected), Some(given)) if expected.eq_ignore_ascii_case(&given) => Ok(metrics_response(&state)),
+        _ => Err(ServerError::Unauthorized { message: "the metrics token is required".into() }),
+    }
 }
 
 async fn health() -> Json<Value> {
@@ -218,10 +302,13 @@ impl AppState {
             ));
         }
         let job = PushJob { user: user.clone(), rules: self.rules.clone(), mutations, client_id };
+        let count = job.mutations.len();
         let (results, touched) = self.store.push(job).await?;
         if self.publish_locally {
             self.hub.publish(touched);
         }
+        self.metrics.push_answered(&results);
+        tracing::debug!(user = %user.name, mutations = count, "push answered");
         Ok(PushAnswer { results })
     }
 
@@ -262,7 +349,10 @@ impl AppState {
             };
             items.push(PullItem { collection, access, cursor });
         }
-        self.store.pull(PullJob { user: user.clone(), items, limit }).await
+        let page = self.store.pull(PullJob { user: user.clone(), items, limit }).await?;
+        self.metrics.pulled(page.count);
+        tracing::debug!(user = %user.name, records = page.count, has_more = page.has_more, "pull answered");
+        Ok(page)
     }
 }
 
@@ -294,7 +384,10 @@ async fn events(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ServerError> {
     let user = state.authenticate(&headers)?;
-    let collections: BTreeMap<_, _> = state.rules.collections.clone();
     let client = params.get("client_id").cloned();
-    Ok(sse_for(user, client, collections, &state.hub).into_response())
+    let sse = sse_for(user, client, &state.hub).map_err(|_full| ServerError::Overloaded {
+        message: "too many event streams open".into(),
+        retry_after_secs: 30,
+    })?;
+    Ok(sse.into_response())
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
-use crate::router::{AppState, router};
+use crate::router::{AppState, metrics_router, shared_router};
 use crate::store::ServerStore;
 use crate::store::postgres::PgServerStore;
 use crate::store::sqlite::SqliteServerStore;
@@ -121,6 +121,14 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    // The node's own limits: as many open files as the system allows, connections
+    // capped below that, and a tenth of them kept free of event streams.
+    let open_files = crate::limits::raise_open_files_limit();
+    let connections = crate::limits::connection_cap(state.config().max_connections, open_files);
+    let streams = crate::limits::stream_cap(state.config().max_event_streams, connections);
+    state.hub().set_max_streams(streams);
+    tracing::info!(open_files, max_connections = connections, max_event_streams = streams, "limits in force");
+    let listener = crate::limits::Capped::new(listener, connections);
     let notifications = state.connect_notifications().await?;
     // Open event streams end when shutdown begins; requests in flight finish.
     let hub = state.hub().clone();
@@ -128,13 +136,35 @@ where
         shutdown.await;
         hub.close();
     };
+    let state = Arc::new(state);
+    let metrics = match state.config().metrics.as_ref().and_then(|m| m.listen.clone()) {
+        Some(listen) => Some(serve_metrics(&listen, state.clone()).await?),
+        None => None,
+    };
     let purge = tokio::spawn(purge_loop(store, retention));
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, shared_router(state)).with_graceful_shutdown(shutdown).await;
     purge.abort();
+    if let Some(task) = metrics {
+        task.abort();
+    }
     if let Some(task) = notifications {
         task.abort();
     }
     result.map_err(|e| ServerError::Io { message: e.to_string() })
+}
+
+/// Serves `/metrics` alone on `listen` in the background (`[metrics] listen`).
+async fn serve_metrics(listen: &str, state: Arc<AppState>) -> Result<JoinHandle<()>, ServerError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServerError::Io { message: format!("bind metrics listener {listen}: {e}") })?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Io { message: e.to_string() })?;
+    tracing::info!(listen = %addr, "metrics served at /metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, metrics_router(state)).await {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    }))
 }
 
 async fn purge_loop(store: Arc<dyn ServerStore>, retention: Duration) {
@@ -157,5 +187,6 @@ async fn purge_loop(store: Arc<dyn ServerStore>, retention: Duration) {
 /// As [`open_store`].
 pub async fn from_config(config: &ServerConfig) -> Result<(AppState, Arc<dyn ServerStore>), ServerError> {
     let store = open_store(&config.database).await?;
-    Ok((AppState::new(config.clone(), store.clone(), ChangeHub::new()), store))
+    let hub = ChangeHub::with_max_streams(config.max_event_streams);
+    Ok((AppState::new(config.clone(), store.clone(), hub), store))
 }

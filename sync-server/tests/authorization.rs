@@ -145,12 +145,43 @@ async fn events_tell_each_user_only_about_changes_they_may_read() {
         // The handler subscribed before it answered 200, so every later write is seen.
         s.push("bob-token", vec![upsert("work_orders", "b1", None, json!({}))]).await;
         s.push("root-token", vec![upsert("products", "p1", None, json!({}))]).await;
-        s.push("alice-token", vec![upsert("work_orders", "a1", None, json!({}))]).await;
-        // Bob's write came first; had it leaked, it would be the first event.
+        // Bob's write came first; had it leaked, the first event would name it (alone,
+        // or folded in with the products change when both were pending).
         assert_eq!(next_change(&mut stream, &mut buffer).await, json!({"collections": ["products"]}));
+        s.push("alice-token", vec![upsert("work_orders", "a1", None, json!({}))]).await;
         assert_eq!(next_change(&mut stream, &mut buffer).await, json!({"collections": ["work_orders"]}));
         // Root's write to Alice's record reaches Alice too.
         s.push("root-token", vec![upsert("work_orders", "a1", Some(1), json!({"by": "root"}))]).await;
         assert_eq!(next_change(&mut stream, &mut buffer).await, json!({"collections": ["work_orders"]}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_beyond_the_configured_cap_get_503_with_retry_after() {
+    for s in common::servers("max_event_streams = 2").await {
+        let open = |token: &'static str| s.http.get(format!("{}/v1/events", s.url)).bearer_auth(token).send();
+        let first = open("alice-token").await.unwrap();
+        let second = open("bob-token").await.unwrap();
+        assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+        let third = open("root-token").await.unwrap();
+        assert_eq!(third.status(), 503);
+        assert_eq!(third.headers()["retry-after"], "30");
+        let body: Value = third.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "overloaded");
+        // A stream that closes frees its place.
+        drop(first);
+        let again = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let resp = open("root-token").await.unwrap();
+                if resp.status() == 200 {
+                    return resp;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the closed stream's place was not freed");
+        assert_eq!(again.status(), 200);
+        drop(second);
     }
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::Shared;
 use super::builder::UnitSpec;
@@ -31,7 +33,26 @@ pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncRep
         push_total,
         answered: 0,
     };
-    let result = cycle.run().await;
+    // Every cycle is a span (push and pull requests are spans inside it, each with the
+    // request id the server logs), closed with its counts, duration and outcome.
+    let span = tracing::info_span!(
+        "sync_cycle",
+        unit = %unit.name,
+        pushed = Empty,
+        pulled = Empty,
+        conflicts = Empty,
+        rejected = Empty,
+        outcome = Empty,
+        duration_ms = Empty,
+    );
+    let started = std::time::Instant::now();
+    let result = cycle.run().instrument(span.clone()).await;
+    span.record("pushed", cycle.report.pushed);
+    span.record("pulled", cycle.report.pulled);
+    span.record("conflicts", cycle.report.conflicts);
+    span.record("rejected", cycle.report.rejected);
+    span.record("outcome", outcome(&result));
+    span.record("duration_ms", millis(started));
     shared.refresh_counts().await;
     let now = Utc::now();
     shared.status.send_modify(|s| {
@@ -125,9 +146,23 @@ impl Cycle<'_> {
                     )),
                 }
             }
+            let span = tracing::debug_span!(
+                "push",
+                mutations = wire.len(),
+                request_id = Empty,
+                applied = Empty,
+                conflicts = Empty,
+                rejected = Empty,
+                outcome = Empty,
+                duration_ms = Empty,
+            );
             if !wire.is_empty() {
                 let request = PushRequest { client_id: self.shared.client_id.clone(), mutations: wire };
-                let response = match self.shared.transport.push(&request).await {
+                let started = std::time::Instant::now();
+                let answer = self.shared.transport.push(&request).instrument(span.clone()).await;
+                span.record("outcome", outcome(&answer));
+                span.record("duration_ms", millis(started));
+                let response = match answer {
                     // The server's limits are smaller than our batch (body size or count):
                     // the same entries go again in halves; nothing was applied.
                     Err(Error::Rejected { status, code, .. })
@@ -158,6 +193,9 @@ impl Cycle<'_> {
             }
             let answered = outcomes.len() as u64;
             let applied = self.shared.store.record_push_results(outcomes, &self.shared.relations, Utc::now()).await?;
+            span.record("applied", applied.applied);
+            span.record("conflicts", applied.conflicts.len());
+            span.record("rejected", applied.rejected.len());
             for assigned in applied.renamed {
                 self.shared.record_changed(&assigned.collection, &assigned.server_id, Origin::Remote);
                 self.shared.emit(SyncEvent::RecordIdAssigned {
@@ -317,7 +355,8 @@ impl Cycle<'_> {
         replacing: BTreeSet<CollectionName>,
     ) -> Result<(), Error> {
         let (pages_tx, mut pages_rx) = mpsc::channel(1);
-        let fetcher = AbortOnDrop(tokio::spawn(fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx)));
+        let fetch = fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx);
+        let fetcher = AbortOnDrop(tokio::spawn(fetch.instrument(tracing::Span::current())));
         while let Some(fetched) = pages_rx.recv().await {
             let collections = &self.shared.collections;
             let decide =
@@ -381,7 +420,24 @@ async fn fetch_pages(
     let mut fresh = replacing.clone();
     loop {
         let request = pull_request(&shared, &cursors);
-        let page = match shared.transport.pull(&request).await {
+        let span = tracing::debug_span!(
+            "pull",
+            collections = request.collections.len(),
+            request_id = Empty,
+            records = Empty,
+            has_more = Empty,
+            outcome = Empty,
+            duration_ms = Empty,
+        );
+        let started = std::time::Instant::now();
+        let answer = shared.transport.pull(&request).instrument(span.clone()).await;
+        span.record("outcome", outcome(&answer));
+        span.record("duration_ms", millis(started));
+        if let Ok(response) = &answer {
+            span.record("records", response.changes.len());
+            span.record("has_more", response.has_more);
+        }
+        let page = match answer {
             Ok(response) => check_page(&shared, &requested, &mut cursors, &mut replacing, &mut fresh, response),
             Err(e) => Err(e),
         };
@@ -403,6 +459,19 @@ async fn fetch_pages(
             return;
         }
     }
+}
+
+/// A span's `outcome` field: `ok`, or the error's class.
+fn outcome<T>(result: &Result<T, Error>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) if e.is_retryable() => "retryable_error",
+        Err(_) => "error",
+    }
+}
+
+fn millis(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 fn pull_request(shared: &Shared, cursors: &BTreeMap<CollectionName, Option<Cursor>>) -> PullRequest {

@@ -361,6 +361,27 @@ pub struct Touched {
     pub client: Option<String>,
 }
 
+/// One database connection pool's use, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    /// Which pool (`writer`, `readers`, `main`).
+    pub pool: &'static str,
+    /// Connections open.
+    pub size: u32,
+    /// Of those, idle.
+    pub idle: u32,
+    /// The most it opens.
+    pub max: u32,
+}
+
+impl PoolUse {
+    /// The use of a sqlx pool.
+    pub fn of<DB: sqlx::Database>(pool: &'static str, p: &sqlx::Pool<DB>) -> Self {
+        let idle = u32::try_from(p.num_idle()).unwrap_or(u32::MAX);
+        Self { pool, size: p.size(), idle, max: p.options().get_max_connections() }
+    }
+}
+
 /// The server's storage. Object-safe; implementations: [`sqlite::SqliteServerStore`],
 /// [`postgres::PgServerStore`].
 ///
@@ -403,6 +424,11 @@ pub trait ServerStore: Send + Sync + 'static {
     async fn forward_notifications(&self, hub: &ChangeHub) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
         let _ = hub;
         Ok(None)
+    }
+
+    /// The use of the store's connection pools now (for the metrics); none by default.
+    fn pool_use(&self) -> Vec<PoolUse> {
+        Vec::new()
     }
 }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
 use super::{
-    Asker, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached, owner_filter,
+    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached, owner_filter,
     rolling_back_on_release,
 };
 use crate::error::ServerError;
@@ -95,6 +95,10 @@ fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, ServerError> {
 
 #[async_trait]
 impl ServerStore for SqliteServerStore {
+    fn pool_use(&self) -> Vec<PoolUse> {
+        vec![PoolUse::of("writer", &self.writer), PoolUse::of("readers", &self.readers)]
+    }
+
     async fn push(&self, job: PushJob) -> Result<(Vec<WireResult>, Vec<Touched>), ServerError> {
         let store = self.clone();
         detached(|asker| async move { store.push_now(&asker, &job.context(), &job.mutations).await }).await
