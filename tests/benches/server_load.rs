@@ -14,60 +14,27 @@
 //! - `LOAD_CLIENTS`: client counts (default `100,500`); `LOAD_SECONDS`: per run (default 20).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shared::ServerProcess;
 use sync_server::config::token_sha256;
 
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `binary` on a fresh SQLite file with `users` users `u0..`, tokens `t0..`.
-fn start(binary: &str, users: usize) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = format!(
-        "database = \"sqlite://{}\"\nlisten = \"127.0.0.1:0\"\n[collections.work_orders]\naccess = \"owner\"\n",
-        dir.path().join("server.db").display()
+fn start(binary: &str, users: usize) -> ServerProcess {
+    let mut config = String::from(
+        "database = \"sqlite://{dir}/server.db\"\nlisten = \"127.0.0.1:0\"\n[collections.work_orders]\naccess = \"owner\"\n",
     );
     for u in 0..users {
         config
             .push_str(&format!("[[users]]\nname = \"u{u}\"\ntoken_sha256 = \"{}\"\n", token_sha256(&format!("t{u}"))));
     }
-    let path = dir.path().join("server.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(binary)
-        .args(["--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "warn,sync_server=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {binary}: {e} (build it with cargo build --release -p sync-server)"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited before it was ready").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining the server's output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url: format!("http://{addr}"), _dir: dir }
+    ServerProcess::start(binary, &config)
 }
 
 #[derive(Default)]
@@ -170,8 +137,7 @@ async fn run(binary: &str, clients: usize, seconds: u64) -> Figures {
 }
 
 fn main() {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
-    let default = format!("current={}", workspace.join("target/release/sync-server").display());
+    let default = format!("current={}", shared::release_server_binary());
     let servers: Vec<(String, String)> = std::env::var("LOAD_SERVERS")
         .unwrap_or(default)
         .split(',')
