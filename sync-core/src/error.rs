@@ -209,6 +209,14 @@ pub enum Error {
         /// The unit.
         unit: String,
     },
+    /// Another process that opened the same store (an app and its sync service) is
+    /// syncing it now: it pushes this process's queued writes too. This engine tries
+    /// again itself when that process's lease lapses (it died) or the next trigger comes.
+    #[error("another process is syncing this store (its lease lapses at {until})")]
+    SyncedElsewhere {
+        /// When the other process's lease lapses unless renewed.
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// The engine has shut down.
     #[error("the sync engine has shut down")]
     Shutdown,

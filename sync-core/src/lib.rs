@@ -55,6 +55,7 @@ pub mod engine;
 pub mod entity;
 pub mod error;
 pub mod ids;
+pub mod lease;
 pub mod pattern;
 pub mod persistence;
 pub mod protocol;

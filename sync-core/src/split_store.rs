@@ -68,6 +68,24 @@ impl LocalStore for SplitStore {
         self.disk.save_token(token).await
     }
 
+    // Other processes can only share the disk side.
+    async fn acquire_sync_lease(
+        &self,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<crate::lease::LeaseOutcome, Error> {
+        self.disk.acquire_sync_lease(holder, now, ttl).await
+    }
+
+    async fn release_sync_lease(&self, holder: &str) -> Result<(), Error> {
+        self.disk.release_sync_lease(holder).await
+    }
+
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.disk.external_changes()
+    }
+
     async fn saved_token(&self) -> Result<Option<String>, Error> {
         self.disk.saved_token().await
     }

@@ -148,6 +148,9 @@ pub enum SyncEvent {
         /// Whether it will be retried without the app's help.
         retryable: bool,
     },
+    /// Another process that opened the same store committed changes to it (which
+    /// records is not known): live queries run again.
+    StoreChangedElsewhere,
     /// A record changed in the local store.
     RecordChanged {
         /// The collection.

@@ -458,6 +458,39 @@ pub trait LocalStore: Send + Sync + 'static {
         Ok(self.query(&all).await?.len() as u64)
     }
 
+    /// Takes or renews the store's sync lease for `holder` until `now + ttl`, unless
+    /// another holder's lease is still live ([`crate::lease::decide_lease`]). Stores that
+    /// several processes can open keep it in the store; the default (a store only this
+    /// process can open) always grants it.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn acquire_sync_lease(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<crate::lease::LeaseOutcome, Error> {
+        let _ = (holder, now, ttl);
+        Ok(crate::lease::LeaseOutcome::Held)
+    }
+
+    /// Gives the sync lease back if `holder` holds it (nothing otherwise).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn release_sync_lease(&self, holder: &str) -> Result<(), Error> {
+        let _ = holder;
+        Ok(())
+    }
+
+    /// A signal that changes whenever another process commits to this store, for stores
+    /// that several processes can open (None: only this process writes it, the default).
+    /// The engine then re-runs its live queries and pushes what the other process queued.
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Drops `collection`'s declared indexes for a bulk load (a first download): building
     /// an index once over sorted data is cheaper than keeping it up to date row by row.
     /// The engine puts them back with [`LocalStore::ensure_indexes`] when the load ends,

@@ -31,7 +31,9 @@ mod conflicts;
 mod device;
 mod encryption;
 mod errors;
+mod external;
 mod indexes;
+mod lease;
 mod pull;
 mod push;
 mod query_sql;
@@ -109,6 +111,8 @@ pub struct SqliteStore {
     path: Option<Arc<PathBuf>>,
     /// Opened with an encryption key (SQLCipher).
     encrypted: bool,
+    /// The signal of other processes' commits, started when the engine first asks.
+    external: Arc<std::sync::OnceLock<Option<external::ExternalWatch>>>,
 }
 
 /// A connection to read through: a pooled reader, or the writer for in-memory stores.
@@ -211,6 +215,7 @@ impl SqliteStore {
             reader: Some(reader),
             path: Some(Arc::new(path.as_ref().to_path_buf())),
             encrypted: keyed,
+            external: Arc::default(),
         })
     }
 
@@ -226,7 +231,13 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new().in_memory(true).pragma("temp_store", "MEMORY");
         let mut conn = SqliteConnection::connect_with(&options).await.map_err(storage)?;
         migrate(&mut conn).await?;
-        Ok(Self { writer: Arc::new(Mutex::new(Some(conn))), reader: None, path: None, encrypted: false })
+        Ok(Self {
+            writer: Arc::new(Mutex::new(Some(conn))),
+            reader: None,
+            path: None,
+            encrypted: false,
+            external: Arc::default(),
+        })
     }
 
     /// The writer, out of any transaction a cancelled call left open.

@@ -9,7 +9,7 @@ use sync_core::store::{
 };
 use sync_core::{AccountId, ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 
-use crate::{SqliteStore, accounts, conflicts, indexes, pull, push, reads, renames, writes};
+use crate::{SqliteStore, accounts, conflicts, external, indexes, lease, pull, push, reads, renames, writes};
 
 #[async_trait]
 impl LocalStore for SqliteStore {
@@ -71,6 +71,23 @@ impl LocalStore for SqliteStore {
 
     async fn count(&self, query: &Query) -> Result<u64, Error> {
         reads::count(self, query).await
+    }
+
+    async fn acquire_sync_lease(
+        &self,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<sync_core::lease::LeaseOutcome, Error> {
+        lease::acquire(self, holder, now, ttl).await
+    }
+
+    async fn release_sync_lease(&self, holder: &str) -> Result<(), Error> {
+        lease::release(self, holder).await
+    }
+
+    fn external_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        external::subscribe(self)
     }
 
     async fn suspend_indexes(&self, collection: &CollectionName) -> Result<(), Error> {

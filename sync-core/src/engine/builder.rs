@@ -24,6 +24,9 @@ use super::{Engine, Parts};
 /// one `sync_now`, the start, reconnect, interval and local-write triggers run.
 pub const ALL_UNIT: &str = "all";
 
+/// The reserved unit that only pushes, every collection.
+pub(crate) const PUSH_UNIT: &str = "all:push";
+
 /// Checks that a JSON value deserializes into the collection's entity type.
 pub(crate) type Validator = fn(&Value) -> Result<(), String>;
 
@@ -173,6 +176,10 @@ pub struct EngineOptions {
     pub backoff: Backoff,
     /// How many events a subscriber may fall behind before it loses the oldest.
     pub event_capacity: usize,
+    /// How long this engine's hold on a store shared by several processes lasts without
+    /// renewal (renewed every third of it while a cycle runs). A process that dies
+    /// mid-cycle blocks the others' syncing for at most this long.
+    pub sync_lease: Duration,
 }
 
 impl Default for EngineOptions {
@@ -186,6 +193,7 @@ impl Default for EngineOptions {
             pull_limit: 1000,
             backoff: Backoff::default(),
             event_capacity: 1024,
+            sync_lease: Duration::from_secs(30),
         }
     }
 }
@@ -381,6 +389,17 @@ impl EngineBuilder {
                 direction: Direction::Both,
             },
         );
+        // Pushes what another process sharing the store queued (no pull: a pull that
+        // brings nothing still writes its cursor, and two processes would wake each
+        // other forever).
+        units.insert(
+            PUSH_UNIT.to_owned(),
+            UnitSpec {
+                name: PUSH_UNIT.to_owned(),
+                collections: collections.keys().cloned().collect(),
+                direction: Direction::Push,
+            },
+        );
         for unit in self.units {
             let mut names = BTreeSet::new();
             for c in &unit.collections {
@@ -402,7 +421,10 @@ impl EngineBuilder {
             };
             if units.insert(unit.name.clone(), spec).is_some() {
                 return Err(Error::Config {
-                    message: format!("sync unit {:?} is defined twice (or is the reserved {ALL_UNIT:?})", unit.name),
+                    message: format!(
+                        "sync unit {:?} is defined twice (or is a reserved one, {ALL_UNIT:?} or {PUSH_UNIT:?})",
+                        unit.name
+                    ),
                 });
             }
         }

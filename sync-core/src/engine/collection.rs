@@ -521,6 +521,7 @@ impl<E: LocalEntity> Watcher<E> {
                     ids.push(id);
                     break;
                 }
+                Ok(SyncEvent::StoreChangedElsewhere) => return Burst::Rerun,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => return Burst::Rerun,
                 Err(broadcast::error::RecvError::Closed) => return Burst::Closed,
@@ -531,6 +532,7 @@ impl<E: LocalEntity> Watcher<E> {
                 Ok(SyncEvent::RecordChanged { collection, id, .. }) if collection == self.collection.entry.name => {
                     ids.push(id);
                 }
+                Ok(SyncEvent::StoreChangedElsewhere) => return Burst::Rerun,
                 Ok(_) => {}
                 Err(broadcast::error::TryRecvError::Lagged(_)) => return Burst::Rerun,
                 Err(_) => break,

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::Utc;
+use std::convert::Infallible;
 use tokio::sync::mpsc;
+
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -12,6 +14,7 @@ use super::Shared;
 use super::builder::UnitSpec;
 use crate::error::Error;
 use crate::ids::{CollectionName, Cursor, RecordId};
+use crate::lease::LeaseOutcome;
 use crate::pattern::{LocalRecordState, PullAction, PullMode};
 use crate::protocol::{
     Change, MutationOutcome, Op, PullRequest, PullResponse, PushRequest, ServerRecord, WireMutation,
@@ -20,8 +23,29 @@ use crate::status::{Origin, Phase, SyncEvent, SyncReport};
 use crate::store::{CollectionPage, OutboxEntry};
 
 /// Runs one cycle and keeps the status and events true whatever the outcome.
+///
+/// The cycle holds the store's sync lease (see [`crate::lease`]): one process of the
+/// device syncs a store that several open at a time. When another holds it, the cycle
+/// fails at once with [`Error::SyncedElsewhere`] (and the driver tries again when that
+/// lease lapses). The lease is renewed while the
+/// cycle runs and given back before the final status is published.
 pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncReport, Error> {
     shared.emit(SyncEvent::CycleStarted { unit: unit.name.clone() });
+    let ttl = shared.options.sync_lease;
+    let holder = shared.lease_holder.as_str();
+    let refused = match shared.store.acquire_sync_lease(holder, Utc::now(), ttl).await {
+        Ok(LeaseOutcome::Held) => None,
+        Ok(LeaseOutcome::HeldElsewhere { until }) => Some(Error::SyncedElsewhere { until }),
+        Err(error) => Some(error),
+    };
+    if let Some(error) = refused {
+        shared.emit(SyncEvent::CycleFailed {
+            unit: unit.name.clone(),
+            error: error.to_string(),
+            retryable: error.is_retryable(),
+        });
+        return Err(error);
+    }
     let push_total = shared.store.counts().await.map(|c| c.pending).unwrap_or(0);
     shared.status.send_modify(|s| {
         s.phase = Phase::Syncing { unit: unit.name.clone(), pushed: 0, push_total, pulled: 0 };
@@ -46,7 +70,13 @@ pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncRep
         duration_ms = Empty,
     );
     let started = std::time::Instant::now();
-    let result = cycle.run().instrument(span.clone()).await;
+    let result = tokio::select! {
+        result = cycle.run().instrument(span.clone()) => result,
+        never = renew_lease(&*shared.store, holder, ttl) => match never {},
+    };
+    if let Err(e) = shared.store.release_sync_lease(holder).await {
+        tracing::debug!(error = %e, "the sync lease could not be given back; it lapses by itself");
+    }
     span.record("pushed", cycle.report.pushed);
     span.record("pulled", cycle.report.pulled);
     span.record("conflicts", cycle.report.conflicts);
@@ -457,6 +487,16 @@ async fn fetch_pages(
         let cursor = cursors.get(&collection).cloned().flatten();
         if pages.send(Ok(Fetched::Replaced(collection, cursor))).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Renews the sync lease every third of its time to live, for as long as it is polled.
+async fn renew_lease(store: &dyn crate::store::LocalStore, holder: &str, ttl: std::time::Duration) -> Infallible {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        if let Err(e) = store.acquire_sync_lease(holder, Utc::now(), ttl).await {
+            tracing::warn!(error = %e, "the sync lease could not be renewed");
         }
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
+use super::builder::PUSH_UNIT;
 use super::{ALL_UNIT, Shared};
 use crate::error::Error;
 use crate::status::{AuthState, SyncEvent, SyncReport};
@@ -17,6 +18,10 @@ type Reply = oneshot::Sender<Result<SyncReport, Error>>;
 /// Local writes update the status counts at most this often: reading them after every
 /// write would put a query beside each write and spoil its latency.
 const COUNTS_THROTTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A retry after another process's sync lease waits this much past its lapse, so that
+/// the lease has surely lapsed when it is asked for again.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the handle asks of the driver.
 pub(crate) enum Command {
@@ -64,10 +69,21 @@ pub(crate) fn spawn(
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, commands: mpsc::Receiver<Command>, shutdown: watch::Receiver<bool>) {
+        self.run_until_shutdown(commands, shutdown).await;
+        // A cycle cut short by the shutdown leaves the lease held; give it back so that
+        // another process sharing the store need not wait for it to lapse.
+        if let Err(e) = self.shared.store.release_sync_lease(&self.shared.lease_holder).await {
+            tracing::debug!(error = %e, "the sync lease could not be given back; it lapses by itself");
+        }
+    }
+
+    async fn run_until_shutdown(&mut self, mut commands: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
+        // Commits by another process sharing the store (None: nobody else writes it).
+        let mut external = self.shared.store.external_changes();
         self.shared.refresh_counts().await;
         if self.shared.options.sync_on_start {
             self.enqueue(ALL_UNIT.to_owned(), None, false, false);
@@ -103,6 +119,13 @@ impl Driver {
                     None => return,
                 },
                 () = self.shared.overflow.notified() => self.handle(Command::Reconnected),
+                changed = external_change(&mut external), if external.is_some() => {
+                    if changed {
+                        self.changed_elsewhere().await;
+                    } else {
+                        external = None;
+                    }
+                }
                 () = self.shared.local_writes.notified() => {
                     // The quiet period counts from the write itself, not from when this
                     // task got to it (it may have been busy with a cycle).
@@ -188,6 +211,16 @@ impl Driver {
         }
     }
 
+    /// Another process committed to the store: live queries run again, the counts are
+    /// read, and what that process queued is pushed (it may not be syncing itself).
+    async fn changed_elsewhere(&mut self) {
+        self.shared.emit(SyncEvent::StoreChangedElsewhere);
+        self.shared.refresh_counts().await;
+        if self.shared.status.borrow().pending > 0 {
+            self.enqueue(PUSH_UNIT.to_owned(), None, false, false);
+        }
+    }
+
     async fn run_cycle(&mut self, unit_name: &str) -> Result<SyncReport, Error> {
         let Some(unit) = self.shared.units.get(unit_name).cloned() else {
             return Err(Error::Config { message: format!("unknown sync unit {unit_name:?}") });
@@ -206,6 +239,12 @@ impl Driver {
             Err(Error::Unreachable { .. }) => {
                 self.shared.update_net(|n| n.reachable = false);
                 self.schedule(Retry::Probe);
+            }
+            // Another process sharing the store syncs it now (and pushes what this one
+            // queued): try again when its lease lapses, in case it died.
+            Err(Error::SyncedElsewhere { until }) => {
+                let wait = (*until - chrono::Utc::now()).to_std().unwrap_or_default();
+                self.retry = Some((Instant::now() + wait + LEASE_MARGIN, Retry::Rerun(unit.name.clone())));
             }
             Err(error) if error.is_retryable() => self.schedule(Retry::Rerun(unit.name.clone())),
             Err(_) => {}
@@ -289,6 +328,14 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Waits for the next commit by another process; false when the signal has ended.
+async fn external_change(external: &mut Option<watch::Receiver<u64>>) -> bool {
+    match external {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -120,6 +120,9 @@ pub(crate) struct Shared {
     last_local_write: Mutex<Option<tokio::time::Instant>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     net: Mutex<NetState>,
+    /// This engine instance's name on the store's sync lease (unique per process and
+    /// engine, unlike the client id, which the processes sharing a store share).
+    pub(crate) lease_holder: String,
 }
 
 impl Shared {
@@ -369,6 +372,7 @@ impl Engine {
             last_local_write: Mutex::new(None),
             shutdown: shutdown_rx.clone(),
             net: Mutex::new(net),
+            lease_holder: uuid::Uuid::now_v7().to_string(),
         });
         let driver = driver::spawn(shared.clone(), command_rx, shutdown_rx);
         Self { shared, lifetime: Arc::new(Lifetime { shutdown, driver: Mutex::new(Some(driver)) }) }
