@@ -44,6 +44,8 @@ pub mod metrics;
 #[cfg(feature = "server")]
 pub mod router;
 #[cfg(feature = "server")]
+pub mod rules;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
