@@ -312,3 +312,29 @@ async fn a_collection_with_server_ids_stores_creates_under_ids_of_its_own() {
         assert!(body["results"][0].get("record_id").is_none(), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_request_id_given_or_a_new_one() {
+    for s in common::servers("").await {
+        let given = "0192f5e4-1111-7aaa-8bbb-123456789abc";
+        let resp = s
+            .http
+            .post(format!("{}/v1/pull", s.url))
+            .bearer_auth("alice-token")
+            .header("x-request-id", given)
+            .json(&json!({"client_id": "c", "collections": {"work_orders": null}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"], given);
+        // Without one, the server makes one (a UUID), also on refusals.
+        let mut seen = std::collections::BTreeSet::new();
+        for path in ["/v1/health", "/v1/push", "/no/such/path"] {
+            let resp = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
+            let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{path}: {id}");
+            assert!(seen.insert(id), "request ids repeat");
+        }
+    }
+}
