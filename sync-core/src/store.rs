@@ -437,14 +437,15 @@ pub trait LocalStore: Send + Sync + 'static {
     /// [`Error::Storage`].
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error>;
 
-    /// Those of `ids` that match the query's filter (its order, limit, offset and keyset
-    /// position ignored): how a live query tells whether a change can affect it without
-    /// running it. The default runs the query; a store can look the ids up directly.
+    /// Those of `ids` that match the query's filter and follow its keyset position, if it
+    /// has one (its order, limit and offset ignored): how a live query tells whether a
+    /// change can affect it without running it. The default runs the query; a store can
+    /// look the ids up directly.
     ///
     /// # Errors
     /// [`Error::Storage`].
     async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {
-        let all = Query { limit: None, offset: None, after: None, ..query.clone() };
+        let all = Query { limit: None, offset: None, ..query.clone() };
         let wanted: std::collections::HashSet<&RecordId> = ids.iter().collect();
         Ok(self.query(&all).await?.into_iter().map(|r| r.id).filter(|id| wanted.contains(id)).collect())
     }

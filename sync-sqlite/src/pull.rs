@@ -65,7 +65,8 @@ pub(crate) async fn finish_replacement(
     let mut after = String::new();
     loop {
         let rows = sqlx::query(
-            "SELECT id, version, deleted, data FROM offsync_stage WHERE collection = ? AND id > ? ORDER BY id LIMIT 1000",
+            "SELECT id, version, deleted, data, mutation_id FROM offsync_stage \
+              WHERE collection = ? AND id > ? ORDER BY id LIMIT 1000",
         )
         .bind(collection.as_str())
         .bind(&after)
@@ -84,7 +85,11 @@ pub(crate) async fn finish_replacement(
                     .ok_or_else(|| crate::errors::corrupt("staged change without a version"))?,
                 deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
                 data: data.map(|d| parse_json(&d)).transpose()?,
-                mutation_id: None,
+                mutation_id: row
+                    .try_get::<Option<String>, _>("mutation_id")
+                    .map_err(storage)?
+                    .map(|m| mutation_id(&m))
+                    .transpose()?,
             });
         }
         apply_changes(&mut tx, collection, &changes, decide, now, &mut result).await?;
@@ -163,17 +168,18 @@ async fn stage_changes(
 ) -> Result<(), Error> {
     for chunk in changes.chunks(1000) {
         let mut b: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new("INSERT INTO offsync_stage (collection, id, version, deleted, data) ");
+            QueryBuilder::new("INSERT INTO offsync_stage (collection, id, version, deleted, data, mutation_id) ");
         b.push_values(chunk, |mut row, change| {
             row.push_bind(collection.as_str())
                 .push_bind(change.record_id.as_str())
                 .push_bind(version_param(Some(change.version)).unwrap_or(i64::MAX))
                 .push_bind(i64::from(change.deleted))
-                .push_bind(change.data.as_ref().map(json_text));
+                .push_bind(change.data.as_ref().map(json_text))
+                .push_bind(change.mutation_id.as_ref().map(ToString::to_string));
         });
         b.push(
             " ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, \
-               data = excluded.data",
+               data = excluded.data, mutation_id = excluded.mutation_id",
         );
         b.build().execute(&mut **tx).await.map_err(storage)?;
     }

@@ -225,7 +225,7 @@ pub(crate) fn select(query: &Query) -> Sql {
     sql
 }
 
-/// `SELECT r.id` of those of `ids` that match `query`'s scope and filter: a primary-key
+/// `SELECT r.id` of those of `ids` that match `query`'s scope, filter and keyset position: a primary-key
 /// lookup per id, whatever the collection's size.
 pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
     let mut sql = Sql::default();
@@ -233,6 +233,10 @@ pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
     scope(&mut sql, query);
     sql.push(" AND ");
     filter(&mut sql, &query.filter, query.include_pending_deletes);
+    if let Some(after) = &query.after {
+        sql.push(" AND ");
+        after_clause(&mut sql, &query.order_by, after, query.include_pending_deletes);
+    }
     sql.push(" AND r.id IN (");
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {

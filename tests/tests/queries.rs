@@ -292,6 +292,45 @@ async fn a_watch_runs_again_only_for_changes_that_can_affect_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_page_runs_again_only_for_records_that_sort_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let jobs = engine.collection::<Job>().unwrap();
+    let due = |id: &str, due: i64| Job { due: Some(due), ..job(id, "open") };
+    for (id, d) in [("a", 10), ("b", 20), ("c", 30), ("d", 40)] {
+        jobs.insert(&due(id, d)).await.unwrap();
+    }
+    // The first three by due date: a full page ending at c (due 30).
+    let mut first = jobs.query().filter_eq("status", "open").order_by("due", Order::Asc).limit(3).watch();
+    let quiet = std::time::Duration::from_millis(300);
+    let soon = std::time::Duration::from_secs(10);
+    assert_eq!(ids(&next_within(&mut first, soon).await.unwrap()), ["a", "b", "c"]);
+
+    // Matching records that sort after the page's last row cannot enter it.
+    jobs.insert(&due("e", 50)).await.unwrap();
+    jobs.update(&due("d", 45)).await.unwrap();
+    // Same due date as the last row, but after it by id: still outside.
+    jobs.insert(&due("cc", 30)).await.unwrap();
+    assert!(next_within(&mut first, quiet).await.is_none(), "a record after the page ran the watch");
+    // One that sorts before the last row enters the page.
+    jobs.insert(&due("bb", 25)).await.unwrap();
+    assert_eq!(ids(&next_within(&mut first, soon).await.unwrap()), ["a", "b", "bb"]);
+    // A shown row leaving makes room: the next one after the page comes in.
+    jobs.delete("a").await.unwrap();
+    assert_eq!(ids(&next_within(&mut first, soon).await.unwrap()), ["b", "bb", "c"]);
+    // A record moved from beyond the page into it.
+    jobs.update(&due("e", 1)).await.unwrap();
+    assert_eq!(ids(&next_within(&mut first, soon).await.unwrap()), ["e", "b", "bb"]);
+
+    // A page that is not full sees every matching change.
+    let mut all = jobs.query().filter_eq("status", "open").order_by("due", Order::Asc).limit(100).watch();
+    let shown = next_within(&mut all, soon).await.unwrap().len();
+    jobs.insert(&due("z", 99)).await.unwrap();
+    assert_eq!(next_within(&mut all, soon).await.unwrap().len(), shown + 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_folds_into_few_runs_and_ends_on_the_final_state() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(&dir).await;

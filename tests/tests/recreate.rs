@@ -205,3 +205,29 @@ async fn a_pull_before_the_retry_of_an_unanswered_push_is_no_conflict() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_download_that_replaces_the_collection_knows_our_own_unanswered_write() {
+    // A device that has pushed (and heard the answer) but never pulled holds acknowledged
+    // records without a cursor: its first download replaces the collection through the
+    // staging area. A write whose answer was lost comes back in it and must be known as
+    // ours there too (the staging area once dropped the mutation id, and the property
+    // tests' rule 6 found the conflict that made).
+    for setup in setups().await {
+        let http = common::http_as(&setup.server.url(), "alice");
+        let faulty = Arc::new(sync_testkit::FaultyTransport::new(http));
+        let a = device_over(&setup, "a", faulty.clone()).await;
+        let orders = a.collection::<WorkOrder>().unwrap();
+        orders.insert(&wo("acknowledged", "heard", 1)).await.unwrap();
+        a.sync_unit("push_orders", Default::default()).await.unwrap();
+        orders.insert(&wo("x", "answer lost", 1)).await.unwrap();
+        faulty.inject(sync_testkit::Fault::DropResponse);
+        assert!(a.sync_unit("push_orders", Default::default()).await.is_err(), "the answer was to be lost");
+        let report = a.sync_unit("pull_orders", Default::default()).await.unwrap();
+        assert_eq!(report.conflicts, 0, "{}: our own write taken for someone else's", setup.backend);
+        assert_eq!(orders.get("x").await.unwrap(), Some(wo("x", "answer lost", 1)));
+        sync(&a).await;
+        assert_eq!(a.status().borrow().pending, 0);
+        assert!(a.conflicts().await.unwrap().is_empty());
+    }
+}

@@ -437,7 +437,7 @@ impl<E: LocalEntity> QueryBuilder<E> {
         // Subscribe before the first read so no change between the two is missed.
         let events = collection.shared.events.subscribe();
         let shutdown = collection.shared.shutdown.clone();
-        let watcher = Watcher { collection, query, events, shutdown, shown: None, next_run: None };
+        let watcher = Watcher { collection, query, events, shutdown, shown: None, boundary: None, next_run: None };
         Box::pin(futures::stream::unfold(watcher, |mut w| async move {
             let result = w.next().await?;
             Some((result, w))
@@ -456,6 +456,10 @@ struct Watcher<E> {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// The ids in the last result (None before the first run).
     shown: Option<std::collections::HashSet<RecordId>>,
+    /// When the last result was a full page (as many records as the limit, no offset):
+    /// its last row's position. A record that sorts after it cannot enter the page
+    /// unless a shown record changes, which is a change of its own.
+    boundary: Option<After>,
     /// No re-run before this instant (twice the last run's duration after it ended).
     next_run: Option<tokio::time::Instant>,
 }
@@ -498,11 +502,13 @@ impl<E: LocalEntity> Watcher<E> {
         Some(match result {
             Ok(records) => {
                 self.shown = Some(records.iter().map(|r| r.id.clone()).collect());
+                self.boundary = page_boundary(&self.query, &records);
                 records.into_iter().map(|r| self.collection.decode(r)).collect()
             }
             Err(e) => {
                 // The next change runs it again.
                 self.shown = Some(Default::default());
+                self.boundary = None;
                 Err(e)
             }
         })
@@ -545,16 +551,43 @@ impl<E: LocalEntity> Watcher<E> {
     }
 
     /// Whether changes to `ids` can change the result: one of them is shown, or matches
-    /// the filter now. A failed check counts as a change.
+    /// the filter now and, when the result is a full page, sorts before its last row.
+    /// A failed check counts as a change.
     async fn matters(&self, ids: &[RecordId]) -> bool {
         if self.shown.as_ref().is_none_or(|shown| ids.iter().any(|id| shown.contains(id))) {
             return true;
         }
-        match self.collection.shared.store.matching(&self.query, ids).await {
-            Ok(matching) => !matching.is_empty(),
+        let store = &self.collection.shared.store;
+        let matching = match store.matching(&self.query, ids).await {
+            Ok(matching) => matching,
+            Err(_) => return true,
+        };
+        let Some(boundary) = &self.boundary else { return !matching.is_empty() };
+        if matching.is_empty() {
+            return false;
+        }
+        let beyond = Query { after: Some(boundary.clone()), ..self.query.clone() };
+        match store.matching(&beyond, &matching).await {
+            Ok(after_the_page) => after_the_page.len() < matching.len(),
             Err(_) => true,
         }
     }
+}
+
+/// The position of a full page's last row (see `Watcher::boundary`); None when the
+/// result is not a full page, skips rows (offset), or a sort key is not a scalar.
+fn page_boundary(query: &Query, records: &[StoredRecord]) -> Option<After> {
+    let limit = usize::try_from(query.limit?).ok()?;
+    if query.offset.is_some() || limit == 0 || records.len() < limit {
+        return None;
+    }
+    let last = records.last()?;
+    let keys = query
+        .order_by
+        .iter()
+        .map(|(field, _)| Scalar::from_json(field.get(&last.data).unwrap_or(&Value::Null)).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(After { keys, id: last.id.clone() })
 }
 
 /// `data` with the field at `path` (if any) set to `id`.
