@@ -225,18 +225,24 @@ pub(crate) fn select(query: &Query) -> Sql {
     sql
 }
 
+/// The `WHERE` of the records a query selects, its order, limit and offset aside:
+/// scope, filter, and keyset position.
+fn matches(sql: &mut Sql, query: &Query) {
+    scope(sql, query);
+    sql.push(" AND ");
+    filter(sql, &query.filter, query.include_pending_deletes);
+    if let Some(after) = &query.after {
+        sql.push(" AND ");
+        after_clause(sql, &query.order_by, after, query.include_pending_deletes);
+    }
+}
+
 /// `SELECT r.id` of those of `ids` that match `query`'s scope, filter and keyset position: a primary-key
 /// lookup per id, whatever the collection's size.
 pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT r.id FROM offsync_records r ");
-    scope(&mut sql, query);
-    sql.push(" AND ");
-    filter(&mut sql, &query.filter, query.include_pending_deletes);
-    if let Some(after) = &query.after {
-        sql.push(" AND ");
-        after_clause(&mut sql, &query.order_by, after, query.include_pending_deletes);
-    }
+    matches(&mut sql, query);
     sql.push(" AND r.id IN (");
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
@@ -253,13 +259,7 @@ pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
 pub(crate) fn count(query: &Query) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT count(*) FROM offsync_records r ");
-    scope(&mut sql, query);
-    sql.push(" AND ");
-    filter(&mut sql, &query.filter, query.include_pending_deletes);
-    if let Some(after) = &query.after {
-        sql.push(" AND ");
-        after_clause(&mut sql, &query.order_by, after, query.include_pending_deletes);
-    }
+    matches(&mut sql, query);
     sql
 }
 
