@@ -99,15 +99,16 @@ async fn the_interval_trigger_syncs_periodically_and_transient_failures_retry_by
     let engine = engine_on(store, &server, options).await;
     tokio::time::pause();
     let mut events = engine.events();
-    let first = common::next_event_untimed(&mut events, |e| {
-        matches!(e, SyncEvent::CycleCompleted { .. }).then(tokio::time::Instant::now)
-    })
-    .await;
-    let second = common::next_event_untimed(&mut events, |e| {
-        matches!(e, SyncEvent::CycleCompleted { .. }).then(tokio::time::Instant::now)
-    })
-    .await;
+    // Cycles are measured from their start: with time paused, tokio moves the clock to
+    // the next timer whenever the runtime waits on SQLite's own thread, and during a
+    // cycle that timer is the sync lease's renewal (a third of its 30 s), so a cycle's
+    // end can land seconds after its start. The start is the interval's tick itself.
+    let started = |e: &SyncEvent| matches!(e, SyncEvent::CycleStarted { .. }).then(tokio::time::Instant::now);
+    let first = common::next_event_untimed(&mut events, started).await;
+    common::next_event_untimed(&mut events, |e| matches!(e, SyncEvent::CycleCompleted { .. }).then_some(())).await;
+    let second = common::next_event_untimed(&mut events, started).await;
     assert!(second - first >= Duration::from_secs(59), "{:?}", second - first);
+    common::next_event_untimed(&mut events, |e| matches!(e, SyncEvent::CycleCompleted { .. }).then_some(())).await;
 
     // A 503 fails the cycle; the engine reruns it after a backoff without any trigger.
     server.fail_next_pull(Error::Transient { message: "503".into() });
