@@ -180,6 +180,7 @@ mod tests {
             record_id: RecordId::new("r").unwrap(),
             version: Version(version),
             deleted: false,
+            removed: false,
             data: None,
             mutation_id: None,
         }

@@ -132,8 +132,15 @@ pub struct Change {
     pub record_id: RecordId,
     /// Its version after the change.
     pub version: Version,
-    /// True for a tombstone.
+    /// True for a tombstone, and for a removal.
     pub deleted: bool,
+    /// A removal: the record still exists, but the server's sync rules no longer let
+    /// this user read it (reassigned to someone else, moved to another region). It
+    /// comes with `deleted: true` and no data, so a device that does not know the field
+    /// drops the record as it would for a delete; its `version` is the record's current
+    /// one. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     /// Its data; null for a tombstone.
     pub data: Option<Value>,
     /// The mutation that made this version, when a client's push did (absent from older
@@ -337,6 +344,7 @@ mod tests {
                         record_id: RecordId::new("r1").unwrap(),
                         version: Version(2),
                         deleted: false,
+                        removed: false,
                         data: Some(json!({"a": 1})),
                         mutation_id: Some(MutationId::parse("0195f3a4-0000-7000-8000-000000000001").unwrap()),
                     },
@@ -345,6 +353,7 @@ mod tests {
                         record_id: RecordId::new("r2").unwrap(),
                         version: Version(5),
                         deleted: true,
+                        removed: false,
                         data: None,
                         mutation_id: None,
                     },

@@ -94,6 +94,7 @@ mod tests {
             record_id: RecordId::new("r").unwrap(),
             version: Version(version),
             deleted: false,
+            removed: false,
             data: Some(serde_json::json!({})),
             mutation_id: None,
         }

@@ -64,6 +64,7 @@ mod tests {
             record_id: RecordId::new("r").unwrap(),
             version: Version(5),
             deleted: false,
+            removed: false,
             data: Some(serde_json::json!({})),
             mutation_id: None,
         };

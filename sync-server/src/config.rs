@@ -1,6 +1,6 @@
 //! The server's configuration file (TOML), parsed and checked once at start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use serde::Deserialize;
 use sync_core::CollectionName;
 
 use crate::error::ServerError;
+use crate::rules::{CollectionRules, User};
 
 /// Who may do what in a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -40,6 +41,24 @@ pub struct UserConfig {
     /// The role.
     #[serde(default = "default_role")]
     pub role: Role,
+    /// The groups the user belongs to (for sync rules: `team in user.groups`).
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+    /// Named attributes (for sync rules: `region = user.region`).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl UserConfig {
+    /// The user as the rules see them.
+    pub fn user(&self) -> User {
+        User {
+            name: self.name.clone(),
+            admin: self.role == Role::Admin,
+            groups: self.groups.clone(),
+            attributes: self.attributes.clone(),
+        }
+    }
 }
 
 fn default_role() -> Role {
@@ -59,15 +78,60 @@ pub enum Ids {
     Server,
 }
 
-/// One configured collection.
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// One collection as written: today's `access` shorthand, or `read` and `write` rules.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CollectionConfig {
-    /// Who may read and write it.
-    pub access: Access,
-    /// Who chooses created records' ids (`ids = "server"`; the client by default).
+struct RawCollection {
     #[serde(default)]
+    access: Option<Access>,
+    #[serde(default)]
+    read: Option<Vec<String>>,
+    #[serde(default)]
+    write: Option<Vec<String>>,
+    #[serde(default)]
+    ids: Ids,
+}
+
+/// One configured collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionConfig {
+    /// Who may read and write its records (`access = "owner"` and `"read_only"` are
+    /// shorthands for two rule pairs).
+    pub rules: CollectionRules,
+    /// Who chooses created records' ids (`ids = "server"`; the client by default).
     pub ids: Ids,
+}
+
+impl CollectionConfig {
+    /// A collection with `access` rules and client-chosen ids.
+    pub fn new(access: Access) -> Self {
+        let rules = match access {
+            Access::Owner => CollectionRules::owner(),
+            Access::ReadOnly => CollectionRules::read_only(),
+        };
+        Self { rules, ids: Ids::Client }
+    }
+
+    /// Checks one collection as written; `attributes` are the user attributes known.
+    fn parse(name: &str, raw: RawCollection, attributes: &BTreeSet<String>) -> Result<Self, ServerError> {
+        let named = |reason: String| ServerError::config(format!("collection {name}: {reason}"));
+        let rules = match (raw.access, raw.read, raw.write) {
+            (Some(access), None, None) => Self::new(access).rules,
+            (None, Some(read), Some(write)) => {
+                CollectionRules::parse(&read, &write, attributes).map_err(|e| named(e.to_string()))?
+            }
+            (None, None, None) => {
+                return Err(named("say who may read and write it: `access`, or `read` and `write`".into()));
+            }
+            (Some(_), _, _) => {
+                return Err(named("`access` is a shorthand for `read` and `write`; give one or the other".into()));
+            }
+            (None, _, _) => {
+                return Err(named("`read` and `write` come together (`write = []`: admins only)".into()));
+            }
+        };
+        Ok(Self { rules, ids: raw.ids })
+    }
 }
 
 /// The file as written (README.md shows an example).
@@ -93,7 +157,11 @@ struct RawConfig {
     #[serde(default)]
     users: Vec<UserConfig>,
     #[serde(default)]
-    collections: BTreeMap<String, CollectionConfig>,
+    collections: BTreeMap<String, RawCollection>,
+    /// User attributes the rules may name beyond those some user has (for identity
+    /// tokens that carry them).
+    #[serde(default)]
+    user_attributes: BTreeSet<String>,
     #[serde(default)]
     tls: Option<crate::tls::TlsFiles>,
     #[serde(default)]
@@ -192,12 +260,8 @@ impl ServerConfig {
                 "max_batch, max_body_bytes, max_json_depth, max_connections and max_event_streams must be at least 1",
             ));
         }
-        let mut collections = BTreeMap::new();
-        for (name, c) in raw.collections {
-            let name = CollectionName::new(name).map_err(|e| ServerError::config(e.to_string()))?;
-            collections.insert(name, c);
-        }
-        let mut names = std::collections::BTreeSet::new();
+        let mut names = BTreeSet::new();
+        let mut attributes = raw.user_attributes.clone();
         for u in &raw.users {
             if !names.insert(u.name.as_str()) {
                 return Err(ServerError::config(format!("user {:?} is listed twice", u.name)));
@@ -205,6 +269,18 @@ impl ServerConfig {
             if !is_sha256_hex(&u.token_sha256) {
                 return Err(ServerError::config(format!("user {:?}: token_sha256 must be 64 hex digits", u.name)));
             }
+            attributes.extend(u.attributes.keys().cloned());
+        }
+        if let Some(bad) =
+            attributes.iter().find(|a| a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(ServerError::config(format!("user attribute {bad:?}: names are letters, digits and _")));
+        }
+        let mut collections = BTreeMap::new();
+        for (name, c) in raw.collections {
+            let parsed = CollectionConfig::parse(&name, c, &attributes)?;
+            let name = CollectionName::new(name).map_err(|e| ServerError::config(e.to_string()))?;
+            collections.insert(name, parsed);
         }
         if let Some(m) = &raw.metrics {
             if m.listen.is_none() && m.token_sha256.is_none() {
@@ -285,6 +361,49 @@ access = "read_only"
         assert_eq!(c.tombstone_retention, Duration::from_secs(30 * 86400));
         assert_eq!(c.collections.len(), 2);
         assert_eq!(c.users[0].role, Role::User);
+    }
+
+    /// The first configuration README.md shows parses as it is written (the production
+    /// one names files this machine does not have).
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let text = text.replace("<hex sha256 of alice's bearer token>", &token_sha256("t"));
+        let c = ServerConfig::from_toml(&text).unwrap();
+        assert_eq!(c.collections.len(), 4);
+        assert!(c.collections.values().any(|c| c.rules.read.needs_keys()));
+    }
+
+    #[test]
+    fn rules_are_checked_at_start_and_named_when_wrong() {
+        let user =
+            |extra: &str| format!("[[users]]\nname = \"tom\"\ntoken_sha256 = \"{}\"\n{extra}\n", token_sha256("t"));
+        let good = format!(
+            "{}[collections.jobs]\nread = [\"region = user.region\", \"user in dispatchers\"]\nwrite = []\n",
+            user("attributes = { region = \"north\" }")
+        );
+        let c = ServerConfig::from_toml(&good).unwrap();
+        assert_eq!(c.users[0].user().attributes["region"], "north");
+        assert!(c.collections.values().next().unwrap().rules.write.grants.is_empty());
+        // Declared without any user having it: tokens may carry it.
+        let declared = "user_attributes = [\"region\"]\n[collections.a]\nread = [\"r = user.region\"]\nwrite = []\n";
+        assert!(ServerConfig::from_toml(declared).is_ok());
+        for (bad, named) in [
+            ("[collections.a]\nread = [\"r = user.region\"]\nwrite = []", "user.region is not a declared"),
+            ("[collections.a]\nread = [\"assigned_to == user\"]\nwrite = []", "collection a: rule"),
+            ("[collections.a]\nread = [\"owner\"]", "`read` and `write` come together"),
+            ("[collections.a]\naccess = \"owner\"\nread = [\"owner\"]\nwrite = []", "give one or the other"),
+            ("[collections.a]\nids = \"server\"", "say who may read and write it"),
+            ("[collections.a]\nread = [\"x.y..z = user\"]\nwrite = []", "not a field path"),
+        ] {
+            let text = format!("{}{bad}\n", user(""));
+            match ServerConfig::from_toml(&text) {
+                Err(ServerError::Config { message }) => assert!(message.contains(named), "{bad}: {message}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

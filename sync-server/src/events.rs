@@ -2,14 +2,15 @@
 //! event streams (`GET /v1/events`) of users who may read it.
 //!
 //! An idle stream costs memory, not CPU: a change is handed to its readers' streams
-//! (looked up by the record's audience) and never to the others. Each stream holds the
+//! (looked up by the audience keys of the record before and after the change, see
+//! [`crate::rules::key`]) and never to the others. Each stream holds the
 //! set of collections changed since it last wrote an event, so a burst of changes, or a
 //! slow reader, becomes one event naming the collections, never an unbounded queue.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,8 +20,7 @@ use tokio::sync::Notify;
 use sync_core::CollectionName;
 use sync_core::protocol::ChangeNotification;
 
-use crate::config::Access;
-use crate::logic::{Audience, User, audience};
+use crate::logic::User;
 use crate::store::Touched;
 
 /// Routes change notifications to the event streams that may hear of them.
@@ -32,8 +32,6 @@ pub struct ChangeHub {
 #[derive(Debug)]
 struct HubInner {
     routes: Mutex<Routes>,
-    /// Who reads each served collection; a change to any other collection is dropped.
-    access: RwLock<HashMap<CollectionName, Access>>,
     /// Most streams open at once (beyond: [`ChangeHub::listen`] refuses).
     max_streams: AtomicUsize,
     /// Set when the server stops: every event stream ends, so that a graceful shutdown
@@ -41,14 +39,14 @@ struct HubInner {
     closing: tokio::sync::watch::Sender<bool>,
 }
 
-/// The open streams, indexed by who they belong to.
+/// The open streams, indexed by the audience keys of their users.
 #[derive(Debug, Default)]
 struct Routes {
     next_id: u64,
-    /// Every stream (the audience of read-only collections).
-    all: HashMap<u64, Arc<Listener>>,
-    /// Streams by user name.
-    by_user: HashMap<String, HashMap<u64, Arc<Listener>>>,
+    /// How many streams are open.
+    open: usize,
+    /// Streams by audience key: a user's stream is filed under each of their keys.
+    by_key: HashMap<String, HashMap<u64, Arc<Listener>>>,
     /// Admins' streams (they read everything).
     admins: HashMap<u64, Arc<Listener>>,
 }
@@ -94,14 +92,16 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut routes = lock(&self.hub.routes);
-        routes.all.remove(&self.id);
+        routes.open = routes.open.saturating_sub(1);
         if self.user.admin {
             routes.admins.remove(&self.id);
         }
-        if let Some(streams) = routes.by_user.get_mut(&self.user.name) {
-            streams.remove(&self.id);
-            if streams.is_empty() {
-                routes.by_user.remove(&self.user.name);
+        for key in self.user.keys() {
+            if let Some(streams) = routes.by_key.get_mut(&key) {
+                streams.remove(&self.id);
+                if streams.is_empty() {
+                    routes.by_key.remove(&key);
+                }
             }
         }
     }
@@ -138,7 +138,6 @@ impl ChangeHub {
         Self {
             inner: Arc::new(HubInner {
                 routes: Mutex::new(Routes::default()),
-                access: RwLock::new(HashMap::new()),
                 max_streams: AtomicUsize::new(max_streams),
                 closing,
             }),
@@ -153,13 +152,6 @@ impl ChangeHub {
     /// The most streams open at once.
     pub fn max_streams(&self) -> usize {
         self.inner.max_streams.load(Ordering::Relaxed)
-    }
-
-    /// Sets the collections served and who reads them (the server does this once, from
-    /// its configuration).
-    pub fn serve<'a>(&self, collections: impl IntoIterator<Item = (&'a CollectionName, Access)>) {
-        let map = collections.into_iter().map(|(name, access)| (name.clone(), access)).collect();
-        *self.inner.access.write().unwrap_or_else(PoisonError::into_inner) = map;
     }
 
     /// Ends every event stream (the server is stopping).
@@ -177,32 +169,28 @@ impl ChangeHub {
 
     /// The number of event streams open now.
     pub fn open_streams(&self) -> usize {
-        lock(&self.inner.routes).all.len()
+        lock(&self.inner.routes).open
     }
 
-    /// Hands each change to the streams of the users who may read it, except the stream
-    /// of the device that made it. Costs the number of receivers, not of open streams.
+    /// Hands each change to the streams of the users who may read it (before or after
+    /// it), except the stream of the device that made it. Costs the number of
+    /// receivers, not of open streams.
     pub fn publish(&self, touched: Vec<Touched>) {
-        let access = self.inner.access.read().unwrap_or_else(PoisonError::into_inner);
         let routes = lock(&self.inner.routes);
         for t in &touched {
-            let Some(&collection_access) = access.get(&t.collection) else { continue };
             let tell = |listener: &Arc<Listener>| {
                 if t.client.is_none() || listener.client != t.client {
                     listener.tell(&t.collection);
                 }
             };
-            match audience(collection_access, &t.owner) {
-                Audience::Everyone => routes.all.values().for_each(tell),
-                Audience::Owner(owner) => {
-                    if let Some(streams) = routes.by_user.get(owner) {
-                        streams.values().for_each(tell);
-                    }
-                    // An admin who owns the record was told above; telling twice is
-                    // harmless (the pending set holds the collection once).
-                    routes.admins.values().for_each(tell);
+            for key in &t.keys {
+                if let Some(streams) = routes.by_key.get(key) {
+                    streams.values().for_each(tell);
                 }
             }
+            // A stream told twice (an admin who also holds a key, a user with two of
+            // the keys) is harmless: the pending set holds the collection once.
+            routes.admins.values().for_each(tell);
         }
     }
 
@@ -210,16 +198,18 @@ impl ChangeHub {
     fn listen(&self, user: User, client: Option<String>) -> Result<Registration, StreamsFull> {
         let listener = Arc::new(Listener { client, pending: Mutex::new(BTreeSet::new()), wake: Notify::new() });
         let mut routes = lock(&self.inner.routes);
-        if routes.all.len() >= self.inner.max_streams.load(Ordering::Relaxed) {
+        if routes.open >= self.inner.max_streams.load(Ordering::Relaxed) {
             return Err(StreamsFull);
         }
         routes.next_id += 1;
+        routes.open += 1;
         let id = routes.next_id;
-        routes.all.insert(id, listener.clone());
         if user.admin {
             routes.admins.insert(id, listener.clone());
         }
-        routes.by_user.entry(user.name.clone()).or_default().insert(id, listener.clone());
+        for key in user.keys() {
+            routes.by_key.entry(key).or_default().insert(id, listener.clone());
+        }
         drop(routes);
         Ok(Registration { hub: self.inner.clone(), id, user, listener })
     }
@@ -255,17 +245,20 @@ mod tests {
     }
 
     fn user(name: &str, admin: bool) -> User {
-        User { name: name.into(), admin }
+        User::new(name, admin)
     }
 
-    fn touched(collection: &str, owner: &str, client: Option<&str>) -> Touched {
-        Touched { collection: name(collection), owner: owner.into(), client: client.map(str::to_owned) }
+    /// A change to a record whose audience keys are `keys`.
+    fn touched(collection: &str, keys: &[&str], client: Option<&str>) -> Touched {
+        Touched {
+            collection: name(collection),
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            client: client.map(str::to_owned),
+        }
     }
 
     fn hub() -> ChangeHub {
-        let hub = ChangeHub::new();
-        hub.serve([(&name("orders"), Access::Owner), (&name("catalogue"), Access::ReadOnly)]);
-        hub
+        ChangeHub::new()
     }
 
     fn pending(r: &Registration) -> Vec<String> {
@@ -281,17 +274,30 @@ mod tests {
         let admin = hub.listen(user("root", true), None).unwrap();
 
         // Alice's own change, pushed from a1: her other device and admins hear of it.
-        hub.publish(vec![touched("orders", "alice", Some("a1"))]);
+        hub.publish(vec![touched("orders", &["u:alice"], Some("a1"))]);
         assert_eq!(pending(&alice), Vec::<String>::new(), "the pushing device is not told");
         assert_eq!(pending(&alice_phone), vec!["orders"]);
         assert_eq!(pending(&bob), Vec::<String>::new(), "bob may not read alice's orders");
         assert_eq!(pending(&admin), vec!["orders"]);
 
-        // A catalogue change reaches everyone; an unknown collection reaches no one.
-        hub.publish(vec![touched("catalogue", "root", None), touched("secret", "bob", None)]);
+        // A catalogue change reaches everyone.
+        hub.publish(vec![touched("catalogue", &["*"], None)]);
         assert_eq!(pending(&alice), vec!["catalogue"]);
         assert_eq!(pending(&bob), vec!["catalogue"]);
         assert_eq!(pending(&admin), vec!["catalogue", "orders"]);
+
+        // A job reassigned from bob to the north region's team: bob (before) and the
+        // region's users (after) hear of it; a user of another region does not.
+        let mut north = user("nina", false);
+        north.attributes.insert("region".into(), "north".into());
+        let north = hub.listen(north, None).unwrap();
+        let mut south = user("sam", false);
+        south.attributes.insert("region".into(), "south".into());
+        let south = hub.listen(south, None).unwrap();
+        hub.publish(vec![touched("jobs", &["u:bob", "a:region=north"], None)]);
+        assert_eq!(pending(&bob), vec!["catalogue", "jobs"]);
+        assert_eq!(pending(&north), vec!["jobs"]);
+        assert_eq!(pending(&south), Vec::<String>::new());
     }
 
     #[test]
@@ -299,13 +305,13 @@ mod tests {
         let hub = hub();
         let alice = hub.listen(user("alice", false), None).unwrap();
         for _ in 0..10_000 {
-            hub.publish(vec![touched("orders", "alice", None)]);
+            hub.publish(vec![touched("orders", &["u:alice"], None)]);
         }
         assert_eq!(pending(&alice), vec!["orders"]);
         assert_eq!(hub.open_streams(), 1);
         drop(alice);
         assert_eq!(hub.open_streams(), 0);
-        assert!(lock(&hub.inner.routes).by_user.is_empty());
+        assert!(lock(&hub.inner.routes).by_key.is_empty());
     }
 
     #[test]
@@ -325,7 +331,7 @@ mod tests {
         let listener = alice.listener.clone();
         let waiter = tokio::spawn(async move { listener.next_change().await });
         tokio::task::yield_now().await;
-        hub.publish(vec![touched("orders", "bob", None), touched("catalogue", "root", None)]);
+        hub.publish(vec![touched("orders", &["u:bob"], None), touched("catalogue", &["*"], None)]);
         let names: Vec<String> = waiter.await.unwrap().iter().map(|c| c.to_string()).collect();
         assert_eq!(names, vec!["catalogue", "orders"]);
     }

@@ -198,6 +198,19 @@ impl JwtVerifier {
             .filter(|n| !n.is_empty() && n.len() <= 256 && !n.chars().any(char::is_control))
             .ok_or_else(|| Refusal::Invalid(format!("claim {:?} is not a user name", self.user_claim)))?;
         let admin = claims.get(&self.role_claim).and_then(Value::as_str) == Some("admin");
-        Ok(User { name: name.to_owned(), admin })
+        // Sync rules' groups and attributes: `groups` (a list of names) and `attributes`
+        // (an object of strings); anything else in them is ignored, never an error, and
+        // a token cannot name more groups than a rule reads of a list.
+        let groups = claims
+            .get("groups")
+            .and_then(Value::as_array)
+            .map(|g| g.iter().filter_map(Value::as_str).take(crate::rules::MAX_LIST).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let attributes = claims
+            .get("attributes")
+            .and_then(Value::as_object)
+            .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+            .unwrap_or_default();
+        Ok(User { name: name.to_owned(), admin, groups, attributes })
     }
 }

@@ -9,16 +9,10 @@ use sync_core::protocol::{ErrorDetail, MutationOutcome, Op, ServerRecord};
 use sync_core::{CollectionName, RecordId, Version};
 use uuid::Uuid;
 
-use crate::config::{Access, CollectionConfig};
+use crate::config::CollectionConfig;
+use crate::rules::CollectionRules;
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// The name records are owned by.
-    pub name: String,
-    /// Admins read and write everything.
-    pub admin: bool,
-}
+pub use crate::rules::User;
 
 /// One answer in a push response; `mutation_id` echoes what the client sent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -91,19 +85,18 @@ pub fn mutation_id(raw: &Value) -> Result<Uuid, MutationOutcome> {
 }
 
 /// The collection and shape checks, after the ledger lookup.
-pub fn check(
+pub fn check<'c>(
     id: Uuid,
     raw: &Value,
-    collections: &BTreeMap<CollectionName, CollectionConfig>,
-) -> Result<(Mutation, Access), MutationOutcome> {
+    collections: &'c BTreeMap<CollectionName, CollectionConfig>,
+) -> Result<(Mutation, &'c CollectionConfig), MutationOutcome> {
     let Some(obj) = raw.as_object() else {
         return Err(rejected("invalid_mutation", "a mutation must be an object"));
     };
     let name = obj.get("collection").and_then(Value::as_str).unwrap_or_default();
     let collection = CollectionName::new(name).map_err(|e| rejected("invalid_collection", e.to_string()))?;
-    let access = collections
+    let config = collections
         .get(&collection)
-        .map(|c| c.access)
         .ok_or_else(|| rejected("unknown_collection", format!("collection {collection} is not served here")))?;
     let invalid = |m: &str| rejected("invalid_mutation", m.to_owned());
     let op = match obj.get("op").and_then(Value::as_str) {
@@ -149,23 +142,29 @@ pub fn check(
             (Some(action.to_owned()), Some(args))
         }
     };
-    Ok((Mutation { mutation_id: id, collection, record_id, op, base_version, data, action, args, owner }, access))
+    Ok((Mutation { mutation_id: id, collection, record_id, op, base_version, data, action, args, owner }, config))
 }
 
-/// Scope, then the write: what `m` does to `current` when `user` sends it.
+/// Scope, then the write: what `m` does to `current` when `user` sends it, under the
+/// collection's `rules`.
+///
+/// The write rule is checked on the record as it is (a tombstone keeps no data, so only
+/// grants that need none, such as `owner`, hold for it) and, for an upsert, on the
+/// record as it would be: a write that would put the record outside the writer's rule
+/// (a technician reassigning their job) is `forbidden` like one outside it from the
+/// start, and neither answer says anything of the record. An upsert whose rule fields
+/// hold the wrong type (a number where a name is compared) is `invalid_mutation`.
 pub fn decide(
     user: &User,
-    access: Access,
+    rules: &CollectionRules,
     m: &Mutation,
     current: Option<&StoredRecord>,
     user_exists: impl Fn(&str) -> bool,
 ) -> Decision {
     let forbidden = || Decision::Answer(rejected("forbidden", "outside your scope"));
-    if access == Access::ReadOnly && !user.admin {
-        return forbidden();
-    }
     if let Some(cur) = current {
-        if access == Access::Owner && cur.owner != user.name && !user.admin {
+        let data = if cur.deleted { None } else { cur.data.as_ref() };
+        if !rules.write.grants(user, &cur.owner, data) {
             return forbidden();
         }
     }
@@ -180,15 +179,29 @@ pub fn decide(
             return Decision::Answer(rejected("invalid_mutation", "a record's owner never changes"));
         }
     }
-    if m.op == Op::Action {
-        return Decision::Action;
+    let owner = current.map(|c| c.owner.clone()).or_else(|| m.owner.clone()).unwrap_or_else(|| user.name.clone());
+    match (m.op, current) {
+        // An action on no record: the handler decides, for anyone the rule lets write.
+        (Op::Action, None) if rules.write.grants.is_empty() && !user.admin => return forbidden(),
+        (Op::Action, _) => return Decision::Action,
+        (Op::Upsert, _) => {
+            if let Some(error) =
+                m.data.as_ref().and_then(|d| rules.read.type_error(d).or_else(|| rules.write.type_error(d)))
+            {
+                return Decision::Answer(rejected("invalid_mutation", error));
+            }
+            if !rules.write.grants(user, &owner, m.data.as_ref()) {
+                return forbidden();
+            }
+        }
+        (Op::Delete, None) if !rules.write.grants(user, &owner, None) => return forbidden(),
+        (Op::Delete, _) => {}
     }
     if let Some(base) = m.base_version {
         if !base_matches(base, current.map(|c| (c.version, c.deleted))) {
             return Decision::Answer(conflict(current));
         }
     }
-    let owner = current.map(|c| c.owner.clone()).or_else(|| m.owner.clone()).unwrap_or_else(|| user.name.clone());
     let version = current.map_or(1, |c| c.version + 1);
     let deleted = m.op == Op::Delete;
     Decision::Write(StoredRecord { version, deleted, owner, data: if deleted { None } else { m.data.clone() } })
@@ -221,41 +234,6 @@ pub fn conflict(current: Option<&StoredRecord>) -> MutationOutcome {
         data: if c.deleted { None } else { c.data.clone() },
     });
     MutationOutcome::Conflict { server }
-}
-
-/// Who may read a record: everyone (read-only collections), or its owner; admins read
-/// everything either way. Pulls check it per user and change notifications are routed
-/// by it, so the two can never disagree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audience<'a> {
-    /// Every user.
-    Everyone,
-    /// The user of this name (and admins).
-    Owner(&'a str),
-}
-
-impl Audience<'_> {
-    /// Whether `user` is in this audience.
-    pub fn includes(&self, user: &User) -> bool {
-        user.admin
-            || match self {
-                Audience::Everyone => true,
-                Audience::Owner(owner) => *owner == user.name,
-            }
-    }
-}
-
-/// The audience of a record owned by `owner` in a collection with `access`.
-pub fn audience(access: Access, owner: &str) -> Audience<'_> {
-    match access {
-        Access::ReadOnly => Audience::Everyone,
-        Access::Owner => Audience::Owner(owner),
-    }
-}
-
-/// Whether `user` may read a record owned by `owner` in a collection with `access`.
-pub fn may_read(user: &User, access: Access, owner: &str) -> bool {
-    audience(access, owner).includes(user)
 }
 
 /// The depth of a JSON value (a scalar is 1), computed without recursion.
@@ -296,13 +274,13 @@ mod tests {
     }
 
     use super::*;
-    use crate::config::Ids;
+    use crate::config::Access;
     use serde_json::json;
 
     fn collections() -> BTreeMap<CollectionName, CollectionConfig> {
         [
-            (CollectionName::new("orders").unwrap(), CollectionConfig { access: Access::Owner, ids: Ids::Client }),
-            (CollectionName::new("products").unwrap(), CollectionConfig { access: Access::ReadOnly, ids: Ids::Client }),
+            (CollectionName::new("orders").unwrap(), CollectionConfig::new(Access::Owner)),
+            (CollectionName::new("products").unwrap(), CollectionConfig::new(Access::ReadOnly)),
         ]
         .into_iter()
         .collect()
@@ -389,8 +367,8 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let alice = User { name: "alice".into(), admin: false };
-        let admin = User { name: "root".into(), admin: true };
+        let alice = User::new("alice", false);
+        let admin = User::new("root", true);
         let exists = |n: &str| ["alice", "bob", "root"].contains(&n);
         let cases: Vec<(&User, Access, Mutation, Option<StoredRecord>, &str)> = vec![
             (&alice, Access::Owner, m(Op::Upsert, None, None), None, "write v1 alice deleted=false"),
@@ -451,7 +429,7 @@ mod tests {
             (&alice, Access::ReadOnly, m(Op::Action, None, None), None, "forbidden"),
         ];
         for (user, access, mutation, current, expected) in cases {
-            let d = decide(user, access, &mutation, current.as_ref(), exists);
+            let d = decide(user, &CollectionConfig::new(access).rules, &mutation, current.as_ref(), exists);
             assert_eq!(
                 outcome(&d),
                 expected,
@@ -464,16 +442,74 @@ mod tests {
     }
 
     #[test]
+    fn decisions_under_field_rules() {
+        // Dispatchers write every job; a technician updates the jobs assigned to them.
+        let rules = CollectionRules::parse(
+            &["assigned_to = user".into()],
+            &["user in dispatchers".into(), "assigned_to = user".into()],
+            &Default::default(),
+        )
+        .unwrap();
+        let tom = User::new("tom", false);
+        let mut disp = User::new("disp", false);
+        disp.groups.insert("dispatchers".into());
+        let job = |to: Value| StoredRecord {
+            version: 1,
+            deleted: false,
+            owner: "disp".into(),
+            data: Some(json!({"assigned_to": to})),
+        };
+        let write = |to: Value| Mutation { data: Some(json!({"assigned_to": to})), ..m(Op::Upsert, None, None) };
+        let cases: Vec<(&User, Mutation, Option<StoredRecord>, &str)> = vec![
+            (&tom, write(json!("tom")), Some(job(json!("tom"))), "write v2 disp deleted=false"),
+            // Moving his job out of his own rule, or touching someone else's.
+            (&tom, write(json!("ann")), Some(job(json!("tom"))), "forbidden"),
+            (&tom, write(json!("tom")), Some(job(json!("ann"))), "forbidden"),
+            (&tom, write(json!("ann")), None, "forbidden"),
+            (&tom, write(json!("tom")), None, "write v1 tom deleted=false"),
+            (&disp, write(json!("ann")), Some(job(json!("tom"))), "write v2 disp deleted=false"),
+            // Wrong types are named, whoever writes; a stored one grants nothing.
+            (&disp, write(json!(5)), None, "invalid_mutation"),
+            (&tom, write(json!("tom")), Some(job(json!(5))), "forbidden"),
+            // Deletes: of his job yes; of a missing record or a tombstone, only
+            // data-free grants (the dispatchers' group) hold.
+            (&tom, m(Op::Delete, None, None), Some(job(json!("tom"))), "write v2 disp deleted=true"),
+            (&tom, m(Op::Delete, None, None), None, "forbidden"),
+            (&tom, m(Op::Delete, None, None), Some(rec(2, "disp", true)), "forbidden"),
+            (&disp, m(Op::Delete, None, None), Some(rec(2, "disp", true)), "write v3 disp deleted=true"),
+            (&tom, m(Op::Action, None, None), None, "action"),
+        ];
+        for (user, mutation, current, expected) in cases {
+            let d = decide(user, &rules, &mutation, current.as_ref(), |_| true);
+            assert_eq!(outcome(&d), expected, "{} {:?} {:?} on {current:?}", user.name, mutation.op, mutation.data);
+        }
+        let admins_only = CollectionRules::parse(&["everyone".into()], &[], &Default::default()).unwrap();
+        assert_eq!(outcome(&decide(&tom, &admins_only, &m(Op::Action, None, None), None, |_| true)), "forbidden");
+    }
+
+    #[test]
     fn conflicts_carry_tombstones_and_forbidden_carries_nothing() {
-        let alice = User { name: "alice".into(), admin: false };
-        let d = decide(&alice, Access::Owner, &m(Op::Upsert, Some(1), None), Some(&rec(2, "alice", true)), |_| true);
+        let alice = User::new("alice", false);
+        let d = decide(
+            &alice,
+            &CollectionConfig::new(Access::Owner).rules,
+            &m(Op::Upsert, Some(1), None),
+            Some(&rec(2, "alice", true)),
+            |_| true,
+        );
         assert_eq!(
             d,
             Decision::Answer(MutationOutcome::Conflict {
                 server: Some(ServerRecord { version: Version(2), deleted: true, data: None })
             })
         );
-        let d = decide(&alice, Access::Owner, &m(Op::Upsert, Some(1), None), Some(&rec(2, "bob", false)), |_| true);
+        let d = decide(
+            &alice,
+            &CollectionConfig::new(Access::Owner).rules,
+            &m(Op::Upsert, Some(1), None),
+            Some(&rec(2, "bob", false)),
+            |_| true,
+        );
         let Decision::Answer(MutationOutcome::Rejected { error }) = d else { panic!("{d:?}") };
         assert!(!error.message.contains('2') && !error.message.contains('b'));
     }

@@ -18,7 +18,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::config::{Role, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::events::{ChangeHub, sse_for};
 use crate::logic::{User, WireResult, json_depth};
@@ -42,17 +42,13 @@ pub struct AppState {
 impl AppState {
     /// State for a router over `store`, configured by `config`.
     pub fn new(config: ServerConfig, store: Arc<dyn ServerStore>, hub: ChangeHub) -> Self {
-        let users_by_token_hash = config
-            .users
-            .iter()
-            .map(|u| (u.token_sha256.to_ascii_lowercase(), User { name: u.name.clone(), admin: u.role == Role::Admin }))
-            .collect();
+        let users_by_token_hash =
+            config.users.iter().map(|u| (u.token_sha256.to_ascii_lowercase(), u.user())).collect();
         let rules = Arc::new(PushRules {
             collections: config.collections.clone(),
             users: config.users.iter().map(|u| u.name.clone()).collect(),
             actions: HashMap::new(),
         });
-        hub.serve(config.collections.iter().map(|(name, c)| (name, c.access)));
         Self { config, users_by_token_hash, rules, store, hub, publish_locally: true, metrics: Metrics::new() }
     }
 
@@ -339,7 +335,7 @@ impl AppState {
         for (name, cursor) in requested {
             let collection = CollectionName::new(name.clone())
                 .map_err(|e| ServerError::bad_request("invalid_collection", e.to_string()))?;
-            let access = self.rules.collections.get(&collection).map(|c| c.access).ok_or_else(|| {
+            let config = self.rules.collections.get(&collection).ok_or_else(|| {
                 ServerError::bad_request("unknown_collection", format!("collection {collection} is not served here"))
             })?;
             let cursor = match cursor {
@@ -347,7 +343,7 @@ impl AppState {
                 Value::String(s) => Some(Cursor(s.clone())),
                 _ => return Err(ServerError::bad_request("invalid_request", "a cursor is a string or null")),
             };
-            items.push(PullItem { collection, access, cursor });
+            items.push(PullItem::new(collection, &config.rules.read, user, cursor));
         }
         let page = self.store.pull(PullJob { user: user.clone(), items, limit }).await?;
         self.metrics.pulled(page.count);

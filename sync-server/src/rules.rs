@@ -31,17 +31,58 @@ use serde_json::Value;
 /// record with a huge member list must not make every check slow).
 pub const MAX_LIST: usize = 1000;
 
-/// A user as the rules see them.
+/// An authenticated user, as the rules see them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Subject {
-    /// The user's name.
+pub struct User {
+    /// The user's name (records are owned by names).
     pub name: String,
-    /// Admins are granted everything.
+    /// Admins read and write everything.
     pub admin: bool,
     /// The groups the user belongs to.
     pub groups: BTreeSet<String>,
     /// Named attributes (`region = "north"`).
     pub attributes: BTreeMap<String, String>,
+}
+
+impl User {
+    /// A user with no groups and no attributes.
+    pub fn new(name: impl Into<String>, admin: bool) -> Self {
+        Self { name: name.into(), admin, ..Self::default() }
+    }
+
+    /// The audience keys this user reads under: a record is theirs when it carries one
+    /// of them (see [`Rule::record_keys`]).
+    pub fn keys(&self) -> BTreeSet<String> {
+        let mut keys = BTreeSet::from([key::EVERYONE.to_owned(), key::user(&self.name)]);
+        keys.extend(self.groups.iter().map(|g| key::group(g)));
+        keys.extend(self.attributes.iter().map(|(a, v)| key::attribute(a, v)));
+        keys
+    }
+}
+
+/// Audience keys: the index form of the grants. A record carries the keys of everyone
+/// its read rule grants it to, a user holds the keys of who they are, and the user is
+/// granted the record exactly when the two sets meet (a property test holds
+/// [`Rule::grants`] and the keys to that). Pulls read a user's rows by key through an
+/// index, and change notifications are routed by the same keys.
+pub mod key {
+    /// Every user holds it; records of an `everyone` grant carry it.
+    pub const EVERYONE: &str = "*";
+
+    /// The key of the user of this name.
+    pub fn user(name: &str) -> String {
+        format!("u:{name}")
+    }
+
+    /// The key of the members of this group.
+    pub fn group(group: &str) -> String {
+        format!("g:{group}")
+    }
+
+    /// The key of the users whose `attribute` is `value` (attribute names hold no `=`).
+    pub fn attribute(attribute: &str, value: &str) -> String {
+        format!("a:{attribute}={value}")
+    }
 }
 
 /// One grant of a rule (see the module docs for the sentences).
@@ -143,7 +184,7 @@ impl Grant {
     }
 
     /// Whether this grant gives `user` the record created by `owner` holding `data`.
-    pub fn holds(&self, user: &Subject, owner: &str, data: Option<&Value>) -> bool {
+    pub fn holds(&self, user: &User, owner: &str, data: Option<&Value>) -> bool {
         let at = |path: &[String]| path.iter().try_fold(data?, |node, key| node.get(key));
         let list = |path: &[String]| {
             at(path)
@@ -168,6 +209,74 @@ impl Grant {
     }
 }
 
+impl Grant {
+    /// The audience keys this grant gives a record created by `owner` holding `data`
+    /// (see [`key`]): the users it grants the record to, as keys.
+    fn add_keys(&self, owner: &str, data: Option<&Value>, keys: &mut BTreeSet<String>) {
+        let at = |path: &[String]| path.iter().try_fold(data?, |node, key| node.get(key));
+        let names = |path: &[String]| -> Vec<String> {
+            at(path)
+                .and_then(Value::as_array)
+                .filter(|items| items.len() <= MAX_LIST)
+                .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        match self {
+            Grant::Everyone => {
+                keys.insert(key::EVERYONE.to_owned());
+            }
+            Grant::Owner => {
+                keys.insert(key::user(owner));
+            }
+            Grant::UserInGroup(group) => {
+                keys.insert(key::group(group));
+            }
+            Grant::FieldIsUser(path) => keys.extend(at(path).and_then(Value::as_str).map(key::user)),
+            Grant::FieldIsAttribute(path, attribute) => {
+                keys.extend(at(path).and_then(Value::as_str).map(|v| key::attribute(attribute, v)));
+            }
+            Grant::FieldInGroups(path) => keys.extend(at(path).and_then(Value::as_str).map(key::group)),
+            Grant::ListHasUser(path) => keys.extend(names(path).iter().map(|n| key::user(n))),
+            Grant::ListHasGroup(path) => keys.extend(names(path).iter().map(|g| key::group(g))),
+        }
+    }
+
+    /// Why `data` cannot be judged by this grant: its field holds another type than the
+    /// grant compares (a name is a string, a list a JSON array of at most [`MAX_LIST`]
+    /// strings). A missing or null field is no error (it grants nothing).
+    fn type_error(&self, data: &Value) -> Option<String> {
+        let (path, list) = match self {
+            Grant::FieldIsUser(p) | Grant::FieldIsAttribute(p, _) | Grant::FieldInGroups(p) => (p, false),
+            Grant::ListHasUser(p) | Grant::ListHasGroup(p) => (p, true),
+            Grant::Everyone | Grant::Owner | Grant::UserInGroup(_) => return None,
+        };
+        let value = path.iter().try_fold(data, |node, key| node.get(key)).filter(|v| !v.is_null())?;
+        let field = path.join(".");
+        if !list {
+            return (!value.is_string()).then(|| format!("{field} must be a string (a sync rule compares it)"));
+        }
+        match value.as_array() {
+            Some(items) if items.len() > MAX_LIST => {
+                Some(format!("{field} holds {} members; a sync rule reads at most {MAX_LIST}", items.len()))
+            }
+            Some(items) if items.iter().all(Value::is_string) => None,
+            _ => Some(format!("{field} must be a list of strings (a sync rule reads it)")),
+        }
+    }
+}
+
+/// Which rows of a collection a user's pull reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadScope {
+    /// Every record (admins; rules with `everyone`).
+    Everything,
+    /// The records this user created (a rule of `owner` alone): the records' owner
+    /// column, no audience keys needed.
+    Owned(String),
+    /// The records carrying one of these audience keys (none: no record).
+    Keys(BTreeSet<String>),
+}
+
 impl Rule {
     /// Parses a list of grants.
     ///
@@ -180,8 +289,44 @@ impl Rule {
 
     /// Whether `user` is granted the record created by `owner` holding `data` (None: a
     /// tombstone or a record not yet written; only data-free grants can hold then).
-    pub fn grants(&self, user: &Subject, owner: &str, data: Option<&Value>) -> bool {
+    pub fn grants(&self, user: &User, owner: &str, data: Option<&Value>) -> bool {
         user.admin || self.grants.iter().any(|g| g.holds(user, owner, data))
+    }
+
+    /// The audience keys of the record created by `owner` holding `data` (None: a
+    /// tombstone): a user is granted it when they hold one of them, or are an admin.
+    pub fn record_keys(&self, owner: &str, data: Option<&Value>) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for grant in &self.grants {
+            grant.add_keys(owner, data, &mut keys);
+        }
+        keys
+    }
+
+    /// Whether the records' audience keys must be stored for pulls to find them by key:
+    /// every rule but `everyone` (no filter), `owner` alone (the owner column) and no
+    /// grant at all (admins only, no filter).
+    pub fn needs_keys(&self) -> bool {
+        !self.grants.is_empty() && !self.grants.contains(&Grant::Everyone) && self.grants != [Grant::Owner]
+    }
+
+    /// Which rows `user`'s pull of a collection under this read rule reads.
+    pub fn scope(&self, user: &User) -> ReadScope {
+        if user.admin || self.grants.contains(&Grant::Everyone) {
+            ReadScope::Everything
+        } else if self.grants == [Grant::Owner] {
+            ReadScope::Owned(user.name.clone())
+        } else if self.grants.is_empty() {
+            ReadScope::Keys(BTreeSet::new())
+        } else {
+            ReadScope::Keys(user.keys())
+        }
+    }
+
+    /// Why a record holding `data` cannot be judged by this rule (a rule field of the
+    /// wrong type, or a list too long), or None.
+    pub fn type_error(&self, data: &Value) -> Option<String> {
+        self.grants.iter().find_map(|g| g.type_error(data))
     }
 }
 
@@ -210,8 +355,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn user(name: &str, groups: &[&str], attributes: &[(&str, &str)]) -> Subject {
-        Subject {
+    fn user(name: &str, groups: &[&str], attributes: &[(&str, &str)]) -> User {
+        User {
             name: name.into(),
             admin: false,
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
@@ -262,13 +407,13 @@ mod tests {
     fn who_is_granted_which_record() {
         let tom = user("tom", &["north-team"], &[("region", "north")]);
         let ann = user("ann", &["dispatchers"], &[]);
-        let admin = Subject { name: "root".into(), admin: true, ..Subject::default() };
+        let admin = User { name: "root".into(), admin: true, ..User::default() };
         let record = json!({
             "assigned_to": "tom", "team": "north-team", "site": {"region": "north"},
             "members": ["ann", "tom"], "teams": ["south-team", "north-team"], "count": 3,
             "huge": (0..=MAX_LIST).map(|i| format!("u{i}")).chain(["tom".to_owned()]).collect::<Vec<_>>(),
         });
-        let cases: Vec<(&str, &Subject, bool)> = vec![
+        let cases: Vec<(&str, &User, bool)> = vec![
             ("everyone", &ann, true),
             ("owner", &tom, false),
             ("owner", &ann, true),
@@ -315,5 +460,130 @@ mod tests {
         assert!(!CollectionRules::owner().write.grants(&tom, "ann", Some(&data)));
         assert!(CollectionRules::read_only().read.grants(&tom, "ann", Some(&data)));
         assert!(!CollectionRules::read_only().write.grants(&tom, "tom", Some(&data)));
+    }
+
+    #[test]
+    fn rule_fields_of_the_wrong_type_are_named() {
+        let rule = Rule::parse(
+            &["assigned_to = user".into(), "members contains user".into(), "site.region = user.region".into()],
+            &declared(),
+        )
+        .unwrap();
+        let long: Vec<String> = (0..=MAX_LIST).map(|i| format!("u{i}")).collect();
+        for (data, error) in [
+            (json!({"assigned_to": "tom", "members": ["a"], "site": {"region": "north"}}), None),
+            (json!({}), None),
+            (json!({"assigned_to": null, "members": null}), None),
+            (json!({"assigned_to": 5}), Some("assigned_to must be a string")),
+            (json!({"members": "tom"}), Some("members must be a list of strings")),
+            (json!({"members": ["tom", 3]}), Some("members must be a list of strings")),
+            (json!({"members": long}), Some("members holds 1001 members")),
+            (json!({"site": {"region": ["north"]}}), Some("site.region must be a string")),
+        ] {
+            let got = rule.type_error(&data);
+            match error {
+                None => assert_eq!(got, None, "{data}"),
+                Some(e) => assert!(got.as_deref().is_some_and(|g| g.contains(e)), "{data}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn which_rows_a_pull_reads() {
+        let tom = user("tom", &["north-team"], &[("region", "north")]);
+        let admin = User::new("root", true);
+        let parse = |texts: &[&str]| {
+            Rule::parse(&texts.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>(), &declared()).unwrap()
+        };
+        assert_eq!(parse(&["everyone", "owner"]).scope(&tom), ReadScope::Everything);
+        assert_eq!(parse(&["owner"]).scope(&tom), ReadScope::Owned("tom".into()));
+        assert_eq!(parse(&[]).scope(&tom), ReadScope::Keys(BTreeSet::new()));
+        assert_eq!(parse(&["owner", "assigned_to = user"]).scope(&tom), ReadScope::Keys(tom.keys()));
+        assert_eq!(parse(&["assigned_to = user"]).scope(&admin), ReadScope::Everything);
+        assert_eq!(
+            tom.keys(),
+            ["*", "a:region=north", "g:north-team", "u:tom"].into_iter().map(str::to_owned).collect()
+        );
+        assert!(!parse(&["everyone"]).needs_keys());
+        assert!(!parse(&["owner"]).needs_keys());
+        assert!(!parse(&[]).needs_keys());
+        assert!(parse(&["owner", "user in dispatchers"]).needs_keys());
+        assert!(parse(&["region = user.region"]).needs_keys());
+    }
+
+    mod keys_agree_with_grants {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 4] = ["ann", "bob", "tom", "eve"];
+        const GROUPS: [&str; 3] = ["north-team", "south-team", "dispatchers"];
+        const REGIONS: [&str; 3] = ["north", "south", "east"];
+
+        fn grant() -> impl Strategy<Value = Grant> {
+            let path = prop_oneof![Just(vec!["f".to_owned()]), Just(vec!["site".to_owned(), "f".to_owned()])];
+            prop_oneof![
+                Just(Grant::Everyone),
+                Just(Grant::Owner),
+                proptest::sample::select(GROUPS.to_vec()).prop_map(|g| Grant::UserInGroup(g.into())),
+                path.clone().prop_map(Grant::FieldIsUser),
+                path.clone().prop_map(|p| Grant::FieldIsAttribute(p, "region".into())),
+                path.clone().prop_map(Grant::FieldInGroups),
+                path.clone().prop_map(Grant::ListHasUser),
+                path.prop_map(Grant::ListHasGroup),
+            ]
+        }
+
+        /// A field value: a name, a group, a region, a list of those, or the wrong type.
+        fn value() -> impl Strategy<Value = Value> {
+            let word = proptest::sample::select([&NAMES[..], &GROUPS[..], &REGIONS[..]].concat());
+            prop_oneof![
+                5 => word.clone().prop_map(|w| json!(w)),
+                3 => proptest::collection::vec(word, 0..4).prop_map(|w| json!(w)),
+                1 => Just(json!(7)),
+                1 => Just(json!([1, "ann"])),
+                1 => Just(Value::Null),
+            ]
+        }
+
+        fn data() -> impl Strategy<Value = Option<Value>> {
+            proptest::option::weighted(0.9, (value(), value()).prop_map(|(f, g)| json!({"f": f, "site": {"f": g}})))
+        }
+
+        fn subject() -> impl Strategy<Value = User> {
+            (
+                proptest::sample::select(NAMES.to_vec()),
+                proptest::sample::subsequence(GROUPS.to_vec(), 0..=3),
+                proptest::option::of(proptest::sample::select(REGIONS.to_vec())),
+            )
+                .prop_map(|(name, groups, region)| User {
+                    name: name.into(),
+                    admin: false,
+                    groups: groups.into_iter().map(str::to_owned).collect(),
+                    attributes: region.map(|r| ("region".to_owned(), r.to_owned())).into_iter().collect(),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+            /// A user is granted a record exactly when their keys meet the record's: the
+            /// indexed pull and the routed notification decide what the rule decides.
+            #[test]
+            fn for_every_rule_user_and_record(
+                grants in proptest::collection::vec(grant(), 0..4),
+                user in subject(),
+                owner in proptest::sample::select(NAMES.to_vec()),
+                data in data(),
+            ) {
+                let rule = Rule { grants };
+                let by_keys = !rule.record_keys(owner, data.as_ref()).is_disjoint(&user.keys());
+                prop_assert_eq!(rule.grants(&user, owner, data.as_ref()), by_keys);
+                let scoped = match rule.scope(&user) {
+                    ReadScope::Everything => true,
+                    ReadScope::Owned(name) => owner == name,
+                    ReadScope::Keys(keys) => !rule.record_keys(owner, data.as_ref()).is_disjoint(&keys),
+                };
+                prop_assert_eq!(scoped, by_keys, "the pull's scope reads what the rule grants");
+            }
+        }
     }
 }

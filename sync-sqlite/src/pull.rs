@@ -84,6 +84,7 @@ pub(crate) async fn finish_replacement(
                 version: version(row.try_get("version").map_err(storage)?)?
                     .ok_or_else(|| crate::errors::corrupt("staged change without a version"))?,
                 deleted: row.try_get::<i64, _>("deleted").map_err(storage)? != 0,
+                removed: false,
                 data: data.map(|d| parse_json(&d)).transpose()?,
                 mutation_id: row
                     .try_get::<Option<String>, _>("mutation_id")

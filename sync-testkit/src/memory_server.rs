@@ -374,6 +374,7 @@ impl Transport for MemoryServer {
                     record_id: id.clone(),
                     version: Version(r.version),
                     deleted: r.deleted,
+                    removed: false,
                     data: r.data.clone(),
                     mutation_id: r.mutation,
                 });

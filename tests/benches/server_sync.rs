@@ -136,7 +136,7 @@ async fn bench_backend(backend: &str, database: String, n: usize, pushes: usize)
     let (state, store) = from_config(&config).await.unwrap();
 
     // Seed through the store's push (in process): the server's own push rate.
-    let user = User { name: "alice".into(), admin: false };
+    let user = User::new("alice", false);
     let rules = Arc::new(PushRules {
         collections: config.collections.clone(),
         users: [user.name.clone()].into_iter().collect(),

@@ -99,7 +99,7 @@ async fn main() {
     );
     let config = ServerConfig::from_toml(&text).unwrap();
     let (state, store) = from_config(&config).await.unwrap();
-    let user = User { name: "alice".into(), admin: false };
+    let user = User::new("alice", false);
     let rules = Arc::new(PushRules {
         collections: config.collections.clone(),
         users: [user.name.clone()].into_iter().collect(),

@@ -107,6 +107,7 @@ fn change(collection: &str, id: &str, version: u64, data: Option<serde_json::Val
         record_id: RecordId::new(id).unwrap(),
         version: Version(version),
         deleted: data.is_none(),
+        removed: false,
         data,
         mutation_id: None,
     }

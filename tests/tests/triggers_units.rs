@@ -179,6 +179,7 @@ async fn a_reset_drops_clean_records_keeps_pending_ones_and_takes_the_full_set()
         record_id: sync_core::RecordId::new("fresh").unwrap(),
         version: sync_core::Version(1),
         deleted: false,
+        removed: false,
         data: Some(json!({"id": "fresh", "title": "new", "n": 1})),
         mutation_id: None,
     };

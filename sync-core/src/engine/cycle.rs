@@ -578,7 +578,10 @@ fn localize_change(shared: &Shared, requested: &BTreeSet<CollectionName>, change
     if change.version.0 == 0 {
         return Err(Error::malformed(format!("change {}/{} has version 0", change.collection, change.record_id)));
     }
-    let Change { collection, record_id, version, deleted, data, mutation_id } = change;
+    let Change { collection, record_id, version, deleted, removed, data, mutation_id } = change;
+    if removed && !deleted {
+        return Err(Error::malformed(format!("change {collection}/{record_id}: a removal must be deleted")));
+    }
     let data = match (deleted, data) {
         (true, None) => None,
         (false, Some(data)) if data.is_object() => Some(to_local(shared, &collection, Some(&record_id), data)?),
@@ -588,7 +591,7 @@ fn localize_change(shared: &Shared, requested: &BTreeSet<CollectionName>, change
             )));
         }
     };
-    Ok(Change { collection, record_id, version, deleted, data, mutation_id })
+    Ok(Change { collection, record_id, version, deleted, removed, data, mutation_id })
 }
 
 /// Maps server data to the local shape and checks it fits the entity type.

@@ -4,7 +4,7 @@ pub mod postgres;
 mod skeleton;
 pub mod sqlite;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
@@ -19,11 +19,12 @@ use sync_core::protocol::{ErrorDetail, MutationOutcome, Op, PullResponse};
 use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
 
-use crate::config::{Access, CollectionConfig, Ids};
+use crate::config::{CollectionConfig, Ids};
 use crate::cursor::Position;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{self, Decision, StoredRecord, User, WireResult};
+use crate::rules::{ReadScope, Rule};
 
 /// `POST /v1/pull`'s answer as the store builds it: the wire shape of
 /// [`PullResponse`], with the page's changes as one JSON array the database assembled
@@ -202,6 +203,27 @@ pub struct RecordWrite {
     pub record: StoredRecord,
     /// The mutation that writes it.
     pub mutation_id: Uuid,
+    /// The audience keys to store for it (see [`crate::rules::key`]), when its
+    /// collection's read rule needs them ([`Rule::needs_keys`]): the keys of its new
+    /// state; a tombstone keeps those of the record it deletes, so that its readers
+    /// hear of the delete.
+    pub keys: Option<BTreeSet<String>>,
+    /// Who hears of the write: the audience keys of the record before and after it.
+    pub told: BTreeSet<String>,
+}
+
+/// The audience keys of a record before a write (`current`) and after it (`record`)
+/// under the collection's read rule: (after, before and after together).
+pub fn audience_change(
+    read: &Rule,
+    current: Option<&StoredRecord>,
+    record: &StoredRecord,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let keys_of = |r: &StoredRecord| read.record_keys(&r.owner, if r.deleted { None } else { r.data.as_ref() });
+    let before = current.map(keys_of).unwrap_or_default();
+    let after = if record.deleted { before.clone() } else { keys_of(record) };
+    let told = before.union(&after).cloned().collect();
+    (after, told)
 }
 
 /// What a push does: the answers, the record writes and the new ledger entries.
@@ -284,12 +306,12 @@ pub fn plan_push(
         }
         let outcome = match logic::check(id, m, ctx.collections) {
             Err(outcome) => outcome,
-            Ok((mutation, access)) => {
+            Ok((mutation, config)) => {
                 let key = mutation.record_id.clone().map(|r| (mutation.collection.clone(), r));
                 let cur = key.as_ref().and_then(|k| current.get(k));
-                match logic::decide(ctx.user, access, &mutation, cur, |n| ctx.users.contains(n)) {
+                match logic::decide(ctx.user, &config.rules, &mutation, cur, |n| ctx.users.contains(n)) {
                     Decision::Answer(outcome) => outcome,
-                    Decision::Action => run_action(ctx, &mutation, cur, access),
+                    Decision::Action => run_action(ctx, &mutation, cur),
                     Decision::Write(mut record) => {
                         // A record created again after its tombstone was purged must not
                         // reuse a version a client may remember (it would skip the create
@@ -306,9 +328,12 @@ pub fn plan_push(
                         .then(|| RecordId::new(Uuid::now_v7().to_string()))
                         .and_then(Result::ok);
                         if let Some((collection, rid)) = key {
+                            let read = &config.rules.read;
+                            let (after, told) = audience_change(read, cur, &record);
+                            let keys = read.needs_keys().then_some(after);
                             let rid = assigned.clone().unwrap_or(rid);
                             current.insert((collection.clone(), rid.clone()), record.clone());
-                            plan.writes.push(RecordWrite { collection, id: rid, record, mutation_id: id });
+                            plan.writes.push(RecordWrite { collection, id: rid, record, mutation_id: id, keys, told });
                         }
                         MutationOutcome::Applied { version: Version(version), record_id: assigned }
                     }
@@ -322,12 +347,7 @@ pub fn plan_push(
     plan
 }
 
-fn run_action(
-    ctx: &PushContext<'_>,
-    m: &logic::Mutation,
-    current: Option<&StoredRecord>,
-    _access: Access,
-) -> MutationOutcome {
+fn run_action(ctx: &PushContext<'_>, m: &logic::Mutation, current: Option<&StoredRecord>) -> MutationOutcome {
     let name = m.action.as_deref().unwrap_or_default();
     let Some(handler) = ctx.actions.get(name) else {
         return logic::rejected("unknown_action", format!("no handler for action {name:?}"));
@@ -339,24 +359,49 @@ fn run_action(
     }
 }
 
-/// One collection to pull: its access and the client's cursor.
+/// One collection to pull: which of its rows the user reads, and the client's cursor.
 #[derive(Debug, Clone)]
 pub struct PullItem {
     /// The collection.
     pub collection: CollectionName,
-    /// Who may read what.
-    pub access: Access,
+    /// The rows this user reads ([`Rule::scope`] of the collection's read rule).
+    pub scope: ReadScope,
+    /// Names the read rule and the scope in the collection's cursors
+    /// ([`scope_tag`]): a cursor made under another rule, or for a user whose groups or
+    /// attributes have changed since, resets.
+    pub tag: String,
     /// The client's cursor.
     pub cursor: Option<Cursor>,
 }
 
-/// The change notifications a push causes: who may hear about which collection.
+impl PullItem {
+    /// The item for `user`'s pull of a collection under `read`, from `cursor`.
+    pub fn new(collection: CollectionName, read: &Rule, user: &User, cursor: Option<Cursor>) -> Self {
+        let scope = read.scope(user);
+        let tag = scope_tag(read, &scope);
+        Self { collection, scope, tag, cursor }
+    }
+}
+
+/// A short fingerprint of a read rule and a user's scope under it. Cursors carry it
+/// beside the database's epoch, so that a change of either (a rule edited in the
+/// configuration; a user who joined a team, moved region or became an admin) resets the
+/// collection: the device then takes the full set it may read now and drops what it
+/// may no longer read, which no feed position could tell it.
+pub fn scope_tag(read: &Rule, scope: &ReadScope) -> String {
+    use sha2::Digest;
+    let text = format!("{:?}\n{scope:?}", read.grants);
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
+}
+
+/// The change notifications a push causes: which collection changed, for whom.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Touched {
     /// The collection.
     pub collection: CollectionName,
-    /// The owner of the changed record.
-    pub owner: String,
+    /// The audience keys of the changed records, before and after the change: the
+    /// users holding one of them hear of it (admins always do).
+    pub keys: BTreeSet<String>,
     /// The device whose push changed it: its own event stream is not told (it knows).
     pub client: Option<String>,
 }
@@ -511,16 +556,6 @@ pub(crate) fn rolling_back_on_release<DB: sqlx::Database>(options: PoolOptions<D
     })
 }
 
-/// The row filter of a pull for who may read: none for a reader of everything, or the
-/// owner column as a clause of its own (with `placeholder` for the reader), so that the
-/// `(collection, owner, seq)` index serves it. A single `(everyone OR owner = ?)` filter
-/// kept both backends on the feed index: every pull of an owner collection read every
-/// other user's changes after its cursor, and 500 devices got about half the requests/s
-/// of 100 (BENCHMARKS.md, `server_load`).
-pub(crate) fn owner_filter(everyone: bool, placeholder: &str) -> String {
-    if everyone { String::new() } else { format!("AND owner = {placeholder}") }
-}
-
 /// Where a collection's pull starts, from the client's parsed cursor (position, and
 /// whether its epoch is this database's) and the collection's purged-tombstone mark;
 /// true when the client must reset.
@@ -541,18 +576,16 @@ pub(crate) fn next_position(start: Position, last_sent: i64, more: bool, head: i
     Position { seq, full: start.full && more }
 }
 
-/// Touched collections of a plan, for notifications.
+/// Touched collections of a plan, for notifications: per collection, everyone who may
+/// read one of its written records before or after the write.
 pub(crate) fn touched(plan: &PushPlan, client: &str) -> Vec<Touched> {
-    let set: HashSet<Touched> = plan
-        .writes
-        .iter()
-        .map(|w| Touched {
-            collection: w.collection.clone(),
-            owner: w.record.owner.clone(),
-            client: Some(client.to_owned()),
-        })
-        .collect();
-    set.into_iter().collect()
+    let mut keys: BTreeMap<&CollectionName, BTreeSet<String>> = BTreeMap::new();
+    for w in &plan.writes {
+        keys.entry(&w.collection).or_default().extend(w.told.iter().cloned());
+    }
+    keys.into_iter()
+        .map(|(collection, keys)| Touched { collection: collection.clone(), keys, client: Some(client.to_owned()) })
+        .collect()
 }
 
 #[cfg(test)]
@@ -579,6 +612,29 @@ mod tests {
         assert_eq!(next_position(p(0, true), 1000, true, 5000), p(1000, true));
         assert_eq!(next_position(p(1000, true), 1500, false, 5000), p(5000, false));
         assert_eq!(next_position(p(7000, false), 7000, false, 5000), p(7000, false));
+    }
+
+    #[test]
+    fn a_write_is_heard_by_its_readers_before_and_after_and_a_tombstone_keeps_them() {
+        let read = Rule::parse(&["assigned_to = user".into(), "owner".into()], &BTreeSet::new()).unwrap();
+        let rec = |to: &str, deleted: bool| StoredRecord {
+            version: 1,
+            deleted,
+            owner: "disp".into(),
+            data: (!deleted).then(|| serde_json::json!({ "assigned_to": to })),
+        };
+        let keys = |k: &[&str]| k.iter().map(|k| (*k).to_owned()).collect::<BTreeSet<_>>();
+        // Reassigned from tom to ann: ann's keys are stored, both hear of it.
+        let (after, told) = audience_change(&read, Some(&rec("tom", false)), &rec("ann", false));
+        assert_eq!(after, keys(&["u:ann", "u:disp"]));
+        assert_eq!(told, keys(&["u:ann", "u:disp", "u:tom"]));
+        // Deleted: the tombstone keeps tom's keys, so tom hears of the delete.
+        let (after, told) = audience_change(&read, Some(&rec("tom", false)), &rec("", true));
+        assert_eq!(after, keys(&["u:disp", "u:tom"]));
+        assert_eq!(told, after);
+        // Created: only its new readers.
+        let (after, told) = audience_change(&read, None, &rec("tom", false));
+        assert_eq!((after.clone(), told), (keys(&["u:disp", "u:tom"]), after));
     }
 
     #[tokio::test]

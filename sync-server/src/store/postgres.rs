@@ -22,12 +22,13 @@ use uuid::Uuid;
 
 use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
 use super::{
-    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached, owner_filter,
+    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
     rolling_back_on_release,
 };
 use crate::error::ServerError;
 use crate::events::ChangeHub;
-use crate::logic::{StoredRecord, User, WireResult};
+use crate::logic::{StoredRecord, WireResult};
+use crate::rules::ReadScope;
 
 /// The PostgreSQL server store.
 #[derive(Debug, Clone)]
@@ -90,13 +91,40 @@ impl PgServerStore {
     }
 }
 
+/// Publishes one node's notification (`{"c": collection, "a": [keys], "k": client}`).
 fn forward(hub: &ChangeHub, payload: &str) {
     let Ok(t) = serde_json::from_str::<Value>(payload) else { return };
-    let (Some(c), Some(o)) = (t["c"].as_str(), t["o"].as_str()) else { return };
+    let (Some(c), Some(keys)) = (t["c"].as_str(), t["a"].as_array()) else { return };
     let client = t["k"].as_str().map(str::to_owned);
+    let keys = keys.iter().filter_map(Value::as_str).map(str::to_owned).collect();
     if let Ok(collection) = CollectionName::new(c) {
-        hub.publish(vec![Touched { collection, owner: o.to_owned(), client }]);
+        hub.publish(vec![Touched { collection, keys, client }]);
     }
+}
+
+/// NOTIFY payloads must stay under 8000 bytes: a change heard by many keys (a list
+/// field of hundreds of members) is announced in several payloads of at most this many
+/// bytes of keys.
+const NOTIFY_KEY_BYTES: usize = 6000;
+
+/// The payloads announcing `t`, each under PostgreSQL's limit.
+fn notify_payloads(t: &Touched) -> Vec<String> {
+    let mut chunks: Vec<Vec<&str>> = vec![Vec::new()];
+    let mut size = 0;
+    for key in &t.keys {
+        if size + key.len() > NOTIFY_KEY_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += key.len() + 3;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(key);
+        }
+    }
+    chunks
+        .into_iter()
+        .map(|keys| serde_json::json!({"c": t.collection.as_str(), "a": keys, "k": t.client}).to_string())
+        .collect()
 }
 
 fn stored(row: &sqlx::postgres::PgRow) -> Result<StoredRecord, ServerError> {
@@ -123,7 +151,7 @@ impl ServerStore for PgServerStore {
 
     async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
         let store = self.clone();
-        detached(|asker| async move { store.pull_now(&asker, &job.user, &job.items, job.limit).await }).await
+        detached(|asker| async move { store.pull_now(&asker, &job.items, job.limit).await }).await
     }
 
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
@@ -151,19 +179,13 @@ impl PgServerStore {
         Ok(answer)
     }
 
-    async fn pull_now(
-        &self,
-        asker: &Asker,
-        user: &User,
-        items: &[PullItem],
-        limit: usize,
-    ) -> Result<PullPage, ServerError> {
+    async fn pull_now(&self, asker: &Asker, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
         let mut conn = self.pool.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin().await?;
         // The head and the pages in one snapshot.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-        let page = skeleton::pull_in(&mut *tx, &self.epoch, user, items, limit).await?;
+        let page = skeleton::pull_in(&mut *tx, &self.epoch, items, limit).await?;
         tx.commit().await?;
         Ok(page)
     }
@@ -257,14 +279,39 @@ impl PushStatements for PgPush<'_> {
         Ok(())
     }
 
+    async fn write_audience(&mut self, rows: &[PositionedWrite<'_>]) -> Result<(), ServerError> {
+        let c: Vec<&str> = rows.iter().map(|w| w.collection).collect();
+        let i: Vec<&str> = rows.iter().map(|w| w.id).collect();
+        let s: Vec<i64> = rows.iter().map(|w| w.seq).collect();
+        let k: Vec<String> = rows
+            .iter()
+            .map(|w| serde_json::json!(w.keys.into_iter().flatten().collect::<Vec<_>>()).to_string())
+            .collect();
+        // Keys the record holds now stay present; the others it held become absent. Two
+        // statements: one statement may not change a row twice, and a kept key is both
+        // updated and inserted.
+        for sql in [
+            "UPDATE sync_access a SET seq = w.s, present = a.key = ANY(w.keys) \
+               FROM (SELECT c, i, s, ARRAY(SELECT jsonb_array_elements_text(k::jsonb)) AS keys \
+                       FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS t(c, i, s, k)) w \
+              WHERE a.collection = w.c AND a.id = w.i AND a.present",
+            "INSERT INTO sync_access (collection, id, key, seq, present) \
+             SELECT t.c, t.i, key, t.s, true FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS t(c, i, s, k), \
+                    jsonb_array_elements_text(t.k::jsonb) AS key \
+             ON CONFLICT (collection, id, key) DO UPDATE SET seq = excluded.seq, present = true",
+        ] {
+            sqlx::query(sql).bind(&c).bind(&i).bind(&s).bind(&k).execute(&mut *self.conn).await?;
+        }
+        Ok(())
+    }
+
     async fn set_head(&mut self, head: i64) -> Result<(), ServerError> {
         sqlx::query("UPDATE sync_head SET seq = $1 WHERE id = 1").bind(head).execute(&mut *self.conn).await?;
         Ok(())
     }
 
     async fn announce(&mut self, touched: &[Touched]) -> Result<(), ServerError> {
-        for t in touched {
-            let payload = serde_json::json!({"c": t.collection.as_str(), "o": t.owner, "k": t.client}).to_string();
+        for payload in touched.iter().flat_map(notify_payloads) {
             sqlx::query("SELECT pg_notify($1, $2)").bind(self.channel).bind(payload).execute(&mut *self.conn).await?;
         }
         Ok(())
@@ -302,24 +349,29 @@ impl PullStatements for PgConnection {
         collection: &str,
         after: i64,
         limit: i64,
-        reader: Option<&str>,
+        scope: &ReadScope,
     ) -> Result<FeedPage, ServerError> {
-        let sql = page_sql(reader.is_none());
-        let mut page = sqlx::query(&sql).bind(collection).bind(after).bind(limit);
-        if let Some(reader) = reader {
-            page = page.bind(reader);
-        }
-        let row = page.fetch_one(self).await?;
+        let sql = page_sql(scope);
+        let row = bind_scope(sqlx::query(&sql).bind(collection).bind(after).bind(limit), scope).fetch_one(self).await?;
         Ok(FeedPage { count: row.try_get("n")?, last: row.try_get("last")?, json: row.try_get("page")? })
     }
 
-    async fn more_after(&mut self, collection: &str, after: i64, reader: Option<&str>) -> Result<bool, ServerError> {
-        let sql = more_sql(reader.is_none());
-        let mut more = sqlx::query_scalar::<_, bool>(&sql).bind(collection).bind(after);
-        if let Some(reader) = reader {
-            more = more.bind(reader);
-        }
-        Ok(more.fetch_one(self).await?)
+    async fn more_after(&mut self, collection: &str, after: i64, scope: &ReadScope) -> Result<bool, ServerError> {
+        let sql = more_sql(scope);
+        let row = bind_scope(sqlx::query(&sql).bind(collection).bind(after), scope).fetch_one(self).await?;
+        Ok(row.try_get::<bool, _>(0)?)
+    }
+}
+
+/// Binds a scope's parameter (the next one): the owner, or the keys as a text array.
+fn bind_scope<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    scope: &ReadScope,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    match scope {
+        ReadScope::Everything => query,
+        ReadScope::Owned(owner) => query.bind(owner.clone()),
+        ReadScope::Keys(keys) => query.bind(keys.iter().cloned().collect::<Vec<_>>()),
     }
 }
 
@@ -345,6 +397,13 @@ impl PurgeStatements for PgConnection {
     }
 
     async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError> {
+        sqlx::query(
+            "DELETE FROM sync_access a USING sync_records r \
+              WHERE a.collection = r.collection AND a.id = r.id AND r.deleted AND r.updated_at < $1",
+        )
+        .bind(before)
+        .execute(&mut *self)
+        .await?;
         let done = sqlx::query("DELETE FROM sync_records WHERE deleted AND updated_at < $1")
             .bind(before)
             .execute(self)
@@ -354,25 +413,48 @@ impl PurgeStatements for PgConnection {
 }
 
 /// One page of a collection's feed after a position, assembled as a JSON array: $1
-/// collection, $2 position, $3 limit, and $4 the reader when it may read only its own
-/// records (see [`owner_filter`]).
-fn page_sql(everyone: bool) -> String {
+/// collection, $2 position, $3 limit, and $4 the scope's owner or keys (see
+/// [`bind_scope`]); each scope reads through its own index, as on SQLite.
+fn page_sql(scope: &ReadScope) -> String {
+    let records = match scope {
+        ReadScope::Everything | ReadScope::Owned(_) => format!(
+            "SELECT id, version, deleted, data, seq, mutation_id, true AS present FROM sync_records \
+              WHERE collection = $1 AND seq > $2 {} ORDER BY seq LIMIT $3",
+            if matches!(scope, ReadScope::Owned(_)) { "AND owner = $4" } else { "" }
+        ),
+        // A record under several of the user's keys is one change: present when any
+        // key is (present rows carry the record's latest position).
+        ReadScope::Keys(_) => "SELECT a.id, r.version, r.deleted, r.data, a.seq, r.mutation_id, \
+                  a.present AND r.id IS NOT NULL AS present \
+             FROM (SELECT id, max(seq) AS seq, bool_or(present) AS present FROM sync_access \
+                    WHERE collection = $1 AND key = ANY($4::text[]) AND seq > $2 \
+                    GROUP BY id ORDER BY max(seq) LIMIT $3) a \
+             LEFT JOIN sync_records r ON r.collection = $1 AND r.id = a.id"
+            .to_owned(),
+    };
     format!(
         "SELECT count(*)::int8 AS n, coalesce(max(seq), $2)::int8 AS last, \
-           coalesce(json_agg(json_build_object('collection', $1::text, 'record_id', id, 'version', version, \
-             'deleted', deleted, 'data', data::json, 'mutation_id', mutation_id) ORDER BY seq), '[]'::json)::text AS page \
-         FROM (SELECT id, version, deleted, data, seq, mutation_id FROM sync_records \
-                WHERE collection = $1 AND seq > $2 {} ORDER BY seq LIMIT $3) r",
-        owner_filter(everyone, "$4")
+           coalesce(json_agg(CASE WHEN present THEN \
+             json_build_object('collection', $1::text, 'record_id', id, 'version', version, \
+               'deleted', deleted, 'data', data::json, 'mutation_id', mutation_id) \
+           ELSE json_build_object('collection', $1::text, 'record_id', id, 'version', coalesce(version, 1), \
+               'deleted', true, 'removed', true, 'data', NULL) END ORDER BY seq), '[]'::json)::text AS page \
+         FROM ({records}) r"
     )
 }
 
-/// Whether the feed holds more after a position: $1 collection, $2 position, $3 reader.
-fn more_sql(everyone: bool) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = $1 AND seq > $2 {})",
-        owner_filter(everyone, "$3")
-    )
+/// Whether the feed holds more after a position in a scope: $1 collection, $2
+/// position, $3 the scope's owner or keys.
+fn more_sql(scope: &ReadScope) -> String {
+    match scope {
+        ReadScope::Everything => "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = $1 AND seq > $2)".into(),
+        ReadScope::Owned(_) => {
+            "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = $1 AND seq > $2 AND owner = $3)".into()
+        }
+        ReadScope::Keys(_) => "SELECT EXISTS (SELECT 1 FROM sync_access WHERE collection = $1 \
+              AND key = ANY($3::text[]) AND seq > $2)"
+            .into(),
+    }
 }
 
 #[cfg(test)]

@@ -18,10 +18,12 @@ use super::{
     PageBuilder, PullItem, PullPage, PushContext, PushPlan, RecordWrite, Touched, next_position, plan_push,
     prefetch_keys, start_position, touched, version_floors,
 };
-use crate::config::Access;
 use crate::cursor;
 use crate::error::ServerError;
-use crate::logic::{StoredRecord, User, WireResult};
+#[cfg(test)]
+use crate::logic::User;
+use crate::logic::{StoredRecord, WireResult};
+use crate::rules::ReadScope;
 
 pub(crate) fn corrupt(message: impl Into<String>) -> ServerError {
     ServerError::Database { message: message.into(), retryable: false }
@@ -35,6 +37,8 @@ pub(crate) struct PositionedWrite<'a> {
     pub(crate) record: &'a StoredRecord,
     pub(crate) mutation_id: String,
     pub(crate) seq: i64,
+    /// The audience keys to store for the record (None: its collection stores none).
+    pub(crate) keys: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 /// The statements of a push, inside the backend's write transaction.
@@ -51,6 +55,11 @@ pub(crate) trait PushStatements: Send {
     async fn purged_versions(&mut self) -> Result<Vec<(String, i64)>, ServerError>;
     /// Writes the records' new rows (one per record) at `now` (µs since the epoch).
     async fn write_records(&mut self, rows: &[PositionedWrite<'_>], now: i64) -> Result<(), ServerError>;
+    /// Stores the audience keys of the rows that have them (see [`PositionedWrite`]):
+    /// each key of a row present at the row's position, and each key the record held
+    /// and no longer holds marked absent at that position (so a pull from before it
+    /// sends its former readers a removal). Called only with rows that have keys.
+    async fn write_audience(&mut self, rows: &[PositionedWrite<'_>]) -> Result<(), ServerError>;
     /// Moves the feed's last position to `head`.
     async fn set_head(&mut self, head: i64) -> Result<(), ServerError>;
     /// Tells other server nodes what changed, when they commit (a no-op by default).
@@ -79,6 +88,10 @@ pub(crate) async fn push_in(
     if !plan.writes.is_empty() {
         let (rows, new_head) = positioned(&plan.writes, head);
         tx.write_records(&rows, Utc::now().timestamp_micros()).await?;
+        let keyed: Vec<PositionedWrite<'_>> = rows.iter().filter(|r| r.keys.is_some()).cloned().collect();
+        if !keyed.is_empty() {
+            tx.write_audience(&keyed).await?;
+        }
         tx.set_head(new_head).await?;
         tx.announce(&touched).await?;
     }
@@ -135,6 +148,7 @@ pub(crate) fn positioned(writes: &[RecordWrite], head: i64) -> (Vec<PositionedWr
                 record: &w.record,
                 mutation_id: w.mutation_id.to_string(),
                 seq,
+                keys: w.keys.as_ref(),
             },
         );
     }
@@ -170,17 +184,19 @@ pub(crate) trait PullStatements: Send {
     async fn head(&mut self) -> Result<i64, ServerError>;
     /// The position through which `collection`'s tombstones were purged (0: none).
     async fn purged_through(&mut self, collection: &str) -> Result<i64, ServerError>;
-    /// Up to `limit` changes of `collection` after `after`, in feed order; only
-    /// `reader`'s own records when it is Some.
+    /// Up to `limit` changes of `collection` after `after` in `scope`, in feed order.
+    /// A record of a [`ReadScope::Keys`] scope whose keys all left the scope after
+    /// `after` is sent as a removal (`"deleted": true, "removed": true`, no data).
+    /// Never called with an empty key set.
     async fn page(
         &mut self,
         collection: &str,
         after: i64,
         limit: i64,
-        reader: Option<&str>,
+        scope: &ReadScope,
     ) -> Result<FeedPage, ServerError>;
-    /// Whether `collection` has changes after `after` (for `reader`, as above).
-    async fn more_after(&mut self, collection: &str, after: i64, reader: Option<&str>) -> Result<bool, ServerError>;
+    /// Whether `collection` has changes after `after` in `scope`.
+    async fn more_after(&mut self, collection: &str, after: i64, scope: &ReadScope) -> Result<bool, ServerError>;
 }
 
 /// A pull inside the caller's read snapshot: per collection, where to start (or reset),
@@ -188,13 +204,15 @@ pub(crate) trait PullStatements: Send {
 pub(crate) async fn pull_in(
     tx: &mut impl PullStatements,
     epoch: &str,
-    user: &User,
     items: &[PullItem],
     limit: usize,
 ) -> Result<PullPage, ServerError> {
     let head = tx.head().await?;
     let mut response = PageBuilder::default();
     for item in items {
+        // The cursor names the rule and the user's scope beside the database: when
+        // either changed since, the collection starts over (see `scope_tag`).
+        let epoch = &format!("{epoch}.{}", item.tag);
         let parsed = cursor::parse(item.cursor.as_ref(), epoch)?;
         let purged = tx.purged_through(item.collection.as_str()).await?;
         let (start, reset) = start_position(parsed, purged);
@@ -207,12 +225,16 @@ pub(crate) async fn pull_in(
             response.cursors.insert(item.collection.clone(), cursor::format(epoch, start));
             continue;
         }
-        let everyone = user.admin || item.access == Access::ReadOnly;
-        let reader = (!everyone).then_some(user.name.as_str());
+        if matches!(&item.scope, ReadScope::Keys(keys) if keys.is_empty()) {
+            // A rule that grants this user nothing: no query, and nothing to wait for.
+            let position = next_position(start, start.seq, false, head);
+            response.cursors.insert(item.collection.clone(), cursor::format(epoch, position));
+            continue;
+        }
         let page_limit = i64::try_from(remaining).unwrap_or(i64::MAX);
-        let page = tx.page(item.collection.as_str(), start.seq, page_limit, reader).await?;
+        let page = tx.page(item.collection.as_str(), start.seq, page_limit, &item.scope).await?;
         let n = usize::try_from(page.count).map_err(|_| corrupt("negative count"))?;
-        let more = n >= remaining && tx.more_after(item.collection.as_str(), page.last, reader).await?;
+        let more = n >= remaining && tx.more_after(item.collection.as_str(), page.last, &item.scope).await?;
         response.add(page.json, n);
         response.has_more |= more;
         let position = next_position(start, page.last, more, head);
@@ -255,6 +277,8 @@ mod tests {
             id: RecordId::new(id).unwrap(),
             record: StoredRecord { version, deleted: false, owner: "alice".into(), data: None },
             mutation_id: Uuid::now_v7(),
+            keys: None,
+            told: Default::default(),
         }
     }
 
@@ -283,6 +307,8 @@ mod tests {
         records: std::collections::BTreeMap<(String, String), (StoredRecord, i64, i64)>,
         /// collection -> (through position, highest version)
         purged: HashMap<String, (i64, i64)>,
+        /// (collection, id, key) -> (position, present)
+        audience: std::collections::BTreeMap<(String, String, String), (i64, bool)>,
     }
 
     #[async_trait]
@@ -317,6 +343,21 @@ mod tests {
             }
             Ok(())
         }
+        async fn write_audience(&mut self, rows: &[PositionedWrite<'_>]) -> Result<(), ServerError> {
+            for w in rows {
+                let keys = w.keys.unwrap();
+                for ((c, id, key), (seq, present)) in &mut self.audience {
+                    if c == w.collection && id == w.id && *present {
+                        *seq = w.seq;
+                        *present = keys.contains(key);
+                    }
+                }
+                for key in keys {
+                    self.audience.insert((w.collection.into(), w.id.into(), key.clone()), (w.seq, true));
+                }
+            }
+            Ok(())
+        }
         async fn set_head(&mut self, head: i64) -> Result<(), ServerError> {
             self.head = head;
             Ok(())
@@ -342,32 +383,54 @@ mod tests {
             collection: &str,
             after: i64,
             limit: i64,
-            reader: Option<&str>,
+            scope: &ReadScope,
         ) -> Result<FeedPage, ServerError> {
-            let mut rows: Vec<_> = self
-                .records
-                .iter()
-                .filter(|((c, _), (r, seq, _))| c == collection && *seq > after && reader.is_none_or(|u| r.owner == u))
-                .collect();
-            rows.sort_by_key(|(_, (_, seq, _))| *seq);
+            // (position, id, present) of each record in the scope changed after `after`.
+            let mut rows: Vec<(i64, String, bool)> = match scope {
+                ReadScope::Keys(keys) => {
+                    let mut by_id: std::collections::BTreeMap<String, (i64, bool)> = Default::default();
+                    for ((c, id, key), (seq, present)) in &self.audience {
+                        if c == collection && *seq > after && keys.contains(key) {
+                            let e = by_id.entry(id.clone()).or_insert((0, false));
+                            *e = (e.0.max(*seq), e.1 || *present);
+                        }
+                    }
+                    by_id.into_iter().map(|(id, (seq, present))| (seq, id, present)).collect()
+                }
+                _ => self
+                    .records
+                    .iter()
+                    .filter(|((c, _), (r, seq, _))| {
+                        c == collection
+                            && *seq > after
+                            && match scope {
+                                ReadScope::Owned(u) => &r.owner == u,
+                                _ => true,
+                            }
+                    })
+                    .map(|((_, id), (_, seq, _))| (*seq, id.clone(), true))
+                    .collect(),
+            };
+            rows.sort();
             rows.truncate(usize::try_from(limit).unwrap());
-            let last = rows.last().map_or(after, |(_, (_, seq, _))| *seq);
+            let last = rows.last().map_or(after, |(seq, _, _)| *seq);
             let changes: Vec<Value> = rows
                 .iter()
-                .map(|((c, id), (r, _, _))| {
-                    serde_json::json!({"collection": c, "record_id": id, "version": r.version,
-                        "deleted": r.deleted, "data": r.data})
+                .map(|(_, id, present)| {
+                    let r = &self.records[&(collection.to_owned(), id.clone())].0;
+                    if *present {
+                        serde_json::json!({"collection": collection, "record_id": id, "version": r.version,
+                            "deleted": r.deleted, "data": r.data})
+                    } else {
+                        serde_json::json!({"collection": collection, "record_id": id, "version": r.version,
+                            "deleted": true, "removed": true, "data": null})
+                    }
                 })
                 .collect();
             Ok(FeedPage { count: rows.len() as i64, last, json: Value::from(changes).to_string() })
         }
-        async fn more_after(
-            &mut self,
-            collection: &str,
-            after: i64,
-            reader: Option<&str>,
-        ) -> Result<bool, ServerError> {
-            Ok(self.page(collection, after, 1, reader).await?.count > 0)
+        async fn more_after(&mut self, collection: &str, after: i64, scope: &ReadScope) -> Result<bool, ServerError> {
+            Ok(self.page(collection, after, 1, scope).await?.count > 0)
         }
     }
 
@@ -389,6 +452,8 @@ mod tests {
         async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError> {
             let n = self.records.len();
             self.records.retain(|_, (r, _, at)| !(r.deleted && *at < before));
+            let records = &self.records;
+            self.audience.retain(|(c, id, _), _| records.contains_key(&(c.clone(), id.clone())));
             Ok((n - self.records.len()) as u64)
         }
     }
@@ -403,10 +468,10 @@ mod tests {
 
     impl World {
         fn new() -> Self {
-            let config = crate::config::CollectionConfig { access: Access::Owner, ids: Default::default() };
+            let config = crate::config::CollectionConfig::new(crate::config::Access::Owner);
             Self {
                 feed: MemoryFeed::default(),
-                alice: User { name: "alice".into(), admin: false },
+                alice: User::new("alice", false),
                 collections: [(CollectionName::new("notes").unwrap(), config)].into(),
                 users: ["alice".to_owned()].into(),
                 actions: HashMap::new(),
@@ -425,8 +490,9 @@ mod tests {
         }
 
         async fn pull(&mut self, cursor: Option<sync_core::Cursor>) -> PullPage {
-            let item = PullItem { collection: CollectionName::new("notes").unwrap(), access: Access::Owner, cursor };
-            pull_in(&mut self.feed, "epoch1", &self.alice, &[item], 100).await.unwrap()
+            let notes = CollectionName::new("notes").unwrap();
+            let item = PullItem::new(notes.clone(), &self.collections[&notes].rules.read, &self.alice, cursor);
+            pull_in(&mut self.feed, "epoch1", &[item], 100).await.unwrap()
         }
     }
 

@@ -14,11 +14,12 @@ use uuid::Uuid;
 
 use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
 use super::{
-    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached, owner_filter,
+    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
     rolling_back_on_release,
 };
 use crate::error::ServerError;
-use crate::logic::{StoredRecord, User, WireResult};
+use crate::logic::{StoredRecord, WireResult};
+use crate::rules::ReadScope;
 
 /// The SQLite server store.
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ impl ServerStore for SqliteServerStore {
 
     async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
         let store = self.clone();
-        detached(|asker| async move { store.pull_now(&asker, &job.user, &job.items, job.limit).await }).await
+        detached(|asker| async move { store.pull_now(&asker, &job.items, job.limit).await }).await
     }
 
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
@@ -130,19 +131,13 @@ impl SqliteServerStore {
         Ok(answer)
     }
 
-    async fn pull_now(
-        &self,
-        asker: &Asker,
-        user: &User,
-        items: &[PullItem],
-        limit: usize,
-    ) -> Result<PullPage, ServerError> {
+    async fn pull_now(&self, asker: &Asker, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
         // One read transaction: every query sees the same snapshot, so the feed's end
         // read first is exactly what the pages can see.
         let mut conn = self.readers.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin().await?;
-        let page = skeleton::pull_in(&mut *tx, &self.epoch, user, items, limit).await?;
+        let page = skeleton::pull_in(&mut *tx, &self.epoch, items, limit).await?;
         tx.commit().await?;
         Ok(page)
     }
@@ -230,6 +225,36 @@ impl PushStatements for SqliteConnection {
         Ok(())
     }
 
+    async fn write_audience(&mut self, rows: &[PositionedWrite<'_>]) -> Result<(), ServerError> {
+        let rows = Value::from(
+            rows.iter()
+                .map(|w| json!([w.collection, w.id, w.seq, w.keys.into_iter().flatten().collect::<Vec<_>>()]))
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
+        // Keys the record holds now stay present; the others it held become absent.
+        sqlx::query(
+            "UPDATE sync_access SET seq = w.seq, \
+               present = sync_access.key IN (SELECT value FROM json_each(w.keys)) \
+             FROM (SELECT json_extract(value, '$[0]') AS c, json_extract(value, '$[1]') AS id, \
+                          json_extract(value, '$[2]') AS seq, json_extract(value, '$[3]') AS keys FROM json_each(?)) w \
+             WHERE sync_access.collection = w.c AND sync_access.id = w.id AND sync_access.present = 1",
+        )
+        .bind(&rows)
+        .execute(&mut *self)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sync_access (collection, id, key, seq, present) \
+             SELECT json_extract(w.value, '$[0]'), json_extract(w.value, '$[1]'), k.value, json_extract(w.value, '$[2]'), 1 \
+               FROM json_each(?) w, json_each(json_extract(w.value, '$[3]')) k WHERE true \
+             ON CONFLICT (collection, id, key) DO UPDATE SET seq = excluded.seq, present = 1",
+        )
+        .bind(&rows)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
     async fn set_head(&mut self, head: i64) -> Result<(), ServerError> {
         sqlx::query("UPDATE sync_meta SET value = ? WHERE key = 'seq'").bind(head.to_string()).execute(self).await?;
         Ok(())
@@ -267,25 +292,32 @@ impl PullStatements for SqliteConnection {
         collection: &str,
         after: i64,
         limit: i64,
-        reader: Option<&str>,
+        scope: &ReadScope,
     ) -> Result<FeedPage, ServerError> {
-        let sql = page_sql(reader.is_none());
-        let mut page = sqlx::query(&sql).bind(collection).bind(after).bind(limit);
-        if let Some(reader) = reader {
-            page = page.bind(reader);
-        }
-        let row = page.fetch_one(self).await?;
+        let sql = page_sql(scope);
+        let row =
+            bind_scope(sqlx::query(&sql).bind(collection).bind(after).bind(limit), scope)?.fetch_one(self).await?;
         Ok(FeedPage { count: row.try_get("n")?, last: row.try_get("last")?, json: row.try_get("page")? })
     }
 
-    async fn more_after(&mut self, collection: &str, after: i64, reader: Option<&str>) -> Result<bool, ServerError> {
-        let sql = more_sql(reader.is_none());
-        let mut more = sqlx::query_scalar::<_, bool>(&sql).bind(collection).bind(after);
-        if let Some(reader) = reader {
-            more = more.bind(reader);
-        }
-        Ok(more.fetch_one(self).await?)
+    async fn more_after(&mut self, collection: &str, after: i64, scope: &ReadScope) -> Result<bool, ServerError> {
+        let sql = more_sql(scope);
+        let query = sqlx::query(&sql).bind(collection).bind(after);
+        let row = bind_scope(query, scope)?.fetch_one(self).await?;
+        Ok(row.try_get::<bool, _>(0)?)
     }
+}
+
+/// Binds a scope's parameter (the next one): the owner, or the keys as a JSON array.
+fn bind_scope<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    scope: &ReadScope,
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>, ServerError> {
+    Ok(match scope {
+        ReadScope::Everything => query,
+        ReadScope::Owned(owner) => query.bind(owner.clone()),
+        ReadScope::Keys(keys) => query.bind(Value::from(keys.iter().cloned().collect::<Vec<_>>()).to_string()),
+    })
 }
 
 #[async_trait]
@@ -310,6 +342,13 @@ impl PurgeStatements for SqliteConnection {
     }
 
     async fn delete_purged(&mut self, before: i64) -> Result<u64, ServerError> {
+        sqlx::query(
+            "DELETE FROM sync_access WHERE (collection, id) IN \
+               (SELECT collection, id FROM sync_records WHERE deleted = 1 AND updated_at < ?)",
+        )
+        .bind(before)
+        .execute(&mut *self)
+        .await?;
         let done = sqlx::query("DELETE FROM sync_records WHERE deleted = 1 AND updated_at < ?")
             .bind(before)
             .execute(self)
@@ -319,26 +358,56 @@ impl PurgeStatements for SqliteConnection {
 }
 
 /// One page of a collection's feed after a position, assembled as a JSON array: ?1
-/// collection, ?2 position, ?3 limit, and ?4 the reader when it may read only its own
-/// records (see [`owner_filter`]).
-fn page_sql(everyone: bool) -> String {
+/// collection, ?2 position, ?3 limit, and ?4 the scope's owner or keys (see
+/// [`bind_scope`]). Each scope reads through its own index: the feed, the
+/// (collection, owner, seq) index, or the audience keys' (collection, key, seq) index,
+/// so a pull reads the changes after its cursor that the user may read, never every
+/// user's changes. (A single `(everyone OR owner = ?)` filter once kept both backends
+/// on the feed index: every pull of an owner collection read every other user's
+/// changes after its cursor, and 500 devices got about half the requests/s of 100;
+/// BENCHMARKS.md, `server_load`.)
+fn page_sql(scope: &ReadScope) -> String {
+    let records = match scope {
+        ReadScope::Everything | ReadScope::Owned(_) => format!(
+            "SELECT id, version, deleted, data, seq, mutation_id, 1 AS present FROM sync_records \
+              WHERE collection = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3",
+            if matches!(scope, ReadScope::Owned(_)) { "AND owner = ?4" } else { "" }
+        ),
+        // A record under several of the user's keys is one change: present when any
+        // key is (present rows carry the record's latest position). Grouping by id
+        // tempts SQLite's planner into the primary key, a walk of the whole collection;
+        // `INDEXED BY` holds it to the rows after the cursor under the user's keys.
+        ReadScope::Keys(_) => "SELECT a.id, r.version, r.deleted, r.data, a.seq, r.mutation_id, \
+                  a.present AND r.id IS NOT NULL AS present \
+             FROM (SELECT id, max(seq) AS seq, max(present) AS present FROM sync_access INDEXED BY sync_access_feed \
+                    WHERE collection = ?1 AND key IN (SELECT value FROM json_each(?4)) AND seq > ?2 \
+                    GROUP BY id ORDER BY seq LIMIT ?3) a \
+             LEFT JOIN sync_records r ON r.collection = ?1 AND r.id = a.id"
+            .to_owned(),
+    };
     format!(
         "SELECT count(*) AS n, coalesce(max(seq), ?2) AS last, \
-           json_group_array(json_object('collection', ?1, 'record_id', id, 'version', version, \
-             'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data), 'mutation_id', mutation_id) \
-             ORDER BY seq) AS page \
-         FROM (SELECT id, version, deleted, data, seq, mutation_id FROM sync_records \
-                WHERE collection = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3)",
-        owner_filter(everyone, "?4")
+           json_group_array(iif(present, \
+             json_object('collection', ?1, 'record_id', id, 'version', version, \
+               'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data), 'mutation_id', mutation_id), \
+             json_object('collection', ?1, 'record_id', id, 'version', coalesce(version, 1), \
+               'deleted', json('true'), 'removed', json('true'), 'data', NULL)) ORDER BY seq) AS page \
+         FROM ({records})"
     )
 }
 
-/// Whether the feed holds more after a position: ?1 collection, ?2 position, ?3 reader.
-fn more_sql(everyone: bool) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ?1 AND seq > ?2 {})",
-        owner_filter(everyone, "?3")
-    )
+/// Whether the feed holds more after a position in a scope: ?1 collection, ?2
+/// position, ?3 the scope's owner or keys (see [`bind_scope`]).
+fn more_sql(scope: &ReadScope) -> String {
+    match scope {
+        ReadScope::Everything => "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ?1 AND seq > ?2)".into(),
+        ReadScope::Owned(_) => {
+            "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ?1 AND seq > ?2 AND owner = ?3)".into()
+        }
+        ReadScope::Keys(_) => "SELECT EXISTS (SELECT 1 FROM sync_access WHERE collection = ?1 \
+              AND key IN (SELECT value FROM json_each(?3)) AND seq > ?2)"
+            .into(),
+    }
 }
 
 #[cfg(test)]
@@ -395,32 +464,31 @@ mod tests {
     }
 
     /// A pull of an owner collection reads only the reader's rows through the
-    /// (collection, owner, seq) index; one of a collection everyone reads, the feed index.
+    /// (collection, owner, seq) index; one under a rule of fields, groups or attributes
+    /// only the reader's keys through the audience index; one of a collection everyone
+    /// reads, the feed index. None scans the collection.
     #[tokio::test]
     async fn pulls_read_through_the_index_of_what_the_reader_may_see() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = store_in(&dir).await;
-        let plan = |sql: String| {
-            let readers = store.readers.clone();
-            async move {
-                let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-                    .bind("c")
-                    .bind(0i64)
-                    .bind(10i64)
-                    .bind("alice")
-                    .fetch_all(&readers)
-                    .await
-                    .unwrap();
-                rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ")
-            }
-        };
-        for (sql, index) in [
-            (page_sql(false), "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
-            (more_sql(false), "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
-            (page_sql(true), "sync_records_feed (collection=? AND seq>?)"),
+        let owned = ReadScope::Owned("alice".into());
+        let keys = ReadScope::Keys(["u:alice".to_owned(), "g:north".to_owned()].into());
+        for (sql, scope, index) in [
+            (page_sql(&owned), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
+            (more_sql(&owned), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
+            (page_sql(&keys), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
+            (more_sql(&keys), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
+            (page_sql(&ReadScope::Everything), &ReadScope::Everything, "sync_records_feed (collection=? AND seq>?)"),
         ] {
-            let plan = plan(sql.clone()).await;
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(&explain).bind("c").bind(0i64);
+            if sql.contains("LIMIT ?3") {
+                query = query.bind(10i64);
+            }
+            let rows = bind_scope(query, scope).unwrap().fetch_all(&store.readers).await.unwrap();
+            let plan = rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ");
             assert!(plan.contains(index), "{sql}\n  {plan}");
+            assert!(!plan.contains("SCAN sync_records") && !plan.contains("SCAN sync_access"), "{sql}\n  {plan}");
         }
     }
 }

@@ -74,9 +74,14 @@ pub async fn servers(extra: &str) -> Vec<TestServer> {
 }
 
 pub async fn start_with(backend: &'static str, database: &str, extra: &str, dir: tempfile::TempDir) -> TestServer {
+    start_config(backend, &config_text(database, extra), dir).await
+}
+
+/// A server of `backend` configured by the whole of `text`.
+pub async fn start_config(backend: &'static str, text: &str, dir: tempfile::TempDir) -> TestServer {
     // Server errors go to the test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
-    let config = ServerConfig::from_toml(&config_text(database, extra)).unwrap();
+    let config = ServerConfig::from_toml(text).unwrap();
     let (state, store) = from_config(&config).await.unwrap();
     let server = start("127.0.0.1:0", state, store.clone(), config.tombstone_retention).await.unwrap();
     let url = server.url();
