@@ -181,12 +181,18 @@ async fn purge_loop(store: Arc<dyn ServerStore>, retention: Duration) {
     }
 }
 
-/// A state and store from a configuration, with a fresh change hub.
+/// A state and store from a configuration, with a fresh change hub; the store's
+/// audience keys are brought in line with the configured rules first
+/// ([`ServerStore::prepare_rules`]).
 ///
 /// # Errors
-/// As [`open_store`].
+/// As [`open_store`]; [`ServerError::Database`] when the keys cannot be built.
 pub async fn from_config(config: &ServerConfig) -> Result<(AppState, Arc<dyn ServerStore>), ServerError> {
     let store = open_store(&config.database).await?;
+    let keyed = store.prepare_rules(&config.collections).await?;
+    if keyed > 0 {
+        tracing::info!(records = keyed, "sync rules changed: audience keys built again");
+    }
     let hub = ChangeHub::with_max_streams(config.max_event_streams);
     Ok((AppState::new(config.clone(), store.clone(), hub), store))
 }

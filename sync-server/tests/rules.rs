@@ -10,8 +10,16 @@ use common::{TestServer, delete, status_of, upsert};
 use serde_json::{Value, json};
 use sync_server::config::token_sha256;
 
+const JOBS: &str = "read = [\"assigned_to = user\", \"user in dispatchers\"]
+write = [\"user in dispatchers\", \"assigned_to = user\"]";
+
 /// disp dispatches; tom (north) and ann (south) are technicians; root is an admin.
 fn config(database: &str, tom_groups: &str) -> String {
+    config_with(database, tom_groups, JOBS)
+}
+
+/// As [`config`], with `jobs` as the jobs collection's rules.
+fn config_with(database: &str, tom_groups: &str, jobs: &str) -> String {
     let mut text = format!("database = \"{database}\"\nmax_batch = 50\n");
     for (name, role, groups, region) in [
         ("disp", "user", "[\"dispatchers\"]", None),
@@ -27,12 +35,9 @@ fn config(database: &str, tom_groups: &str) -> String {
             text.push_str(&format!("attributes = {{ region = \"{region}\" }}\n"));
         }
     }
+    text.push_str(&format!("[collections.jobs]\n{jobs}\n"));
     text.push_str(
         r#"
-[collections.jobs]
-read = ["assigned_to = user", "user in dispatchers"]
-write = ["user in dispatchers", "assigned_to = user"]
-
 [collections.sites]
 read = ["region = user.region"]
 write = []
@@ -230,6 +235,42 @@ async fn a_user_whose_groups_change_starts_over_with_what_they_may_read_now() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["reset"], json!(["notes"]), "the old cursor starts over: {body}");
         assert_eq!(body["changes"], json!([]), "{body}");
+        s.server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_before_a_rule_changed_are_read_by_the_new_rule() {
+    for backend in common::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = common::database_url(backend, &dir).await;
+        // First every job belongs to its creator.
+        let owner = "access = \"owner\"";
+        let s = common::start_config(backend, &config_with(&url, "[]", owner), tempfile::tempdir().unwrap()).await;
+        s.push(&token("disp"), vec![upsert("jobs", "j1", None, json!({"assigned_to": "tom"}))]).await;
+        s.push(&token("disp"), vec![upsert("jobs", "j2", None, json!({"assigned_to": "ann"}))]).await;
+        s.push(&token("tom"), vec![upsert("jobs", "j3", None, json!({"assigned_to": "tom"}))]).await;
+        let (_, tom_cursor) = s.pull_all(&token("tom"), "jobs", Value::Null).await;
+        assert_eq!(visible(&s, "tom", "jobs").await, ["j3"]);
+        s.server.stop().await.unwrap();
+
+        // Then by assignment: the records written before are keyed at start, and Tom's
+        // old cursor starts over with exactly what he may read now.
+        let s = common::start_config(backend, &config(&url, "[]"), tempfile::tempdir().unwrap()).await;
+        let (status, body) = s.pull(&token("tom"), json!({"jobs": tom_cursor}), None).await;
+        assert_eq!((status, body["reset"].clone()), (200, json!(["jobs"])), "{body}");
+        assert_eq!(visible(&s, "tom", "jobs").await, ["j1", "j3"]);
+        assert_eq!(visible(&s, "ann", "jobs").await, ["j2"]);
+        assert_eq!(visible(&s, "disp", "jobs").await, ["j1", "j2", "j3"]);
+        s.server.stop().await.unwrap();
+
+        // A second start with the same rules finds nothing to do, and serves the same.
+        let config = sync_server::config::ServerConfig::from_toml(&config(&url, "[]")).unwrap();
+        let store = sync_server::server::open_store(&url).await.unwrap();
+        assert_eq!(store.prepare_rules(&config.collections).await.unwrap(), 0);
+        // Back to owner: the keys are dropped and the owner column decides again.
+        let s = common::start_config(backend, &config_with(&url, "[]", owner), dir).await;
+        assert_eq!(visible(&s, "tom", "jobs").await, ["j3"]);
         s.server.stop().await.unwrap();
     }
 }

@@ -394,6 +394,14 @@ pub fn scope_tag(read: &Rule, scope: &ReadScope) -> String {
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
 }
 
+/// A mark of a read rule, kept beside the audience keys built for it: when the rule in
+/// the configuration no longer matches, the keys are built again at start
+/// ([`ServerStore::prepare_rules`]).
+pub fn rule_mark(read: &Rule) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(format!("{:?}", read.grants).as_bytes())[..8])
+}
+
 /// The change notifications a push causes: which collection changed, for whom.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Touched {
@@ -452,6 +460,17 @@ pub trait ServerStore: Send + Sync + 'static {
     /// # Errors
     /// 400 for a malformed cursor; [`ServerError::Database`].
     async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError>;
+
+    /// Brings each collection's stored audience keys in line with its read rule (see
+    /// [`crate::rules::key`]): at start, after the configuration's rules changed,
+    /// records written before are keyed again (or their keys dropped when the rule no
+    /// longer needs them). Returns how many records were keyed; nothing to do costs
+    /// one lookup per collection.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`].
+    async fn prepare_rules(&self, collections: &BTreeMap<CollectionName, CollectionConfig>)
+    -> Result<u64, ServerError>;
 
     /// Deletes tombstones last changed before `older_than`; returns how many.
     ///

@@ -8,6 +8,7 @@
 //! that row while they write; a push is a handful of set-based statements, so that is
 //! short. Nodes share change notifications through LISTEN/NOTIFY.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -20,11 +21,14 @@ use sync_core::CollectionName;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
+use super::skeleton::{
+    self, AudienceStatements, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt,
+};
 use super::{
     Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
     rolling_back_on_release,
 };
+use crate::config::CollectionConfig;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{StoredRecord, WireResult};
@@ -152,6 +156,22 @@ impl ServerStore for PgServerStore {
     async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
         let store = self.clone();
         detached(|asker| async move { store.pull_now(&asker, &job.items, job.limit).await }).await
+    }
+
+    async fn prepare_rules(
+        &self,
+        collections: &BTreeMap<CollectionName, CollectionConfig>,
+    ) -> Result<u64, ServerError> {
+        let mut keyed = 0;
+        for (name, config) in collections {
+            // Every node starting with the new rules runs this; the head lock makes them
+            // take turns, and the ones after the first find the mark already set.
+            let mut tx = self.pool.begin().await?;
+            let mut statements = PgPush { conn: &mut tx, channel: &self.channel };
+            keyed += skeleton::rebuild_audience_in(&mut statements, name.as_str(), &config.rules.read).await?;
+            tx.commit().await?;
+        }
+        Ok(keyed)
     }
 
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
@@ -372,6 +392,54 @@ fn bind_scope<'q>(
         ReadScope::Everything => query,
         ReadScope::Owned(owner) => query.bind(owner.clone()),
         ReadScope::Keys(keys) => query.bind(keys.iter().cloned().collect::<Vec<_>>()),
+    }
+}
+
+#[async_trait]
+impl AudienceStatements for PgPush<'_> {
+    async fn rule_mark(&mut self, collection: &str) -> Result<Option<String>, ServerError> {
+        Ok(sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'rules:' || $1")
+            .bind(collection)
+            .fetch_optional(&mut *self.conn)
+            .await?)
+    }
+
+    async fn set_rule_mark(&mut self, collection: &str, mark: Option<&str>) -> Result<(), ServerError> {
+        let key = format!("rules:{collection}");
+        match mark {
+            Some(mark) => {
+                sqlx::query("INSERT INTO sync_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                    .bind(key)
+                    .bind(mark)
+                    .execute(&mut *self.conn)
+                    .await?
+            }
+            None => sqlx::query("DELETE FROM sync_meta WHERE key = $1").bind(key).execute(&mut *self.conn).await?,
+        };
+        Ok(())
+    }
+
+    async fn drop_audience(&mut self, collection: &str) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM sync_access WHERE collection = $1").bind(collection).execute(&mut *self.conn).await?;
+        Ok(())
+    }
+
+    async fn records_after(
+        &mut self,
+        collection: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, StoredRecord)>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, owner, version, deleted, data FROM sync_records \
+              WHERE collection = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(collection)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("seq")?, stored(row)?))).collect()
     }
 }
 

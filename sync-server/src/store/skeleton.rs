@@ -243,6 +243,73 @@ pub(crate) async fn pull_in(
     response.finish()
 }
 
+/// The statements that rebuild a collection's audience keys, inside the backend's
+/// write transaction (with [`PushStatements`] for the head and the key writes).
+#[async_trait]
+pub(crate) trait AudienceStatements: PushStatements {
+    /// The mark of the read rule the collection's keys were built for (None: none).
+    async fn rule_mark(&mut self, collection: &str) -> Result<Option<String>, ServerError>;
+    /// Records the mark (None: forgets it).
+    async fn set_rule_mark(&mut self, collection: &str, mark: Option<&str>) -> Result<(), ServerError>;
+    /// Deletes every audience key of the collection.
+    async fn drop_audience(&mut self, collection: &str) -> Result<(), ServerError>;
+    /// Up to `limit` records of the collection after position `after`, in feed order:
+    /// (id, position, record).
+    async fn records_after(
+        &mut self,
+        collection: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, StoredRecord)>, ServerError>;
+}
+
+/// Brings a collection's audience keys in line with its read rule, inside the caller's
+/// transaction: nothing when they were built for this rule; otherwise dropped and, when
+/// the rule needs keys, built again for every record at its own position. Returns how
+/// many records were keyed. A changed rule also changes the collection's cursors
+/// (`scope_tag`), so every device starts over and no removal has to be kept.
+pub(crate) async fn rebuild_audience_in(
+    tx: &mut impl AudienceStatements,
+    collection: &str,
+    read: &crate::rules::Rule,
+) -> Result<u64, ServerError> {
+    tx.head().await?;
+    let mark = read.needs_keys().then(|| super::rule_mark(read));
+    if tx.rule_mark(collection).await? == mark {
+        return Ok(0);
+    }
+    tx.drop_audience(collection).await?;
+    let mut keyed = 0u64;
+    if mark.is_some() {
+        let mut after = 0;
+        loop {
+            let page = tx.records_after(collection, after, 1000).await?;
+            let Some((_, last, _)) = page.last() else { break };
+            after = *last;
+            let keys: Vec<_> = page
+                .iter()
+                .map(|(_, _, r)| read.record_keys(&r.owner, if r.deleted { None } else { r.data.as_ref() }))
+                .collect();
+            let rows: Vec<PositionedWrite<'_>> = page
+                .iter()
+                .zip(&keys)
+                .map(|((id, seq, record), keys)| PositionedWrite {
+                    collection,
+                    id,
+                    record,
+                    mutation_id: String::new(),
+                    seq: *seq,
+                    keys: Some(keys),
+                })
+                .collect();
+            tx.write_audience(&rows).await?;
+            keyed += rows.len() as u64;
+        }
+    }
+    tx.set_rule_mark(collection, mark.as_deref()).await?;
+    Ok(keyed)
+}
+
 /// The statements of a tombstone purge, inside the backend's write transaction.
 #[async_trait]
 pub(crate) trait PurgeStatements: Send {

@@ -12,11 +12,18 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::skeleton::{self, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt};
+use super::skeleton::{
+    self, AudienceStatements, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt,
+};
 use super::{
     Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
     rolling_back_on_release,
 };
+use std::collections::BTreeMap;
+
+use sync_core::CollectionName;
+
+use crate::config::CollectionConfig;
 use crate::error::ServerError;
 use crate::logic::{StoredRecord, WireResult};
 use crate::rules::ReadScope;
@@ -108,6 +115,19 @@ impl ServerStore for SqliteServerStore {
     async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
         let store = self.clone();
         detached(|asker| async move { store.pull_now(&asker, &job.items, job.limit).await }).await
+    }
+
+    async fn prepare_rules(
+        &self,
+        collections: &BTreeMap<CollectionName, CollectionConfig>,
+    ) -> Result<u64, ServerError> {
+        let mut keyed = 0;
+        for (name, config) in collections {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            keyed += skeleton::rebuild_audience_in(&mut *tx, name.as_str(), &config.rules.read).await?;
+            tx.commit().await?;
+        }
+        Ok(keyed)
     }
 
     async fn purge_tombstones(&self, older_than: DateTime<Utc>) -> Result<u64, ServerError> {
@@ -318,6 +338,54 @@ fn bind_scope<'q>(
         ReadScope::Owned(owner) => query.bind(owner.clone()),
         ReadScope::Keys(keys) => query.bind(Value::from(keys.iter().cloned().collect::<Vec<_>>()).to_string()),
     })
+}
+
+#[async_trait]
+impl AudienceStatements for SqliteConnection {
+    async fn rule_mark(&mut self, collection: &str) -> Result<Option<String>, ServerError> {
+        Ok(sqlx::query_scalar("SELECT value FROM sync_meta WHERE key = 'rules:' || ?")
+            .bind(collection)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn set_rule_mark(&mut self, collection: &str, mark: Option<&str>) -> Result<(), ServerError> {
+        let key = format!("rules:{collection}");
+        match mark {
+            Some(mark) => {
+                sqlx::query("INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                    .bind(key)
+                    .bind(mark)
+                    .execute(self)
+                    .await?
+            }
+            None => sqlx::query("DELETE FROM sync_meta WHERE key = ?").bind(key).execute(self).await?,
+        };
+        Ok(())
+    }
+
+    async fn drop_audience(&mut self, collection: &str) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM sync_access WHERE collection = ?").bind(collection).execute(self).await?;
+        Ok(())
+    }
+
+    async fn records_after(
+        &mut self,
+        collection: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, StoredRecord)>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, owner, version, deleted, data FROM sync_records \
+              WHERE collection = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(collection)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("seq")?, stored(row)?))).collect()
+    }
 }
 
 #[async_trait]
