@@ -241,6 +241,26 @@ impl Grant {
         }
     }
 
+    /// The keys of `user` that records can carry through this grant: a pull reads
+    /// only those (one key, for `<field> = user`, reads straight down an index range).
+    fn user_keys(&self, user: &User) -> Vec<String> {
+        match self {
+            Grant::Everyone => vec![key::EVERYONE.to_owned()],
+            Grant::Owner | Grant::FieldIsUser(_) | Grant::ListHasUser(_) => vec![key::user(&user.name)],
+            Grant::UserInGroup(group) => {
+                if user.groups.contains(group) {
+                    vec![key::group(group)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Grant::FieldInGroups(_) | Grant::ListHasGroup(_) => user.groups.iter().map(|g| key::group(g)).collect(),
+            Grant::FieldIsAttribute(_, attribute) => {
+                user.attributes.get(attribute).map(|v| key::attribute(attribute, v)).into_iter().collect()
+            }
+        }
+    }
+
     /// Why `data` cannot be judged by this grant: its field holds another type than the
     /// grant compares (a name is a string, a list a JSON array of at most [`MAX_LIST`]
     /// strings). A missing or null field is no error (it grants nothing).
@@ -316,10 +336,8 @@ impl Rule {
             ReadScope::Everything
         } else if self.grants == [Grant::Owner] {
             ReadScope::Owned(user.name.clone())
-        } else if self.grants.is_empty() {
-            ReadScope::Keys(BTreeSet::new())
         } else {
-            ReadScope::Keys(user.keys())
+            ReadScope::Keys(self.grants.iter().flat_map(|g| g.user_keys(user)).collect())
         }
     }
 
@@ -498,7 +516,13 @@ mod tests {
         assert_eq!(parse(&["everyone", "owner"]).scope(&tom), ReadScope::Everything);
         assert_eq!(parse(&["owner"]).scope(&tom), ReadScope::Owned("tom".into()));
         assert_eq!(parse(&[]).scope(&tom), ReadScope::Keys(BTreeSet::new()));
-        assert_eq!(parse(&["owner", "assigned_to = user"]).scope(&tom), ReadScope::Keys(tom.keys()));
+        let keys = |k: &[&str]| ReadScope::Keys(k.iter().map(|k| (*k).to_owned()).collect());
+        assert_eq!(parse(&["owner", "assigned_to = user"]).scope(&tom), keys(&["u:tom"]));
+        assert_eq!(
+            parse(&["team in user.groups", "region = user.region"]).scope(&tom),
+            keys(&["a:region=north", "g:north-team"])
+        );
+        assert_eq!(parse(&["user in dispatchers"]).scope(&tom), keys(&[]));
         assert_eq!(parse(&["assigned_to = user"]).scope(&admin), ReadScope::Everything);
         assert_eq!(
             tom.keys(),

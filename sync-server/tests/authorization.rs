@@ -6,8 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, delete, mid, status_of, upsert};
-use futures::StreamExt;
+use common::{TestServer, delete, mid, next_change, status_of, upsert};
 use serde_json::{Value, json};
 
 async fn ids(s: &TestServer, token: &str, collection: &str) -> Vec<String> {
@@ -110,29 +109,6 @@ async fn every_user_stays_in_scope_whatever_they_forge() {
         let (_, body) = s.push("alice-token", vec![upsert("work_orders", "b1", None, json!({}))]).await;
         assert_no_leak(&body, 0);
     }
-}
-
-/// Reads `change` events from an open SSE response.
-async fn next_change<B: AsRef<[u8]>>(
-    stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
-    buffer: &mut String,
-) -> Value {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                if event.contains("event: change") {
-                    let data = event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-                    return serde_json::from_str(data).unwrap();
-                }
-                continue;
-            }
-            let chunk = stream.next().await.unwrap().unwrap();
-            buffer.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-        }
-    })
-    .await
-    .expect("no change event")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

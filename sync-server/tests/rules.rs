@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestServer, delete, status_of, upsert};
+use common::{TestServer, delete, next_change, status_of, upsert};
 use serde_json::{Value, json};
 use sync_server::config::token_sha256;
 
@@ -271,6 +271,33 @@ async fn records_written_before_a_rule_changed_are_read_by_the_new_rule() {
         // Back to owner: the keys are dropped and the owner column decides again.
         let s = common::start_config(backend, &config_with(&url, "[]", owner), dir).await;
         assert_eq!(visible(&s, "tom", "jobs").await, ["j3"]);
+        s.server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tell_each_user_about_records_they_may_read_before_or_after_a_change() {
+    for (s, _) in servers("[]").await {
+        let open = |user: &str| s.http.get(format!("{}/v1/events", s.url)).bearer_auth(token(user)).send();
+        let (tom, ann) = (open("tom").await.unwrap(), open("ann").await.unwrap());
+        let (mut tom, mut ann) = (tom.bytes_stream(), ann.bytes_stream());
+        let (mut tom_buffer, mut ann_buffer) = (String::new(), String::new());
+        // A job for Ann, then a site in Tom's region: each hears only of their own; had
+        // Ann's job reached Tom, his first event would name it (the same for Ann).
+        s.push(&token("disp"), vec![upsert("jobs", "j1", None, json!({"assigned_to": "ann"}))]).await;
+        s.push(&token("root"), vec![upsert("sites", "s1", None, json!({"region": "north"}))]).await;
+        assert_eq!(next_change(&mut tom, &mut tom_buffer).await, json!({"collections": ["sites"]}));
+        assert_eq!(next_change(&mut ann, &mut ann_buffer).await, json!({"collections": ["jobs"]}));
+        // Reassigned from Ann to Tom: both hear of it (Ann of its leaving, Tom of its
+        // coming), and a change of neither's reaches neither.
+        s.push(&token("disp"), vec![upsert("jobs", "j1", None, json!({"assigned_to": "tom"}))]).await;
+        assert_eq!(next_change(&mut tom, &mut tom_buffer).await, json!({"collections": ["jobs"]}));
+        assert_eq!(next_change(&mut ann, &mut ann_buffer).await, json!({"collections": ["jobs"]}));
+        s.push(&token("disp"), vec![upsert("jobs", "j2", None, json!({"assigned_to": "disp"}))]).await;
+        s.push(&token("root"), vec![upsert("sites", "s2", None, json!({"region": "south"}))]).await;
+        assert_eq!(next_change(&mut ann, &mut ann_buffer).await, json!({"collections": ["sites"]}));
+        s.push(&token("root"), vec![upsert("sites", "s3", None, json!({"region": "north"}))]).await;
+        assert_eq!(next_change(&mut tom, &mut tom_buffer).await, json!({"collections": ["sites"]}));
         s.server.stop().await.unwrap();
     }
 }

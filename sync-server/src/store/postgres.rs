@@ -383,7 +383,8 @@ impl PullStatements for PgConnection {
     }
 }
 
-/// Binds a scope's parameter (the next one): the owner, or the keys as a text array.
+/// Binds a scope's parameter (the next one): the owner, the key, or the keys as a text
+/// array.
 fn bind_scope<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     scope: &ReadScope,
@@ -391,7 +392,10 @@ fn bind_scope<'q>(
     match scope {
         ReadScope::Everything => query,
         ReadScope::Owned(owner) => query.bind(owner.clone()),
-        ReadScope::Keys(keys) => query.bind(keys.iter().cloned().collect::<Vec<_>>()),
+        ReadScope::Keys(keys) => match keys.first() {
+            Some(key) if keys.len() == 1 => query.bind(key.clone()),
+            _ => query.bind(keys.iter().cloned().collect::<Vec<_>>()),
+        },
     }
 }
 
@@ -490,6 +494,13 @@ fn page_sql(scope: &ReadScope) -> String {
               WHERE collection = $1 AND seq > $2 {} ORDER BY seq LIMIT $3",
             if matches!(scope, ReadScope::Owned(_)) { "AND owner = $4" } else { "" }
         ),
+        // One key (`<field> = user`): one row per record, read straight down the index.
+        ReadScope::Keys(keys) if keys.len() == 1 => "SELECT a.id, r.version, r.deleted, r.data, a.seq, r.mutation_id, \
+                  a.present AND r.id IS NOT NULL AS present \
+             FROM (SELECT id, seq, present FROM sync_access \
+                    WHERE collection = $1 AND key = $4 AND seq > $2 ORDER BY seq LIMIT $3) a \
+             LEFT JOIN sync_records r ON r.collection = $1 AND r.id = a.id"
+            .to_owned(),
         // A record under several of the user's keys is one change: present when any
         // key is (present rows carry the record's latest position).
         ReadScope::Keys(_) => "SELECT a.id, r.version, r.deleted, r.data, a.seq, r.mutation_id, \
@@ -519,6 +530,9 @@ fn more_sql(scope: &ReadScope) -> String {
         ReadScope::Owned(_) => {
             "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = $1 AND seq > $2 AND owner = $3)".into()
         }
+        ReadScope::Keys(keys) if keys.len() == 1 => {
+            "SELECT EXISTS (SELECT 1 FROM sync_access WHERE collection = $1 AND key = $3 AND seq > $2)".into()
+        }
         ReadScope::Keys(_) => "SELECT EXISTS (SELECT 1 FROM sync_access WHERE collection = $1 \
               AND key = ANY($3::text[]) AND seq > $2)"
             .into(),
@@ -530,20 +544,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A connection left inside a transaction holding the feed's head lock (as sqlx can
-    /// leave one when a `begin` future is dropped) is rolled back when it comes back to
-    /// the pool, so the next push does not wait on that lock.
-    #[tokio::test]
-    async fn a_connection_that_comes_back_inside_a_transaction_is_rolled_back() {
+    /// A store on a new schema of the test database, the admin pool and the schema's
+    /// name; None (saying so) when `SYNC_TEST_POSTGRES_URL` is not set.
+    async fn fresh_store() -> Option<(PgServerStore, PgPool, String)> {
         let Ok(base) = std::env::var("SYNC_TEST_POSTGRES_URL") else {
             eprintln!("skipped: SYNC_TEST_POSTGRES_URL is not set (no PostgreSQL to test against)");
-            return;
+            return None;
         };
         let schema = format!("t_{}", Uuid::now_v7().simple());
         let admin = PgPool::connect(&base).await.unwrap();
         sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
         let sep = if base.contains('?') { '&' } else { '?' };
         let store = PgServerStore::open(&format!("{base}{sep}options[search_path]={schema}")).await.unwrap();
+        Some((store, admin, schema))
+    }
+
+    /// A connection left inside a transaction holding the feed's head lock (as sqlx can
+    /// leave one when a `begin` future is dropped) is rolled back when it comes back to
+    /// the pool, so the next push does not wait on that lock.
+    #[tokio::test]
+    async fn a_connection_that_comes_back_inside_a_transaction_is_rolled_back() {
+        let Some((store, _, _)) = fresh_store().await else { return };
         {
             let mut conn = store.pool.acquire().await.unwrap();
             let mut tx = conn.begin().await.unwrap();
@@ -560,5 +581,52 @@ mod tests {
             sqlx::query("SELECT seq FROM sync_head WHERE id = 1 FOR UPDATE").execute(&mut *tx).await.unwrap();
             tx.commit().await.unwrap();
         }
+    }
+
+    /// Pulls under a rule read the user's keys through the audience index: with 100,000
+    /// audience rows over 1,000 keys (analyzed), neither the page nor the `has_more`
+    /// check scans the table, for one key or several. Prints the plans (BENCHMARKS.md
+    /// shows them).
+    #[tokio::test]
+    async fn pulls_under_a_rule_read_through_the_audience_index() {
+        let Some((store, admin, schema)) = fresh_store().await else { return };
+        sqlx::query(
+            "INSERT INTO sync_records (collection, id, owner, version, deleted, data, seq, updated_at) \
+             SELECT 'jobs', 'r' || i, 'root', 1, false, '{}', i, 0 FROM generate_series(1, 100000) i",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO sync_access (collection, id, key, seq, present) \
+             SELECT 'jobs', 'r' || i, 'u:u' || (i % 1000), i, true FROM generate_series(1, 100000) i",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
+        let one = ReadScope::Keys(["u:u7".to_owned()].into());
+        let several = ReadScope::Keys(["u:u7".to_owned(), "u:u8".to_owned()].into());
+        for (sql, scope, limit) in [
+            (page_sql(&one), &one, true),
+            (more_sql(&one), &one, false),
+            (page_sql(&several), &several, true),
+            (more_sql(&several), &several, false),
+        ] {
+            let explain = format!("EXPLAIN {sql}");
+            let mut query = sqlx::query(&explain).bind("jobs").bind(50_000i64);
+            if limit {
+                query = query.bind(1000i64);
+            }
+            let rows = bind_scope(query, scope).fetch_all(&store.pool).await.unwrap();
+            let plan = rows.iter().map(|r| r.get::<String, _>(0)).collect::<Vec<_>>().join("\n");
+            eprintln!("{scope:?}:\n{plan}\n");
+            assert!(plan.contains("sync_access_feed"), "{sql}\n{plan}");
+            assert!(
+                !plan.contains("Seq Scan on sync_access") && !plan.contains("Seq Scan on sync_records"),
+                "{sql}\n{plan}"
+            );
+        }
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
     }
 }

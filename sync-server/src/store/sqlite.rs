@@ -328,7 +328,8 @@ impl PullStatements for SqliteConnection {
     }
 }
 
-/// Binds a scope's parameter (the next one): the owner, or the keys as a JSON array.
+/// Binds a scope's parameter (the next one): the owner, the key, or the keys as a JSON
+/// array.
 fn bind_scope<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     scope: &ReadScope,
@@ -336,7 +337,10 @@ fn bind_scope<'q>(
     Ok(match scope {
         ReadScope::Everything => query,
         ReadScope::Owned(owner) => query.bind(owner.clone()),
-        ReadScope::Keys(keys) => query.bind(Value::from(keys.iter().cloned().collect::<Vec<_>>()).to_string()),
+        ReadScope::Keys(keys) => match keys.first() {
+            Some(key) if keys.len() == 1 => query.bind(key.clone()),
+            _ => query.bind(Value::from(keys.iter().cloned().collect::<Vec<_>>()).to_string()),
+        },
     })
 }
 
@@ -441,6 +445,13 @@ fn page_sql(scope: &ReadScope) -> String {
               WHERE collection = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3",
             if matches!(scope, ReadScope::Owned(_)) { "AND owner = ?4" } else { "" }
         ),
+        // One key (`<field> = user`): one row per record, read straight down the index.
+        ReadScope::Keys(keys) if keys.len() == 1 => "SELECT a.id, r.version, r.deleted, r.data, a.seq, r.mutation_id, \
+                  a.present AND r.id IS NOT NULL AS present \
+             FROM (SELECT id, seq, present FROM sync_access \
+                    WHERE collection = ?1 AND key = ?4 AND seq > ?2 ORDER BY seq LIMIT ?3) a \
+             LEFT JOIN sync_records r ON r.collection = ?1 AND r.id = a.id"
+            .to_owned(),
         // A record under several of the user's keys is one change: present when any
         // key is (present rows carry the record's latest position). Grouping by id
         // tempts SQLite's planner into the primary key, a walk of the whole collection;
@@ -471,6 +482,9 @@ fn more_sql(scope: &ReadScope) -> String {
         ReadScope::Everything => "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ?1 AND seq > ?2)".into(),
         ReadScope::Owned(_) => {
             "SELECT EXISTS (SELECT 1 FROM sync_records WHERE collection = ?1 AND seq > ?2 AND owner = ?3)".into()
+        }
+        ReadScope::Keys(keys) if keys.len() == 1 => {
+            "SELECT EXISTS (SELECT 1 FROM sync_access WHERE collection = ?1 AND key = ?3 AND seq > ?2)".into()
         }
         ReadScope::Keys(_) => "SELECT EXISTS (SELECT 1 FROM sync_access WHERE collection = ?1 \
               AND key IN (SELECT value FROM json_each(?3)) AND seq > ?2)"
@@ -541,11 +555,14 @@ mod tests {
         let (store, _) = store_in(&dir).await;
         let owned = ReadScope::Owned("alice".into());
         let keys = ReadScope::Keys(["u:alice".to_owned(), "g:north".to_owned()].into());
+        let one = ReadScope::Keys(["u:alice".to_owned()].into());
         for (sql, scope, index) in [
             (page_sql(&owned), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
             (more_sql(&owned), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
             (page_sql(&keys), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
             (more_sql(&keys), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
+            (page_sql(&one), &one, "sync_access_feed (collection=? AND key=? AND seq>?)"),
+            (more_sql(&one), &one, "sync_access_feed (collection=? AND key=? AND seq>?)"),
             (page_sql(&ReadScope::Everything), &ReadScope::Everything, "sync_records_feed (collection=? AND seq>?)"),
         ] {
             let explain = format!("EXPLAIN QUERY PLAN {sql}");

@@ -2,6 +2,9 @@
 //! HTTP client that speaks the protocol as docs/protocol.md writes it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use serde_json::{Value, json};
 use sync_server::config::{ServerConfig, token_sha256};
 use sync_server::server::{RunningServer, from_config, start};
@@ -152,4 +155,27 @@ pub fn status_of(body: &Value, i: usize) -> String {
         "rejected" => format!("rejected:{}", r["error"]["code"].as_str().unwrap()),
         s => s.to_owned(),
     }
+}
+
+/// Reads `change` events from an open SSE response.
+pub async fn next_change<B: AsRef<[u8]>>(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    buffer: &mut String,
+) -> Value {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                if event.contains("event: change") {
+                    let data = event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = stream.next().await.unwrap().unwrap();
+            buffer.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+        }
+    })
+    .await
+    .expect("no change event")
 }
