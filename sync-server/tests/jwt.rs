@@ -53,7 +53,8 @@ fn write_jwks(path: &Path) -> Keys {
 async fn server(dir: &Path) -> (RunningServer, Keys) {
     let keys = write_jwks(&dir.join("jwks.json"));
     let text = format!(
-        "database = \"sqlite://{}\"\n\
+        "database = \"sqlite://{}\"\nuser_attributes = [\"region\"]\n\
+         [collections.boards]\nread = [\"team in user.groups\", \"region = user.region\"]\nwrite = []\n\
          [jwt]\nhs256_secret = \"{SECRET}\"\njwks_file = \"{}\"\nissuer = \"https://id.example\"\naudience = \"offsync\"\nleeway = \"5s\"\n\
          [[users]]\nname = \"static\"\ntoken_sha256 = \"{}\"\n[collections.notes]\naccess = \"owner\"\n",
         dir.join("server.db").display(),
@@ -153,6 +154,61 @@ async fn tokens_signed_with_each_configured_key_name_their_user() {
         .await
         .unwrap();
     assert_eq!(body["changes"].as_array().map(Vec::len), Some(0), "dave sees carol's record");
+    server.stop().await.unwrap();
+}
+
+/// The ids of the boards a pull with `token` brings.
+async fn boards_for(server: &RunningServer, token: &str) -> Vec<String> {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{}/v1/pull", server.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .json(&json!({"client_id": "d", "collections": {"boards": null}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["changes"].as_array().unwrap().iter().map(|c| c["record_id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Sync rules read a token's `groups` and `attributes` claims; malformed ones grant
+/// nothing and refuse nothing else.
+#[tokio::test]
+async fn a_tokens_groups_and_attributes_claims_feed_the_sync_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = server(dir.path()).await;
+    let mut admin_claims = claims("root");
+    admin_claims["role"] = json!("admin");
+    let admin = hs(&admin_claims);
+    let body = json!({"client_id": "d", "mutations": [
+        {"mutation_id": uuid::Uuid::now_v7().to_string(), "collection": "boards", "record_id": "b-team",
+         "op": "upsert", "data": {"team": "pumps", "region": "east"}},
+        {"mutation_id": uuid::Uuid::now_v7().to_string(), "collection": "boards", "record_id": "b-north",
+         "op": "upsert", "data": {"team": "valves", "region": "north"}}]});
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/v1/push", server.url()))
+        .header("authorization", format!("Bearer {admin}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["results"].as_array().unwrap().iter().all(|r| r["status"] == "applied"), "{answer}");
+    let with = |extra: Value| {
+        let mut c = claims("erin");
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        hs(&c)
+    };
+    assert_eq!(boards_for(&server, &with(json!({"groups": ["pumps"]}))).await, ["b-team"]);
+    assert_eq!(boards_for(&server, &with(json!({"attributes": {"region": "north"}}))).await, ["b-north"]);
+    assert!(boards_for(&server, &with(json!({}))).await.is_empty());
+    // Claims of the wrong shape grant nothing (and the token still names its user).
+    let odd = with(json!({"groups": "pumps", "attributes": {"region": ["north"]}}));
+    assert!(boards_for(&server, &odd).await.is_empty());
+    assert_eq!(pull_as(&server, &odd).await, (200, "ok".into()));
     server.stop().await.unwrap();
 }
 

@@ -111,15 +111,24 @@ async fn each_user_reads_and_writes_what_the_rules_grant() {
                     delete("jobs", "j2", None),
                     upsert("jobs", "j3", None, json!({"assigned_to": "tom"})),
                     upsert("jobs", "j4", None, json!({"assigned_to": "ann"})),
+                    // Forged versions, ids and owners reveal and change nothing either.
+                    upsert("jobs", "j2", Some(1), json!({"assigned_to": "tom"})),
+                    upsert("jobs", "j2", Some(99), json!({"assigned_to": "ann"})),
+                    delete("jobs", "j2", Some(1)),
+                    json!({"mutation_id": common::mid(), "collection": "jobs", "record_id": "j2", "op": "action", "action": "x"}),
+                    json!({"mutation_id": common::mid(), "collection": "jobs", "record_id": "j9", "op": "upsert",
+                        "data": {"assigned_to": "tom"}, "owner": "disp"}),
+                    upsert("jobs", "j3", Some(0), json!({"assigned_to": "tom"})),
                 ],
             )
             .await;
         assert_eq!(status_of(&b, 0), "applied", "{b}");
-        for i in 1..6 {
+        for i in 1..12 {
             assert_forbidden(&b, i);
         }
         assert_eq!(visible(&s, "ann", "jobs").await, ["j2"], "Ann's job is untouched");
         assert_eq!(visible(&s, "disp", "jobs").await, ["j1", "j2", "j3"], "nothing was created");
+        assert_eq!(visible(&s, "ann", "jobs").await, ["j2"]);
 
         // A rule field of the wrong type is refused, whoever writes it.
         let (_, b) = s.push(&token("disp"), vec![upsert("jobs", "j5", None, json!({"assigned_to": 7}))]).await;
@@ -159,6 +168,11 @@ async fn each_user_reads_and_writes_what_the_rules_grant() {
         assert_eq!((0..3).map(|i| status_of(&b, i)).collect::<Vec<_>>(), ["applied"; 3], "{b}");
         assert_forbidden(&b, 3);
         assert_eq!(visible(&s, "tom", "notes").await, ["n1", "n2"]);
+        assert_eq!(visible(&s, "ann", "notes").await, ["n1", "n2", "n3"]);
+        // A list longer than a rule reads is refused, and the server goes on serving.
+        let crowd: Vec<String> = (0..1001).map(|i| format!("u{i}")).chain(["ann".to_owned()]).collect();
+        let (status, b) = s.push(&token("ann"), vec![upsert("notes", "n5", None, json!({"members": crowd}))]).await;
+        assert_eq!((status, status_of(&b, 0)), (200, "rejected:invalid_mutation".to_owned()), "{b}");
         assert_eq!(visible(&s, "ann", "notes").await, ["n1", "n2", "n3"]);
         s.server.stop().await.unwrap();
     }
@@ -205,13 +219,23 @@ async fn a_reassigned_record_moves_out_of_one_users_pulls_and_into_anothers() {
         let (changes, ann_cursor) = s.pull_all(&token("ann"), "jobs", ann_cursor).await;
         assert_eq!(changes.iter().map(|c| c["removed"].clone()).collect::<Vec<_>>(), [json!(true)]);
         s.push(&token("disp"), vec![delete("jobs", "j1", None)]).await;
-        let (changes, _) = s.pull_all(&token("tom"), "jobs", tom_cursor).await;
+        let (changes, _) = s.pull_all(&token("tom"), "jobs", tom_cursor.clone()).await;
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0]["deleted"], true);
         assert!(changes[0].get("removed").is_none(), "{}", changes[0]);
         assert_eq!(changes[0]["data"], Value::Null);
         let (changes, _) = s.pull_all(&token("ann"), "jobs", ann_cursor).await;
         assert!(changes.is_empty(), "Ann no longer had it: {changes:?}");
+
+        // The tombstone is purged with its audience keys: pulls go on, an old cursor
+        // starts over, and the full set no longer names it.
+        let purged = s.store.purge_tombstones(chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        assert_eq!(purged, 1);
+        let (status, body) = s.pull(&token("tom"), json!({"jobs": tom_cursor}), None).await;
+        assert_eq!((status, body["reset"].clone()), (200, json!(["jobs"])), "{body}");
+        assert!(visible(&s, "tom", "jobs").await.is_empty());
+        let (changes, _) = s.pull_all(&token("tom"), "jobs", Value::Null).await;
+        assert!(changes.iter().all(|c| c["record_id"] != "j1"), "{changes:?}");
         s.server.stop().await.unwrap();
     }
 }
@@ -250,6 +274,9 @@ async fn records_written_before_a_rule_changed_are_read_by_the_new_rule() {
         s.push(&token("disp"), vec![upsert("jobs", "j1", None, json!({"assigned_to": "tom"}))]).await;
         s.push(&token("disp"), vec![upsert("jobs", "j2", None, json!({"assigned_to": "ann"}))]).await;
         s.push(&token("tom"), vec![upsert("jobs", "j3", None, json!({"assigned_to": "tom"}))]).await;
+        // Records the new rule cannot judge: a number where a name goes, no field at all.
+        s.push(&token("disp"), vec![upsert("jobs", "j4", None, json!({"assigned_to": 5}))]).await;
+        s.push(&token("disp"), vec![upsert("jobs", "j5", None, json!({}))]).await;
         let (_, tom_cursor) = s.pull_all(&token("tom"), "jobs", Value::Null).await;
         assert_eq!(visible(&s, "tom", "jobs").await, ["j3"]);
         s.server.stop().await.unwrap();
@@ -261,7 +288,10 @@ async fn records_written_before_a_rule_changed_are_read_by_the_new_rule() {
         assert_eq!((status, body["reset"].clone()), (200, json!(["jobs"])), "{body}");
         assert_eq!(visible(&s, "tom", "jobs").await, ["j1", "j3"]);
         assert_eq!(visible(&s, "ann", "jobs").await, ["j2"]);
-        assert_eq!(visible(&s, "disp", "jobs").await, ["j1", "j2", "j3"]);
+        // The records it cannot judge are no technician's; the grants that need no
+        // field (the dispatchers' group) and admins still read them.
+        assert_eq!(visible(&s, "disp", "jobs").await, ["j1", "j2", "j3", "j4", "j5"]);
+        assert_eq!(visible(&s, "root", "jobs").await, ["j1", "j2", "j3", "j4", "j5"]);
         s.server.stop().await.unwrap();
 
         // A second start with the same rules finds nothing to do, and serves the same.

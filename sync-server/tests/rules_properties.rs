@@ -1,7 +1,7 @@
 //! Property test of the sync rules on every backend: random read and write rules,
 //! users with random groups and regions, and random histories of writes, deletes,
-//! reassignments, membership changes (a restart with the new configuration) and
-//! incremental pulls in small pages. After every pull, what the user's device holds is
+//! reassignments, membership changes (a restart with the new configuration), tombstone
+//! purges and incremental pulls in small pages. After every pull, what the user's device holds is
 //! exactly the records the rules grant them now, and no page ever delivered a record
 //! the rules did not grant them at that moment. The oracle is `Rule::grants`, the
 //! rules' reference semantics; the server decides through audience keys and SQL.
@@ -48,6 +48,8 @@ enum Step {
     Pull { user: usize, limit: i64 },
     /// A user's groups and region change (the server restarts with them).
     Move { user: usize, member: Member },
+    /// Every tombstone is purged (older cursors start over).
+    Purge,
 }
 
 fn member() -> impl Strategy<Value = Member> {
@@ -83,6 +85,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..6usize).prop_map(|id| Step::Delete { id }),
         4 => (0..USERS.len(), 1..4i64).prop_map(|(user, limit)| Step::Pull { user, limit }),
         1 => (0..USERS.len(), member()).prop_map(|(user, member)| Step::Move { user, member }),
+        1 => Just(Step::Purge),
     ]
 }
 
@@ -168,6 +171,11 @@ async fn run(backend: &'static str, read: Vec<String>, write: Vec<String>, mut m
                 assert_eq!(status_of(&body, 0), "applied", "{body}");
                 let owner = model.get(&id).map_or("root".to_owned(), |(o, _)| o.clone());
                 model.insert(id, (owner, None));
+            }
+            Step::Purge => {
+                let soon = chrono::Utc::now() + chrono::Duration::seconds(1);
+                server.store.purge_tombstones(soon).await.unwrap();
+                model.retain(|_, (_, data)| data.is_some());
             }
             Step::Move { user, member } => {
                 members[user] = member;
