@@ -21,6 +21,9 @@
 //!   server applied a request), scheduled one by one or drawn from a [`FaultPlan`]'s seed.
 //! - [`MemoryServer`]: the server contract in memory, for faults the reference server
 //!   cannot produce on demand (malformed pages, pushes held mid-flight).
+//! - [`conformance`]: the rules every `LocalStore` keeps (write folding, claim order,
+//!   renames, parked rejections, page conflicts, replacements), checked through the
+//!   trait alone; run your own store through [`conformance::run`].
 //!
 //! # Guide: test your own conflict resolver
 //!
@@ -88,6 +91,7 @@
 //! # }
 //! ```
 
+pub mod conformance;
 mod faulty;
 mod in_process;
 mod memory_server;

@@ -1,0 +1,383 @@
+//! A conformance suite for [`LocalStore`] implementations: the store's own rules,
+//! checked through the trait alone, without an engine or a server. Any store can be run
+//! through it ([`run`]); offsync runs it against `SqliteStore` on a file and in memory.
+//!
+//! The cases pin what the engine relies on:
+//! - writes to a record nobody has sent yet fold into its one queued create; once a
+//!   push has claimed an entry, later writes queue behind it; a record created and
+//!   deleted before any push leaves nothing to send; a failed write changes nothing;
+//! - a push claims parents before children that point at them, and a parent's delete
+//!   after its children's;
+//! - an answer renames a record the server gave an id of its own, and repoints its
+//!   children; a rejection parks its entry until retried;
+//! - a pull page applies, skips or makes conflicts record by record (a conflict holds
+//!   its record only) and stores its cursor with the changes;
+//! - a replacement sweeps the clean records the server no longer has and never one with
+//!   a pending write.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::sync::Arc;
+//! use sync_core::LocalStore;
+//!
+//! let failures = sync_testkit::conformance::run(|| async {
+//!     Arc::new(sync_sqlite::SqliteStore::in_memory().await.unwrap()) as Arc<dyn LocalStore>
+//! })
+//! .await;
+//! assert!(failures.is_empty(), "{failures:#?}");
+//! # }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use sync_core::pattern::{LocalRecordState, PullAction};
+use sync_core::protocol::{Change, ErrorDetail, MutationOutcome, Op};
+use sync_core::store::{
+    CollectionPage, FieldPath, ForeignKey, JsonObject, LocalWrite, PendingChange, RecordState, Relations, WriteKind,
+};
+use sync_core::{CollectionName, Cursor, Error, LocalStore, MutationId, RecordId, Version};
+
+/// A case's check on a store: panics, saying why, when the store breaks the rule.
+type Check = fn(Arc<dyn LocalStore>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One case: a name and its check.
+pub struct Case {
+    /// What the case checks.
+    pub name: &'static str,
+    check: Check,
+}
+
+impl Case {
+    /// Runs the case on `store` (a fresh one: cases assume nothing is stored).
+    pub async fn check(&self, store: Arc<dyn LocalStore>) {
+        (self.check)(store).await;
+    }
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case of the suite.
+        pub fn cases() -> Vec<Case> {
+            vec![$(Case { name: stringify!($name), check: |store| Box::pin($name(store)) }),*]
+        }
+    };
+}
+
+cases!(
+    writes_fold_into_a_create_nobody_has_sent,
+    a_record_created_and_deleted_before_any_push_leaves_nothing_to_send,
+    writes_after_a_claim_queue_behind_it,
+    a_write_that_fails_changes_nothing,
+    parents_are_claimed_before_their_children_and_deleted_after_them,
+    an_answer_with_a_server_id_renames_the_record_and_repoints_its_children,
+    a_rejection_parks_its_entry_until_retried,
+    a_page_conflict_holds_only_its_record_and_the_cursor_comes_with_the_page,
+    a_replacement_sweeps_clean_records_the_server_no_longer_has_and_keeps_pending_ones,
+);
+
+/// Runs every case, each on a fresh store from `make`, and returns the failures: the
+/// case's name and what it reported. Empty when the store conforms.
+pub async fn run<F, Fut>(make: F) -> Vec<(&'static str, String)>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn LocalStore>>,
+{
+    let mut failures = Vec::new();
+    for case in cases() {
+        let store = make().await;
+        let check = (case.check)(store);
+        if let Err(error) = tokio::spawn(check).await {
+            let message = match error.try_into_panic() {
+                Ok(panic) => panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "panicked".into()),
+                Err(error) => error.to_string(),
+            };
+            failures.push((case.name, message));
+        }
+    }
+    failures
+}
+
+fn name(text: &str) -> CollectionName {
+    CollectionName::new(text).expect("a valid collection name")
+}
+
+fn id(text: &str) -> RecordId {
+    RecordId::new(text).expect("a valid record id")
+}
+
+fn write(collection: &str, record: &str, kind: WriteKind) -> LocalWrite {
+    LocalWrite {
+        mutation_id: MutationId::generate(),
+        collection: name(collection),
+        record_id: Some(id(record)),
+        kind,
+        versioned: true,
+        at: Utc::now(),
+    }
+}
+
+fn object(value: Value) -> JsonObject {
+    JsonObject::from_serialize(&value).expect("an object")
+}
+
+fn insert(collection: &str, record: &str, data: Value) -> LocalWrite {
+    write(collection, record, WriteKind::Insert { data: object(data) })
+}
+
+fn update(collection: &str, record: &str, data: Value) -> LocalWrite {
+    write(collection, record, WriteKind::Update { data: object(data) })
+}
+
+fn delete(collection: &str, record: &str) -> LocalWrite {
+    write(collection, record, WriteKind::Delete)
+}
+
+async fn must(store: &dyn LocalStore, w: LocalWrite) {
+    let what = format!("{w:?}");
+    store.write(w).await.unwrap_or_else(|e| panic!("write {what} failed: {e}"));
+}
+
+/// The outbox as (record, op, data).
+async fn queued(store: &dyn LocalStore) -> Vec<(String, Op, Option<Value>)> {
+    let outbox = store.outbox().await.expect("outbox");
+    outbox.into_iter().map(|e| (e.record_id.map(|r| r.to_string()).unwrap_or_default(), e.op, e.data)).collect()
+}
+
+fn change(collection: &str, record: &str, version: u64, data: Option<Value>) -> Change {
+    Change {
+        collection: name(collection),
+        record_id: id(record),
+        version: Version(version),
+        deleted: data.is_none(),
+        removed: false,
+        data,
+        mutation_id: None,
+    }
+}
+
+fn page(collection: &str, changes: Vec<Change>, cursor: &str) -> CollectionPage {
+    CollectionPage {
+        collection: name(collection),
+        stage: false,
+        reset: false,
+        changes,
+        cursor: Some(Cursor(cursor.to_owned())),
+    }
+}
+
+/// What the engine's patterns decide, reduced: a change to a record with a pending
+/// write or an open conflict is a conflict; an older version is skipped; else applied.
+fn decide(_: &CollectionName, state: Option<&LocalRecordState>, change: &Change) -> PullAction {
+    match state {
+        Some(s) if s.in_conflict => PullAction::RefreshConflict,
+        Some(s) if s.has_pending => PullAction::Conflict,
+        Some(s) if s.server_version.is_some_and(|v| change.version <= v) => PullAction::Skip,
+        _ => PullAction::Apply,
+    }
+}
+
+/// Stores `records` as the server's at version 1, as a pull would.
+async fn synced(store: &dyn LocalStore, collection: &str, records: &[(&str, Value)]) {
+    let changes = records.iter().map(|(r, d)| change(collection, r, 1, Some(d.clone()))).collect();
+    store.apply_pull_page(vec![page(collection, changes, "c1")], &decide, Utc::now()).await.expect("a pull page");
+}
+
+async fn data_of(store: &dyn LocalStore, collection: &str, record: &str) -> Option<Value> {
+    store.get(&name(collection), &id(record)).await.expect("get").map(|r| r.data)
+}
+
+async fn writes_fold_into_a_create_nobody_has_sent(store: Arc<dyn LocalStore>) {
+    must(&*store, insert("notes", "n1", json!({"id": "n1", "t": 1}))).await;
+    must(&*store, update("notes", "n1", json!({"id": "n1", "t": 2}))).await;
+    must(&*store, update("notes", "n1", json!({"id": "n1", "t": 3}))).await;
+    assert_eq!(
+        queued(&*store).await,
+        [("n1".to_owned(), Op::Upsert, Some(json!({"id": "n1", "t": 3})))],
+        "three writes to an unsent create are one upsert with the last data"
+    );
+    let record = store.get(&name("notes"), &id("n1")).await.expect("get").expect("stored");
+    assert_eq!(record.state, RecordState::Pending(PendingChange::Create));
+    // A record the server knows queues every write: each is a change it must see.
+    synced(&*store, "notes", &[("n2", json!({"id": "n2", "t": 0}))]).await;
+    must(&*store, update("notes", "n2", json!({"id": "n2", "t": 1}))).await;
+    must(&*store, update("notes", "n2", json!({"id": "n2", "t": 2}))).await;
+    let n2: Vec<_> = queued(&*store).await.into_iter().filter(|(r, _, _)| r == "n2").collect();
+    assert_eq!(n2.len(), 2, "updates of an acknowledged record each queue: {n2:?}");
+}
+
+async fn a_record_created_and_deleted_before_any_push_leaves_nothing_to_send(store: Arc<dyn LocalStore>) {
+    must(&*store, insert("notes", "n1", json!({"id": "n1"}))).await;
+    must(&*store, update("notes", "n1", json!({"id": "n1", "t": 2}))).await;
+    must(&*store, delete("notes", "n1")).await;
+    assert_eq!(queued(&*store).await, [], "the server never needs to hear of it");
+    assert_eq!(data_of(&*store, "notes", "n1").await, None);
+    assert_eq!(store.counts().await.expect("counts").pending, 0);
+}
+
+async fn writes_after_a_claim_queue_behind_it(store: Arc<dyn LocalStore>) {
+    must(&*store, insert("notes", "n1", json!({"id": "n1", "t": 1}))).await;
+    let claimed = store.claim_push_batch(&[name("notes")], 10, &Relations::default()).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempts, 1, "a claim counts an attempt");
+    must(&*store, update("notes", "n1", json!({"id": "n1", "t": 2}))).await;
+    let outbox = queued(&*store).await;
+    assert_eq!(
+        outbox,
+        [
+            ("n1".to_owned(), Op::Upsert, Some(json!({"id": "n1", "t": 1}))),
+            ("n1".to_owned(), Op::Upsert, Some(json!({"id": "n1", "t": 2})))
+        ],
+        "a claimed entry keeps what was sent; the new write queues behind it"
+    );
+    // One entry per record per round: the second waits for the first's answer.
+    let again = store.claim_push_batch(&[name("notes")], 10, &Relations::default()).await.expect("claim");
+    assert!(again.iter().all(|e| e.mutation_id == claimed[0].mutation_id), "{again:?}");
+}
+
+async fn a_write_that_fails_changes_nothing(store: Arc<dyn LocalStore>) {
+    must(&*store, insert("notes", "n1", json!({"id": "n1"}))).await;
+    let before = queued(&*store).await;
+    let twice = store.write(insert("notes", "n1", json!({"id": "n1", "t": 9}))).await;
+    assert!(matches!(twice, Err(Error::AlreadyExists { .. })), "{twice:?}");
+    let missing = store.write(update("notes", "nope", json!({"id": "nope"}))).await;
+    assert!(matches!(missing, Err(Error::NotFound { .. })), "{missing:?}");
+    let gone = store.write(delete("notes", "nope")).await;
+    assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
+    // A batch with one bad write applies none of it.
+    let batch = vec![insert("notes", "n2", json!({"id": "n2"})), insert("notes", "n1", json!({"id": "n1"}))];
+    assert!(store.write_many(batch).await.is_err());
+    assert_eq!(queued(&*store).await, before, "failed writes queued nothing");
+    assert_eq!(data_of(&*store, "notes", "n1").await, Some(json!({"id": "n1"})));
+    assert_eq!(data_of(&*store, "notes", "n2").await, None, "the batch is all or nothing");
+}
+
+fn order_lines() -> Relations {
+    Relations {
+        foreign_keys: vec![ForeignKey {
+            child: name("lines"),
+            field: FieldPath::new("order_id").expect("a field path"),
+            parent: name("orders"),
+        }],
+        server_ids: Vec::new(),
+    }
+}
+
+async fn parents_are_claimed_before_their_children_and_deleted_after_them(store: Arc<dyn LocalStore>) {
+    let relations = order_lines();
+    let both = [name("orders"), name("lines")];
+    // The child is written first; the parent it points at is not on the server yet.
+    must(&*store, insert("orders", "o1", json!({"id": "o1"}))).await;
+    must(&*store, insert("lines", "l1", json!({"id": "l1", "order_id": "o1"}))).await;
+    let first = store.claim_push_batch(&both, 10, &relations).await.expect("claim");
+    let ids: Vec<_> = first.iter().map(|e| e.record_id.as_ref().map(RecordId::to_string)).collect();
+    assert_eq!(ids, [Some("o1".to_owned())], "the child waits for its parent");
+    let answers =
+        first.into_iter().map(|e| (e, MutationOutcome::Applied { version: Version(1), record_id: None })).collect();
+    store.record_push_results(answers, &relations, Utc::now()).await.expect("answers");
+    let second = store.claim_push_batch(&both, 10, &relations).await.expect("claim");
+    let ids: Vec<_> = second.iter().map(|e| e.record_id.as_ref().map(RecordId::to_string)).collect();
+    assert_eq!(ids, [Some("l1".to_owned())], "then the child goes");
+    let answers =
+        second.into_iter().map(|e| (e, MutationOutcome::Applied { version: Version(1), record_id: None })).collect();
+    store.record_push_results(answers, &relations, Utc::now()).await.expect("answers");
+    // Deleted together, the parent first: the child's delete goes first.
+    must(&*store, delete("orders", "o1")).await;
+    must(&*store, delete("lines", "l1")).await;
+    let third = store.claim_push_batch(&both, 10, &relations).await.expect("claim");
+    let ids: Vec<_> = third.iter().map(|e| (e.collection.to_string(), e.op)).collect();
+    assert_eq!(ids, [("lines".to_owned(), Op::Delete)], "the parent's delete waits for its child's");
+}
+
+async fn an_answer_with_a_server_id_renames_the_record_and_repoints_its_children(store: Arc<dyn LocalStore>) {
+    let mut relations = order_lines();
+    relations.server_ids = vec![(name("orders"), Some(FieldPath::new("id").expect("a field path")))];
+    must(&*store, insert("orders", "local-1", json!({"id": "local-1"}))).await;
+    must(&*store, insert("lines", "l1", json!({"id": "l1", "order_id": "local-1"}))).await;
+    let claimed = store.claim_push_batch(&[name("orders"), name("lines")], 10, &relations).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    let renamed = MutationOutcome::Applied { version: Version(1), record_id: Some(id("srv-9")) };
+    let applied =
+        store.record_push_results(vec![(claimed[0].clone(), renamed)], &relations, Utc::now()).await.expect("answers");
+    assert_eq!(applied.renamed.len(), 1, "{applied:?}");
+    assert_eq!(data_of(&*store, "orders", "local-1").await, None, "the local id is gone");
+    assert_eq!(data_of(&*store, "orders", "srv-9").await, Some(json!({"id": "srv-9"})), "renamed, id field too");
+    assert_eq!(data_of(&*store, "lines", "l1").await, Some(json!({"id": "l1", "order_id": "srv-9"})));
+    let line = store.outbox().await.expect("outbox");
+    assert_eq!(line.len(), 1);
+    assert_eq!(line[0].data.as_ref().map(|d| d["order_id"].clone()), Some(json!("srv-9")), "the queued child too");
+    assert_eq!(store.server_id(&name("orders"), &id("local-1")).await.expect("server id"), Some(id("srv-9")));
+}
+
+async fn a_rejection_parks_its_entry_until_retried(store: Arc<dyn LocalStore>) {
+    must(&*store, insert("notes", "n1", json!({"id": "n1"}))).await;
+    let claimed = store.claim_push_batch(&[name("notes")], 10, &Relations::default()).await.expect("claim");
+    let refused = MutationOutcome::Rejected {
+        error: ErrorDetail { code: "forbidden".into(), message: "outside your scope".into() },
+    };
+    let applied = store
+        .record_push_results(vec![(claimed[0].clone(), refused)], &Relations::default(), Utc::now())
+        .await
+        .expect("answers");
+    assert_eq!(applied.rejected.len(), 1);
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.failed), (0, 1), "parked, not pending");
+    let parked = store.failed_mutations().await.expect("failed");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(data_of(&*store, "notes", "n1").await, Some(json!({"id": "n1"})), "the local write is kept");
+    assert!(store.claim_push_batch(&[name("notes")], 10, &Relations::default()).await.expect("claim").is_empty());
+    store.retry_failed(parked[0].mutation_id).await.expect("retry");
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.failed), (1, 0), "queued again");
+}
+
+async fn a_page_conflict_holds_only_its_record_and_the_cursor_comes_with_the_page(store: Arc<dyn LocalStore>) {
+    synced(&*store, "notes", &[("a", json!({"v": 1})), ("b", json!({"v": 1}))]).await;
+    assert_eq!(store.cursor(&name("notes")).await.expect("cursor"), Some(Cursor("c1".into())));
+    must(&*store, update("notes", "b", json!({"v": "mine"}))).await;
+    let changes = vec![change("notes", "a", 2, Some(json!({"v": 2}))), change("notes", "b", 2, Some(json!({"v": 2})))];
+    let applied =
+        store.apply_pull_page(vec![page("notes", changes, "c2")], &decide, Utc::now()).await.expect("a pull page");
+    assert_eq!(applied.conflicts, [(name("notes"), id("b"))]);
+    assert_eq!(data_of(&*store, "notes", "a").await, Some(json!({"v": 2})), "the other record applied");
+    assert_eq!(data_of(&*store, "notes", "b").await, Some(json!({"v": "mine"})), "the local side is kept");
+    let conflicts = store.conflicts().await.expect("conflicts");
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].server.as_ref().and_then(|s| s.data.clone()), Some(json!({"v": 2})));
+    assert_eq!(store.cursor(&name("notes")).await.expect("cursor"), Some(Cursor("c2".into())));
+    // An older version than the one held is skipped.
+    let stale = vec![change("notes", "a", 1, Some(json!({"v": "old"})))];
+    store.apply_pull_page(vec![page("notes", stale, "c3")], &decide, Utc::now()).await.expect("a pull page");
+    assert_eq!(data_of(&*store, "notes", "a").await, Some(json!({"v": 2})));
+}
+
+async fn a_replacement_sweeps_clean_records_the_server_no_longer_has_and_keeps_pending_ones(
+    store: Arc<dyn LocalStore>,
+) {
+    synced(&*store, "notes", &[("kept", json!({"v": 1})), ("mine", json!({"v": 1})), ("gone", json!({"v": 1}))]).await;
+    must(&*store, update("notes", "mine", json!({"v": "edited"}))).await;
+    must(&*store, insert("notes", "new", json!({"v": "created here"}))).await;
+    let mut staged = page("notes", vec![change("notes", "kept", 2, Some(json!({"v": 2})))], "r1");
+    staged.stage = true;
+    staged.reset = true;
+    store.apply_pull_page(vec![staged], &decide, Utc::now()).await.expect("a staged page");
+    // Until the replacement ends, the old records stand whole.
+    assert_eq!(data_of(&*store, "notes", "gone").await, Some(json!({"v": 1})));
+    store
+        .finish_replacement(&name("notes"), Some(Cursor("r2".into())), &decide, Utc::now())
+        .await
+        .expect("the replacement");
+    assert_eq!(data_of(&*store, "notes", "kept").await, Some(json!({"v": 2})));
+    assert_eq!(data_of(&*store, "notes", "gone").await, None, "swept: the server no longer has it");
+    assert_eq!(data_of(&*store, "notes", "mine").await, Some(json!({"v": "edited"})), "a pending write survives");
+    assert_eq!(data_of(&*store, "notes", "new").await, Some(json!({"v": "created here"})), "an unsent create too");
+    assert_eq!(store.cursor(&name("notes")).await.expect("cursor"), Some(Cursor("r2".into())));
+    assert_eq!(store.counts().await.expect("counts").pending, 2);
+}
