@@ -56,6 +56,7 @@ pub mod entity;
 pub mod error;
 pub mod ids;
 pub mod lease;
+pub mod page_fold;
 pub mod pattern;
 pub mod persistence;
 pub mod protocol;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::{QueryBuilder, Sqlite};
-use sync_core::pattern::{LocalRecordState, PullAction};
+use sync_core::pattern::LocalRecordState;
 use sync_core::protocol::Change;
 use sync_core::store::{CollectionPage, PageApplied, PullDecider};
 use sync_core::{CollectionName, Cursor, Error, MutationId, RecordId};
@@ -236,74 +236,29 @@ async fn apply_changes(
             },
         );
     }
-    // The last applied change of each record wins (a page may hold several).
-    let mut applied: HashMap<&str, Option<(i64, Option<String>)>> = HashMap::new();
-    let mut conflicts = Vec::new();
-    let mut echoes = Vec::new();
-    for change in changes {
-        let state = local.get(change.record_id.as_str());
-        if let Some(state) = state
-            && is_own_unanswered_write(state, unanswered.get(change.record_id.as_str()), change)
-        {
-            // Our own write, pushed and applied, whose answer was lost: what the server
-            // has now is what we sent. The record is based on it from here (its queued
-            // write is sent again, and the ledger answers it); it is no conflict.
-            let version = version_param(Some(change.version)).unwrap_or(i64::MAX);
-            echoes.push((change.record_id.as_str(), version, change.data.as_ref().map(json_text)));
-            local.insert(
-                change.record_id.to_string(),
-                LocalRecordState { server_version: Some(change.version), ..*state },
-            );
-            continue;
-        }
-        match decide(collection, state, change) {
-            PullAction::Skip => {
-                // The echo of our own acknowledged delete (or anything older): the
-                // tombstone kept for it has done its job.
-                if state.is_some_and(|s| is_clean_tombstone(s) && s.server_version.is_some_and(|v| change.version <= v))
-                {
-                    applied.entry(change.record_id.as_str()).or_insert(None);
-                }
-            }
-            PullAction::Apply => {
-                if change.deleted {
-                    if state.is_some() {
-                        applied.insert(change.record_id.as_str(), None);
-                        result.changed.push((collection.clone(), change.record_id.clone()));
-                    }
-                } else {
-                    let version = version_param(Some(change.version)).unwrap_or(i64::MAX);
-                    applied.insert(change.record_id.as_str(), Some((version, change.data.as_ref().map(json_text))));
-                    result.changed.push((collection.clone(), change.record_id.clone()));
-                }
-                // A later change to the same record in this page sees this one.
-                local.insert(
-                    change.record_id.to_string(),
-                    LocalRecordState {
-                        server_version: Some(change.version),
-                        has_pending: false,
-                        in_conflict: false,
-                        deleted: change.deleted,
-                    },
-                );
-            }
-            PullAction::Conflict | PullAction::RefreshConflict => {
-                let data = change.data.as_ref().map(json_text);
-                conflicts.push((change.record_id.clone(), version_param(Some(change.version)), change.deleted, data));
-                if let Some(state) = local.get_mut(change.record_id.as_str()) {
-                    state.in_conflict = true;
-                }
-            }
-        }
-    }
+    let plan = sync_core::page_fold::plan_page(collection, local, &unanswered, changes, decide);
+    result.changed.extend(plan.changed.iter().map(|id| (collection.clone(), (*id).clone())));
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
-    for (id, row) in applied {
+    for (id, row) in plan.writes {
         match row {
-            Some((version, data)) => upserts.push((id, version, data)),
+            Some((version, data)) => {
+                upserts.push((id, version_param(Some(version)).unwrap_or(i64::MAX), Some(json_text(data))));
+            }
             None => deletes.push(id),
         }
     }
+    let echoes = plan.echoes.iter().map(|(id, version, data)| {
+        (id.as_str(), version_param(Some(*version)).unwrap_or(i64::MAX), data.map(json_text))
+    });
+    let conflicts = plan.conflicts.iter().map(|change| {
+        (
+            change.record_id.clone(),
+            version_param(Some(change.version)),
+            change.deleted,
+            change.data.as_ref().map(json_text),
+        )
+    });
     // Multi-row INSERTs with bound parameters: the same statements a hand-written
     // bulk insert would use (7 parameters a row, 1,000 rows a statement).
     for chunk in upserts.chunks(1000) {
@@ -354,25 +309,6 @@ async fn apply_changes(
         }
     }
     Ok(())
-}
-
-/// Whether an incoming change is the device's own write that a push carried without
-/// hearing the answer: the change names the mutation that made it, and that is the
-/// record's oldest queued entry, already attempted. Without this, a pull that ran before
-/// the push was retried (a pull-only unit; a child held behind a parent it waits for)
-/// took the device's own write for someone else's and stored a conflict (the property
-/// tests' rule 6 found the second case). Matched by mutation id, not by data: another
-/// device writing the very same data is someone else's write.
-fn is_own_unanswered_write(state: &LocalRecordState, unanswered: Option<&MutationId>, change: &Change) -> bool {
-    unanswered.is_some_and(|m| change.mutation_id.as_ref() == Some(m))
-        && !state.in_conflict
-        && state.server_version.is_none_or(|v| change.version > v)
-}
-
-/// A local tombstone with nothing queued and no conflict: what is left of a delete the
-/// server acknowledged, kept until its echo arrives.
-fn is_clean_tombstone(state: &LocalRecordState) -> bool {
-    state.deleted && !state.has_pending && !state.in_conflict
 }
 
 /// Stores the server's side of a conflict found by a pull; true when it is new.
