@@ -7,9 +7,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sync_core::protocol::{
     Change, ErrorDetail, MutationOutcome, MutationResult, Op, PullRequest, PullResponse, PushRequest, PushResponse,
-    ServerRecord, WireMutation,
+    WireMutation,
 };
 use sync_core::{CollectionName, Cursor, Error, MutationId, RecordId, Transport, Version};
+use sync_server::config::{Access, CollectionConfig};
+use sync_server::logic::StoredRecord;
+use sync_server::store::{PushContext, VersionFloors, plan_push};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -55,7 +58,8 @@ struct State {
     records: HashMap<(CollectionName, RecordId), Rec>,
     feed: BTreeMap<u64, (CollectionName, RecordId)>,
     seq: u64,
-    ledger: HashMap<MutationId, MutationOutcome>,
+    /// First answers by mutation id, as the reference server's ledger.
+    ledger: HashMap<uuid::Uuid, MutationOutcome>,
     applied: Vec<AppliedMutation>,
     received: Vec<MutationId>,
     reachable: bool,
@@ -153,14 +157,16 @@ impl MemoryServer {
     pub fn put(&self, collection: &str, id: &str, data: Value) -> u64 {
         let (Ok(c), Ok(id)) = (CollectionName::new(collection), RecordId::new(id)) else { return 0 };
         let mut s = self.state();
-        apply_write(&mut s, &c, &id, Some(data), None)
+        let record = next_state(&s, &c, &id, Some(data));
+        apply_write(&mut s, &c, &id, &record, None)
     }
 
     /// Deletes a record as another client would; returns the tombstone's version.
     pub fn remove(&self, collection: &str, id: &str) -> u64 {
         let (Ok(c), Ok(id)) = (CollectionName::new(collection), RecordId::new(id)) else { return 0 };
         let mut s = self.state();
-        apply_write(&mut s, &c, &id, None, None)
+        let record = next_state(&s, &c, &id, None);
+        apply_write(&mut s, &c, &id, &record, None)
     }
 
     /// A record's (version, deleted, data).
@@ -207,92 +213,114 @@ impl MemoryServer {
     }
 }
 
+/// A record's next state when the test writes it directly (None: a delete).
+fn next_state(s: &State, c: &CollectionName, id: &RecordId, data: Option<Value>) -> StoredRecord {
+    let version = s.records.get(&(c.clone(), id.clone())).map_or(1, |r| r.version + 1);
+    StoredRecord { version, deleted: data.is_none(), owner: "memory".into(), data }
+}
+
+/// Stores a record's new state at the next feed position.
 fn apply_write(
     s: &mut State,
     c: &CollectionName,
     id: &RecordId,
-    data: Option<Value>,
+    record: &StoredRecord,
     mutation: Option<MutationId>,
 ) -> u64 {
     s.seq += 1;
     let seq = s.seq;
     let key = (c.clone(), id.clone());
-    let version = s.records.get(&key).map_or(1, |r| r.version + 1);
     if let Some(old) = s.records.get(&key) {
         s.feed.remove(&old.seq);
     }
     s.feed.insert(seq, key.clone());
-    s.records.insert(key, Rec { version, deleted: data.is_none(), data, seq, mutation });
-    version
+    let rec = Rec { version: record.version, deleted: record.deleted, data: record.data.clone(), seq, mutation };
+    s.records.insert(key, rec);
+    record.version
 }
 
 fn rejected(code: &str, message: &str) -> MutationOutcome {
     MutationOutcome::Rejected { error: ErrorDetail { code: code.into(), message: message.into() } }
 }
 
-fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
-    if let Some(original) = s.ledger.get(&m.mutation_id) {
-        // As the reference server: the same decision, a conflict showing the record now.
-        return match (original, &m.record_id) {
-            (MutationOutcome::Conflict { .. }, Some(id)) => MutationOutcome::Conflict {
-                server: s.records.get(&(m.collection.clone(), id.clone())).cloned().map(|r| ServerRecord {
-                    version: Version(r.version),
-                    deleted: r.deleted,
-                    data: r.data,
-                }),
-            },
-            _ => original.clone(),
-        };
+/// Accepts any action, as a server whose handlers all succeed.
+struct AnyAction;
+
+impl sync_server::store::ActionHandler for AnyAction {
+    fn apply(
+        &self,
+        _: &sync_server::logic::User,
+        _: &CollectionName,
+        _: Option<&RecordId>,
+        _: &Value,
+    ) -> Result<(), ErrorDetail> {
+        Ok(())
     }
-    let outcome = decide(s, m);
-    s.ledger.insert(m.mutation_id, outcome.clone());
-    outcome
 }
 
-fn decide(s: &mut State, m: &WireMutation) -> MutationOutcome {
-    if m.record_id.as_ref().is_some_and(|id| s.reject_records.contains(id.as_str())) {
-        return rejected("invalid_mutation", "this record is refused by the test server");
+/// One mutation, decided by the reference server's own push planning
+/// (`sync_server::store::plan_push`: ledger replay, shape checks, versions, conflicts),
+/// for an admin of a server that serves every collection it is sent and accepts every
+/// action; only the test's refused records are answered here.
+fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
+    let refused = m.record_id.as_ref().is_some_and(|id| s.reject_records.contains(id.as_str()));
+    if refused && !s.ledger.contains_key(&m.mutation_id.0) {
+        let outcome = rejected("invalid_mutation", "this record is refused by the test server");
+        s.ledger.insert(m.mutation_id.0, outcome.clone());
+        return outcome;
     }
-    match (m.op, &m.record_id) {
-        (Op::Action, _) => {
-            s.applied.push(AppliedMutation {
-                mutation_id: m.mutation_id,
-                collection: m.collection.clone(),
-                record_id: m.record_id.clone(),
-                op: Op::Action,
-                data: m.args.clone(),
-                version: 0,
-            });
-            MutationOutcome::Applied { version: Version(0), record_id: None }
-        }
-        (_, None) => rejected("invalid_mutation", "record_id is required"),
-        (op, Some(id)) => {
-            let data = match (op, &m.data) {
-                (Op::Upsert, Some(d)) if d.is_object() => Some(d.clone()),
-                (Op::Delete, None) => None,
-                _ => return rejected("invalid_mutation", "data must be an object for upsert and null for delete"),
-            };
+    let raw = serde_json::to_value(m).unwrap_or(Value::Null);
+    let user = sync_server::logic::User::new("memory", true);
+    let collections = [(m.collection.clone(), CollectionConfig::new(Access::Owner))].into();
+    let actions: HashMap<String, Arc<dyn sync_server::store::ActionHandler>> = m
+        .action
+        .iter()
+        .map(|a| (a.clone(), Arc::new(AnyAction) as Arc<dyn sync_server::store::ActionHandler>))
+        .collect();
+    let ctx = PushContext {
+        user: &user,
+        collections: &collections,
+        users: &HashSet::new(),
+        actions: &actions,
+        client_id: "",
+    };
+    let current = m
+        .record_id
+        .as_ref()
+        .and_then(|id| {
             let key = (m.collection.clone(), id.clone());
-            let current = s.records.get(&key).cloned();
-            if let Some(base) = m.base_version {
-                if !sync_server::logic::base_matches(base.0, current.as_ref().map(|r| (r.version, r.deleted))) {
-                    let server =
-                        current.map(|r| ServerRecord { version: Version(r.version), deleted: r.deleted, data: r.data });
-                    return MutationOutcome::Conflict { server };
-                }
-            }
-            let version = apply_write(s, &m.collection, id, data.clone(), Some(m.mutation_id));
-            s.applied.push(AppliedMutation {
-                mutation_id: m.mutation_id,
-                collection: m.collection.clone(),
-                record_id: Some(id.clone()),
-                op,
-                data,
-                version,
-            });
-            MutationOutcome::Applied { version: Version(version), record_id: None }
-        }
+            let r = s.records.get(&key)?;
+            Some((
+                key,
+                StoredRecord { version: r.version, deleted: r.deleted, owner: "memory".into(), data: r.data.clone() },
+            ))
+        })
+        .into_iter()
+        .collect();
+    let plan = plan_push(&ctx, &[raw], s.ledger.clone(), current, &VersionFloors::new());
+    for w in &plan.writes {
+        let version = apply_write(s, &w.collection, &w.id, &w.record, Some(m.mutation_id));
+        s.applied.push(AppliedMutation {
+            mutation_id: m.mutation_id,
+            collection: w.collection.clone(),
+            record_id: Some(w.id.clone()),
+            op: m.op,
+            data: w.record.data.clone(),
+            version,
+        });
     }
+    if let (Op::Action, Some((_, MutationOutcome::Applied { version, .. }))) = (m.op, plan.ledger.first()) {
+        s.applied.push(AppliedMutation {
+            mutation_id: m.mutation_id,
+            collection: m.collection.clone(),
+            record_id: m.record_id.clone(),
+            op: Op::Action,
+            data: m.args.clone(),
+            version: version.0,
+        });
+    }
+    s.ledger.extend(plan.ledger);
+    plan.results.into_iter().next().map_or_else(|| rejected("invalid_mutation", "no answer"), |r| r.outcome)
 }
 
 fn parse_cursor(c: &Option<Cursor>) -> Result<u64, Error> {
