@@ -24,7 +24,7 @@ use crate::cursor::Position;
 use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{self, Decision, StoredRecord, User, WireResult};
-use crate::rules::{ReadScope, Rule};
+use crate::rules::{Grant, ReadScope, Rule};
 
 /// `POST /v1/pull`'s answer as the store builds it: the wire shape of
 /// [`PullResponse`], with the page's changes as one JSON array the database assembled
@@ -372,6 +372,9 @@ pub struct PullItem {
     pub tag: String,
     /// The client's cursor.
     pub cursor: Option<Cursor>,
+    /// The read rule is `owner` or `everyone` alone (today's `access` kinds), under
+    /// which a cursor made before scope tags still reads what the user may read.
+    pub legacy: bool,
 }
 
 impl PullItem {
@@ -379,7 +382,8 @@ impl PullItem {
     pub fn new(collection: CollectionName, read: &Rule, user: &User, cursor: Option<Cursor>) -> Self {
         let scope = read.scope(user);
         let tag = scope_tag(read, &scope);
-        Self { collection, scope, tag, cursor }
+        let legacy = read.grants == [Grant::Owner] || read.grants == [Grant::Everyone];
+        Self { collection, scope, tag, cursor, legacy }
     }
 }
 

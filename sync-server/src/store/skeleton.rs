@@ -212,8 +212,19 @@ pub(crate) async fn pull_in(
     for item in items {
         // The cursor names the rule and the user's scope beside the database: when
         // either changed since, the collection starts over (see `scope_tag`).
-        let epoch = &format!("{epoch}.{}", item.tag);
-        let parsed = cursor::parse(item.cursor.as_ref(), epoch)?;
+        let tagged = &format!("{epoch}.{}", item.tag);
+        let parsed = match cursor::parse(item.cursor.as_ref(), tagged)? {
+            // A cursor from before rules had tags names the bare epoch. Under `owner`
+            // or `everyone` alone it was made for what the user reads now, so it goes
+            // on (an upgrade does not make every device download everything again).
+            Some((position, false))
+                if item.legacy && cursor::parse(item.cursor.as_ref(), epoch)?.is_some_and(|c| c.1) =>
+            {
+                Some((position, true))
+            }
+            parsed => parsed,
+        };
+        let epoch = tagged;
         let purged = tx.purged_through(item.collection.as_str()).await?;
         let (start, reset) = start_position(parsed, purged);
         if reset {
@@ -619,6 +630,24 @@ mod tests {
         let fresh = world.pull(current.cursors.values().next().cloned()).await;
         assert!(fresh.reset.is_empty());
         assert_eq!(fresh.count, 0);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_from_before_scope_tags_goes_on_under_owner_and_resets_under_other_rules() {
+        let mut world = World::new();
+        world.push(vec![upsert(Uuid::now_v7(), "r1", None)]).await;
+        let current = world.pull(None).await;
+        let position = current.cursors.values().next().unwrap().0.split(':').nth(1).unwrap().to_owned();
+        let legacy = sync_core::Cursor(format!("epoch1:{position}:0"));
+        let again = world.pull(Some(legacy.clone())).await;
+        assert!(again.reset.is_empty(), "an owner collection keeps its old cursor");
+        assert_eq!(again.count, 0);
+        // The same cursor for a collection under a field rule starts over.
+        let notes = CollectionName::new("notes").unwrap();
+        let rule = crate::rules::Rule::parse(&["assigned_to = user".into()], &Default::default()).unwrap();
+        let item = PullItem::new(notes.clone(), &rule, &User::new("alice", false), Some(legacy));
+        let keyed = pull_in(&mut world.feed, "epoch1", &[item], 100).await.unwrap();
+        assert_eq!(keyed.reset, [notes]);
     }
 
     #[tokio::test]
