@@ -15,6 +15,11 @@
 //! - a replacement sweeps the clean records the server no longer has and never one with
 //!   a pending write.
 //!
+//! A case reports a broken rule, or an error from the store, by panicking, as `assert!`
+//! does (the helpers' `expect`s are such reports, or name constants that always parse).
+//! [`run`] runs each case in a task of its own and returns its panic as a failure, so
+//! nothing panics through `run`.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use std::sync::Arc;

@@ -297,7 +297,10 @@ fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
         })
         .into_iter()
         .collect();
-    let plan = plan_push(&ctx, &[raw], s.ledger.clone(), current, &VersionFloors::new());
+    // Only this mutation's ledger entry: the plan needs no other, and copying the whole
+    // ledger per mutation made long histories quadratic.
+    let ledger = s.ledger.get(&m.mutation_id.0).map(|o| (m.mutation_id.0, o.clone())).into_iter().collect();
+    let plan = plan_push(&ctx, &[raw], ledger, current, &VersionFloors::new());
     for w in &plan.writes {
         let version = apply_write(s, &w.collection, &w.id, &w.record, Some(m.mutation_id));
         s.applied.push(AppliedMutation {

@@ -393,17 +393,20 @@ impl PullItem {
 /// collection: the device then takes the full set it may read now and drops what it
 /// may no longer read, which no feed position could tell it.
 pub fn scope_tag(read: &Rule, scope: &ReadScope) -> String {
+    short_hash(&format!("{:?}\n{scope:?}", read.grants), 6)
+}
+
+/// The first `bytes` bytes of `text`'s SHA-256, in hex.
+fn short_hash(text: &str, bytes: usize) -> String {
     use sha2::Digest;
-    let text = format!("{:?}\n{scope:?}", read.grants);
-    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..bytes])
 }
 
 /// A mark of a read rule, kept beside the audience keys built for it: when the rule in
 /// the configuration no longer matches, the keys are built again at start
 /// ([`ServerStore::prepare_rules`]).
 pub fn rule_mark(read: &Rule) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(format!("{:?}", read.grants).as_bytes())[..8])
+    short_hash(&format!("{:?}", read.grants), 8)
 }
 
 /// The change notifications a push causes: which collection changed, for whom.
