@@ -121,19 +121,16 @@ async fn triggers_during_a_cycle_schedule_exactly_one_follow_up() {
         async move { e.sync_now().await }
     });
     common::next_event(&mut events, |e| matches!(e, SyncEvent::CycleStarted { .. }).then_some(())).await;
-    // Three more triggers while the first cycle waits on the server.
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let e = engine.clone();
-            tokio::spawn(async move { e.sync_now().await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Three more triggers while the first cycle waits on the server, queued in turn.
+    let mut followers = Vec::new();
+    for _ in 0..3 {
+        followers.push(common::sent(engine.sync_now()).await);
+    }
     gate.add_permits(100);
     first.await.unwrap().unwrap();
     let mut reports = Vec::new();
     for f in followers {
-        reports.push(f.await.unwrap().unwrap());
+        reports.push(f.await.unwrap());
     }
     let mut started = 0;
     while let Ok(e) = events.try_recv() {

@@ -74,20 +74,12 @@ async fn sync_units_run_alone_in_their_direction_and_can_discard_queued_units() 
         async move { e.sync_unit("push_orders", TriggerOptions::default()).await }
     });
     common::next_event(&mut events, |e| matches!(e, SyncEvent::CycleStarted { .. }).then_some(())).await;
-    let queued = tokio::spawn({
-        let e = engine.clone();
-        async move { e.sync_unit("pull_orders", TriggerOptions::default()).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let login = tokio::spawn({
-        let e = engine.clone();
-        async move { e.sync_unit("all", TriggerOptions { discard_queued: true }).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued = common::sent(engine.sync_unit("pull_orders", TriggerOptions::default())).await;
+    let login = common::sent(engine.sync_unit("all", TriggerOptions { discard_queued: true })).await;
     gate.add_permits(100);
     running.await.unwrap().unwrap();
-    assert!(matches!(queued.await.unwrap(), Err(Error::Discarded { ref unit }) if unit == "pull_orders"));
-    assert_eq!(login.await.unwrap().unwrap().unit, "all");
+    assert!(matches!(queued.await, Err(Error::Discarded { ref unit }) if unit == "pull_orders"));
+    assert_eq!(login.await.unwrap().unit, "all");
 }
 
 #[tokio::test]

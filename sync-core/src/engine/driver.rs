@@ -1,27 +1,20 @@
-//! The driver task: one cycle at a time, the trigger queue, debounce, interval, retries
-//! and reachability probes.
+//! The driver task: carries out what the scheduler (`schedule.rs`) decides. It runs one
+//! cycle at a time, answers the callers waiting for a unit, probes the server, reads
+//! the status counts, and sleeps until the scheduler's next deadline or the next event.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::builder::PUSH_UNIT;
-use super::{ALL_UNIT, Shared};
+use super::Shared;
+use super::schedule::{Action, Connection, CycleOutcome, Event, Scheduler, Verdict, verdict};
 use crate::error::Error;
 use crate::status::{AuthState, SyncEvent, SyncReport};
 
 type Reply = oneshot::Sender<Result<SyncReport, Error>>;
-
-/// Local writes update the status counts at most this often: reading them after every
-/// write would put a query beside each write and spoil its latency.
-const COUNTS_THROTTLE: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// A retry after another process's sync lease waits this much past its lapse, so that
-/// the lease has surely lapsed when it is asked for again.
-const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the handle asks of the driver.
 pub(crate) enum Command {
@@ -31,31 +24,11 @@ pub(crate) enum Command {
     Reconnected,
 }
 
-/// A unit waiting to run, with everyone waiting for its report.
-struct Queued {
-    unit: String,
-    waiters: Vec<Reply>,
-    /// Asked for by the app (`sync_now`), as opposed to an automatic trigger.
-    manual: bool,
-}
-
-/// What the driver does when its retry timer fires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Retry {
-    /// The server was unreachable: probe it.
-    Probe,
-    /// A transient failure: run the unit again.
-    Rerun(String),
-}
-
 struct Driver {
     shared: Arc<Shared>,
-    queue: VecDeque<Queued>,
-    write_deadline: Option<Instant>,
-    /// When the status counts are next read after local writes.
-    counts_due: Option<Instant>,
-    retry: Option<(Instant, Retry)>,
-    failures: u32,
+    scheduler: Scheduler,
+    /// Everyone waiting for the report of a queued unit, by unit.
+    waiters: HashMap<String, Vec<Reply>>,
 }
 
 pub(crate) fn spawn(
@@ -63,8 +36,8 @@ pub(crate) fn spawn(
     commands: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let driver =
-        Driver { shared, queue: VecDeque::new(), write_deadline: None, counts_due: None, retry: None, failures: 0 };
+    let scheduler = Scheduler::new(shared.options.debounce, shared.options.backoff);
+    let driver = Driver { shared, scheduler, waiters: HashMap::new() };
     tokio::spawn(driver.run(commands, shutdown))
 }
 
@@ -86,7 +59,7 @@ impl Driver {
         let mut external = self.shared.store.external_changes();
         self.shared.refresh_counts().await;
         if self.shared.options.sync_on_start {
-            self.enqueue(ALL_UNIT.to_owned(), None, false, false);
+            self.on(Event::Trigger { unit: super::ALL_UNIT.to_owned(), manual: false, discard_queued: false });
         }
         let mut interval = self.shared.options.interval.map(|d| {
             let mut interval = tokio::time::interval_at(Instant::now() + d, d);
@@ -98,27 +71,26 @@ impl Driver {
             // Everything that arrived while a cycle ran joins the queue first, so that
             // any number of triggers during a cycle makes exactly one follow-up.
             while let Ok(command) = commands.try_recv() {
-                self.handle(command);
+                self.command(command);
             }
-            if let Some(next) = self.queue.pop_front() {
+            if let Some(next) = self.scheduler.next() {
+                let waiters = self.waiters.remove(&next.unit).unwrap_or_default();
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return,
-                    () = self.run_queued(next) => {}
+                    () = self.run_queued(&next.unit, next.manual, waiters) => {}
                 }
                 continue;
             }
-            let write_deadline = self.write_deadline;
-            let counts_due = self.counts_due;
-            let retry_at = self.retry.as_ref().map(|(at, _)| *at);
+            let deadline = self.scheduler.next_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
                 command = commands.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => self.command(command),
                     None => return,
                 },
-                () = self.shared.overflow.notified() => self.handle(Command::Reconnected),
+                () = self.shared.overflow.notified() => self.on(Event::Reconnected),
                 changed = external_change(&mut external), if external.is_some() => {
                     if changed {
                         self.changed_elsewhere().await;
@@ -127,86 +99,89 @@ impl Driver {
                     }
                 }
                 () = self.shared.local_writes.notified() => {
-                    // The quiet period counts from the write itself, not from when this
-                    // task got to it (it may have been busy with a cycle).
-                    let now = Instant::now();
-                    let written = self.shared.last_local_write().unwrap_or(now);
-                    self.write_deadline = Some(written + self.shared.options.debounce);
-                    self.counts_due.get_or_insert(now + COUNTS_THROTTLE);
+                    let at = self.shared.last_local_write().unwrap_or_else(Instant::now);
+                    self.on(Event::LocalWrite { at });
                 }
-                () = sleep_until_opt(counts_due), if counts_due.is_some() => {
-                    self.counts_due = None;
-                    self.shared.refresh_counts().await;
-                }
-                () = sleep_until_opt(write_deadline), if write_deadline.is_some() => {
-                    self.write_deadline = None;
-                    self.enqueue(ALL_UNIT.to_owned(), None, false, false);
-                }
-                _ = tick(&mut interval), if interval.is_some() => {
-                    self.enqueue(ALL_UNIT.to_owned(), None, false, false);
-                }
-                () = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                () = sleep_until_opt(deadline), if deadline.is_some() => {
+                    let actions = self.scheduler.due(Instant::now(), self.shared.net().app_online);
                     tokio::select! {
                         biased;
                         _ = shutdown.changed() => return,
-                        () = self.fire_retry() => {}
+                        () = self.carry_out(actions) => {}
                     }
+                }
+                _ = tick(&mut interval), if interval.is_some() => self.on(Event::IntervalTick),
+            }
+        }
+    }
+
+    /// Hands `event` to the scheduler and carries out what it needs now (no action of
+    /// an event awaits: probes and counts come only from deadlines).
+    fn on(&mut self, event: Event) {
+        for action in self.scheduler.on(event, Instant::now(), &mut rand::rng()) {
+            match action {
+                Action::Discard(unit) => {
+                    let error = Error::Discarded { unit: unit.clone() };
+                    for waiter in self.waiters.remove(&unit).unwrap_or_default() {
+                        // The caller may have stopped waiting; nobody else needs the answer.
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+                other => tracing::error!(?other, "the scheduler asked for an action an event cannot carry out"),
+            }
+        }
+    }
+
+    /// Carries out the actions of deadlines that passed.
+    async fn carry_out(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::RefreshCounts => self.shared.refresh_counts().await,
+                Action::Probe => {
+                    let reachable = self.shared.transport.probe().await.is_ok();
+                    if reachable {
+                        self.shared.update_net(|n| n.reachable = true);
+                    }
+                    self.on(Event::ProbeFinished { reachable });
+                }
+                Action::Discard(_) => {
+                    tracing::error!("the scheduler asked to discard a unit at a deadline");
                 }
             }
         }
     }
 
-    fn handle(&mut self, command: Command) {
+    fn command(&mut self, command: Command) {
         match command {
             Command::Trigger { unit, discard_queued, reply } => {
                 let manual = reply.is_some();
-                self.enqueue(unit, reply, manual, discard_queued);
+                // Discarded units are answered before the new waiter joins its unit.
+                self.on(Event::Trigger { unit: unit.clone(), manual, discard_queued });
+                self.waiters.entry(unit).or_default().extend(reply);
             }
-            Command::Reconnected => {
-                self.failures = 0;
-                self.retry = None;
-                self.enqueue(ALL_UNIT.to_owned(), None, false, false);
-            }
+            Command::Reconnected => self.on(Event::Reconnected),
         }
-    }
-
-    fn enqueue(&mut self, unit: String, reply: Option<Reply>, manual: bool, discard_queued: bool) {
-        if discard_queued {
-            for queued in self.queue.drain(..) {
-                let error = Error::Discarded { unit: queued.unit.clone() };
-                for waiter in queued.waiters {
-                    let _ = waiter.send(Err(error.clone()));
-                }
-            }
-        }
-        if let Some(queued) = self.queue.iter_mut().find(|q| q.unit == unit) {
-            queued.waiters.extend(reply);
-            queued.manual |= manual;
-            return;
-        }
-        self.queue.push_back(Queued { unit, waiters: reply.into_iter().collect(), manual });
     }
 
     /// Runs a queued unit if the network, reachability and credentials allow, and
     /// answers its waiters.
-    async fn run_queued(&mut self, queued: Queued) {
+    async fn run_queued(&mut self, unit: &str, manual: bool, waiters: Vec<Reply>) {
         let net = self.shared.net();
-        let refusal = if !net.app_online {
-            Some(Error::Unreachable { message: "the app set the engine offline".into() })
-        } else if self.shared.status.borrow().auth == AuthState::Required {
-            Some(Error::Unauthorized { message: "credentials required: call Engine::set_credentials".into() })
-        } else {
-            None
+        let connection = Connection {
+            app_online: net.app_online,
+            reachable: net.reachable,
+            credentials_required: self.shared.status.borrow().auth == AuthState::Required,
         };
-        // An automatic trigger while the server is unreachable waits for the probe.
-        if refusal.is_none() && !net.reachable && !queued.manual {
-            return;
-        }
-        let result = match refusal {
-            Some(error) => Err(error),
-            None => self.run_cycle(&queued.unit).await,
+        let result = match verdict(connection, manual) {
+            Verdict::Run => self.run_cycle(unit).await,
+            Verdict::RefuseOffline => Err(Error::Unreachable { message: "the app set the engine offline".into() }),
+            Verdict::RefuseCredentials => {
+                Err(Error::Unauthorized { message: "credentials required: call Engine::set_credentials".into() })
+            }
+            Verdict::Skip => return,
         };
-        for waiter in queued.waiters {
+        for waiter in waiters {
+            // The caller may have stopped waiting; nobody else needs the answer.
             let _ = waiter.send(result.clone());
         }
     }
@@ -216,9 +191,8 @@ impl Driver {
     async fn changed_elsewhere(&mut self) {
         self.shared.emit(SyncEvent::StoreChangedElsewhere);
         self.shared.refresh_counts().await;
-        if self.shared.status.borrow().pending > 0 {
-            self.enqueue(PUSH_UNIT.to_owned(), None, false, false);
-        }
+        let pending = self.shared.status.borrow().pending;
+        self.on(Event::ChangedElsewhere { pending });
     }
 
     async fn run_cycle(&mut self, unit_name: &str) -> Result<SyncReport, Error> {
@@ -226,29 +200,29 @@ impl Driver {
             return Err(Error::Config { message: format!("unknown sync unit {unit_name:?}") });
         };
         let result = self.run_with_token(&unit).await;
-        match &result {
+        let outcome = match &result {
             Ok(_) => {
-                self.failures = 0;
-                self.retry = None;
                 self.shared.update_net(|n| n.reachable = true);
+                CycleOutcome::Synced
             }
             Err(Error::Unauthorized { .. } | Error::TokenProvider { .. }) => {
                 self.shared.status.send_modify(|s| s.auth = AuthState::Required);
                 self.shared.emit(SyncEvent::AuthRequired);
+                CycleOutcome::Stopped
             }
             Err(Error::Unreachable { .. }) => {
                 self.shared.update_net(|n| n.reachable = false);
-                self.schedule(Retry::Probe);
+                CycleOutcome::Unreachable
             }
             // Another process sharing the store syncs it now (and pushes what this one
             // queued): try again when its lease lapses, in case it died.
             Err(Error::SyncedElsewhere { until }) => {
-                let wait = (*until - chrono::Utc::now()).to_std().unwrap_or_default();
-                self.retry = Some((Instant::now() + wait + LEASE_MARGIN, Retry::Rerun(unit.name.clone())));
+                CycleOutcome::SyncedElsewhere { wait: (*until - chrono::Utc::now()).to_std().unwrap_or_default() }
             }
-            Err(error) if error.is_retryable() => self.schedule(Retry::Rerun(unit.name.clone())),
-            Err(_) => {}
-        }
+            Err(error) if error.is_retryable() => CycleOutcome::Retryable,
+            Err(_) => CycleOutcome::Stopped,
+        };
+        self.on(Event::CycleFinished { unit: unit.name.clone(), outcome });
         result
     }
 
@@ -301,31 +275,6 @@ impl Driver {
                         });
                     }
                 },
-            }
-        }
-    }
-
-    fn schedule(&mut self, retry: Retry) {
-        self.failures = self.failures.saturating_add(1);
-        let delay = self.shared.options.backoff.delay(self.failures, &mut rand::rng());
-        self.retry = Some((Instant::now() + delay, retry));
-    }
-
-    async fn fire_retry(&mut self) {
-        let Some((_, retry)) = self.retry.take() else { return };
-        match retry {
-            Retry::Rerun(unit) => self.enqueue(unit, None, false, false),
-            Retry::Probe => {
-                if !self.shared.net().app_online {
-                    return;
-                }
-                match self.shared.transport.probe().await {
-                    Ok(()) => {
-                        self.shared.update_net(|n| n.reachable = true);
-                        self.enqueue(ALL_UNIT.to_owned(), None, false, false);
-                    }
-                    Err(_) => self.schedule(Retry::Probe),
-                }
             }
         }
     }

@@ -4,6 +4,7 @@ mod builder;
 mod collection;
 mod cycle;
 mod driver;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};

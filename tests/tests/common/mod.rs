@@ -105,3 +105,12 @@ pub fn http_as(url: &str, user: &str) -> sync_http::HttpTransport {
     transport.set_credentials(Some(credentials_of(user)));
     transport
 }
+
+/// Polls `request` once and hands it back, pending: an engine request (`sync_now`,
+/// `sync_unit`) has then put its command in the driver's queue, in the order of the
+/// calls, and the answer is awaited later. Orders requests without sleeping.
+pub async fn sent<F: std::future::Future>(request: F) -> std::pin::Pin<Box<F>> {
+    let mut request = Box::pin(request);
+    assert!(futures::poll!(request.as_mut()).is_pending(), "the request was answered before it was queued");
+    request
+}
