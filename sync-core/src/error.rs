@@ -177,7 +177,7 @@ pub enum Error {
         /// The HTTP status or equivalent.
         status: u16,
         /// The machine-readable code from the error body.
-        code: String,
+        code: crate::protocol::ErrorCode,
         /// The server's message.
         message: String,
     },

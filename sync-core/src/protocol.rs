@@ -3,20 +3,56 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::ids::{ClientId, CollectionName, Cursor, MutationId, RecordId, Version};
 
-/// The kind of a pushed mutation (`"op"` on the wire).
+/// The kind of a mutation: the `"op"` of its [`MutationBody`], and what a local
+/// outbox entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Create or replace the record with `data`.
     Upsert,
-    /// Delete the record (`data` is null).
+    /// Delete the record.
     Delete,
     /// A named custom action with JSON `args`, e.g. "mark read".
     Action,
+}
+
+/// What a pushed mutation does, with exactly the fields its kind has on the wire:
+/// `{"op": "upsert", "data": {..}}`, `{"op": "delete"}`,
+/// `{"op": "action", "action": "mark_read", "args": {..}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MutationBody {
+    /// Create or replace the record with `data` (the server's shape).
+    Upsert {
+        /// The record's fields.
+        data: Map<String, Value>,
+    },
+    /// Delete the record (a server keeps a tombstone).
+    Delete,
+    /// Run the server's handler for the named action.
+    Action {
+        /// The action's name (`action` on the wire), never empty.
+        #[serde(rename = "action")]
+        name: String,
+        /// Its arguments (`{}` when absent).
+        #[serde(default)]
+        args: Map<String, Value>,
+    },
+}
+
+impl MutationBody {
+    /// The kind of mutation.
+    pub fn op(&self) -> Op {
+        match self {
+            MutationBody::Upsert { .. } => Op::Upsert,
+            MutationBody::Delete => Op::Delete,
+            MutationBody::Action { .. } => Op::Action,
+        }
+    }
 }
 
 /// One mutation in a push request.
@@ -26,26 +62,131 @@ pub struct WireMutation {
     pub mutation_id: MutationId,
     /// The collection it touches.
     pub collection: CollectionName,
-    /// The record it touches (optional for actions).
+    /// The record it touches (required for upsert and delete; optional for actions).
     #[serde(default)]
     pub record_id: Option<RecordId>,
-    /// What it does.
-    pub op: Op,
+    /// What it does: `op` and the fields of that kind.
+    #[serde(flatten)]
+    pub body: MutationBody,
     /// `null`: overwrite (last write wins); a number: apply only at this version.
     #[serde(default)]
     pub base_version: Option<Version>,
-    /// The record's data for `upsert`; null for `delete`.
-    #[serde(default)]
-    pub data: Option<Value>,
-    /// The action name, for `op: "action"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    /// The action's arguments, for `op: "action"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Value>,
     /// Admins only: the user a created record belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+/// The machine-readable `code` of an error: of a whole request refused, or of one
+/// mutation rejected in a push. On the wire it is the snake_case name; a code this
+/// version does not know (a newer server's) is kept as [`ErrorCode::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `invalid_request`: the body is not JSON or not the request's shape.
+    InvalidRequest,
+    /// `batch_too_large`: more mutations than the server takes in one push.
+    BatchTooLarge,
+    /// `unknown_collection`: a collection the server does not serve.
+    UnknownCollection,
+    /// `invalid_collection`: a name that is not a collection name.
+    InvalidCollection,
+    /// `invalid_mutation`: a mutation of the wrong shape, or data the rules cannot read.
+    InvalidMutation,
+    /// `forbidden`: outside the user's write rule.
+    Forbidden,
+    /// `unknown_action`: no handler for the action's name.
+    UnknownAction,
+    /// `unauthorized`: no token, or one the server does not know.
+    Unauthorized,
+    /// `token_expired`: a signed token that has expired.
+    TokenExpired,
+    /// `body_too_large`: a body past the server's limit.
+    BodyTooLarge,
+    /// `unsupported_encoding`: a request body in a coding the server does not decode.
+    UnsupportedEncoding,
+    /// `not_found`: no such endpoint.
+    NotFound,
+    /// `unavailable`: the database is busy; retry later.
+    Unavailable,
+    /// `overloaded`: the server is at a limit it sets itself; retry later.
+    Overloaded,
+    /// `internal`: anything else; the details stay in the server's log.
+    Internal,
+    /// `conflict`: an action on no record answered `conflict`, which nothing can
+    /// settle; the client parks it under this code.
+    Conflict,
+    /// `mapping_failed`: the collection's mapping could not put the record in the
+    /// server's shape; the client parks it under this code without sending it.
+    MappingFailed,
+    /// `http_error`: an error answer without a protocol body (a proxy's, say).
+    HttpError,
+    /// A code this version does not know, as sent (an action handler's own, a newer
+    /// server's).
+    Other(String),
+}
+
+impl ErrorCode {
+    const NAMED: [(ErrorCode, &'static str); 18] = [
+        (ErrorCode::InvalidRequest, "invalid_request"),
+        (ErrorCode::BatchTooLarge, "batch_too_large"),
+        (ErrorCode::UnknownCollection, "unknown_collection"),
+        (ErrorCode::InvalidCollection, "invalid_collection"),
+        (ErrorCode::InvalidMutation, "invalid_mutation"),
+        (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::UnknownAction, "unknown_action"),
+        (ErrorCode::Unauthorized, "unauthorized"),
+        (ErrorCode::TokenExpired, "token_expired"),
+        (ErrorCode::BodyTooLarge, "body_too_large"),
+        (ErrorCode::UnsupportedEncoding, "unsupported_encoding"),
+        (ErrorCode::NotFound, "not_found"),
+        (ErrorCode::Unavailable, "unavailable"),
+        (ErrorCode::Overloaded, "overloaded"),
+        (ErrorCode::Internal, "internal"),
+        (ErrorCode::Conflict, "conflict"),
+        (ErrorCode::MappingFailed, "mapping_failed"),
+        (ErrorCode::HttpError, "http_error"),
+    ];
+
+    /// The code as it is written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::Other(code) => code,
+            known => Self::NAMED.iter().find(|(c, _)| c == known).map_or("internal", |(_, name)| name),
+        }
+    }
+
+    /// The code written `name` on the wire.
+    pub fn from_name(name: &str) -> Self {
+        Self::NAMED
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map_or_else(|| ErrorCode::Other(name.to_owned()), |(code, _)| code.clone())
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(ErrorCode::from_name(&name))
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// `POST /v1/push` body.
@@ -167,10 +308,17 @@ pub struct PullResponse {
 /// The `error` member of every error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// A machine-readable code such as `invalid_mutation`.
-    pub code: String,
+    /// What kind of error, for code to match on.
+    pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
+}
+
+impl ErrorDetail {
+    /// An error of kind `code`, explained by `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
 }
 
 /// An error body: `{"error": {"code": "...", "message": "..."}}`.
@@ -218,9 +366,9 @@ mod tests {
                 {"mutation_id": M1, "collection": "work_orders", "record_id": "r1",
                  "op": "upsert", "base_version": 3, "data": {"title": "fix"}},
                 {"mutation_id": M1, "collection": "work_orders", "record_id": "r2",
-                 "op": "delete", "base_version": null, "data": null},
+                 "op": "delete", "base_version": null},
                 {"mutation_id": M1, "collection": "work_orders", "record_id": null,
-                 "op": "action", "base_version": null, "data": null,
+                 "op": "action", "base_version": null,
                  "action": "mark_read", "args": {"ids": ["r1"]}}
             ]}),
             PushRequest {
@@ -230,38 +378,77 @@ mod tests {
                         mutation_id: mid(),
                         collection: wo(),
                         record_id: Some(RecordId::new("r1").unwrap()),
-                        op: Op::Upsert,
+                        body: MutationBody::Upsert { data: object(json!({"title": "fix"})) },
                         base_version: Some(Version(3)),
-                        data: Some(json!({"title": "fix"})),
-                        action: None,
-                        args: None,
                         owner: None,
                     },
                     WireMutation {
                         mutation_id: mid(),
                         collection: wo(),
                         record_id: Some(RecordId::new("r2").unwrap()),
-                        op: Op::Delete,
+                        body: MutationBody::Delete,
                         base_version: None,
-                        data: None,
-                        action: None,
-                        args: None,
                         owner: None,
                     },
                     WireMutation {
                         mutation_id: mid(),
                         collection: wo(),
                         record_id: None,
-                        op: Op::Action,
+                        body: MutationBody::Action { name: "mark_read".into(), args: object(json!({"ids": ["r1"]})) },
                         base_version: None,
-                        data: None,
-                        action: Some("mark_read".into()),
-                        args: Some(json!({"ids": ["r1"]})),
                         owner: None,
                     },
                 ],
             },
         );
+    }
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn mutation_bodies_take_what_older_clients_send_and_refuse_the_wrong_shape() {
+        let mutation = |body: Value| {
+            let mut m = json!({"mutation_id": M1, "collection": "work_orders", "record_id": "r1"});
+            m.as_object_mut().unwrap().extend(object(body));
+            serde_json::from_value::<WireMutation>(m).map(|m| m.body)
+        };
+        // Older clients send `"data": null` with deletes and actions, and no `args`.
+        assert_eq!(mutation(json!({"op": "delete", "data": null})).unwrap(), MutationBody::Delete);
+        assert_eq!(
+            mutation(json!({"op": "action", "data": null, "action": "ping"})).unwrap(),
+            MutationBody::Action { name: "ping".into(), args: Map::new() }
+        );
+        for wrong in [
+            json!({"op": "upsert"}),
+            json!({"op": "upsert", "data": null}),
+            json!({"op": "upsert", "data": [1]}),
+            json!({"op": "action"}),
+            json!({"op": "action", "action": "ping", "args": [1]}),
+            json!({"op": "rename"}),
+            json!({}),
+        ] {
+            assert!(mutation(wrong.clone()).is_err(), "{wrong} parsed");
+        }
+        assert_eq!(MutationBody::Delete.op(), Op::Delete);
+    }
+
+    #[test]
+    fn error_codes_are_named_on_the_wire_and_unknown_ones_kept() {
+        for (code, _) in ErrorCode::NAMED {
+            let wire = serde_json::to_value(&code).unwrap();
+            assert_eq!(wire, json!(code.as_str()));
+            assert_eq!(serde_json::from_value::<ErrorCode>(wire).unwrap(), code);
+        }
+        let custom: ErrorCode = serde_json::from_value(json!("out_of_stock")).unwrap();
+        assert_eq!(custom, ErrorCode::Other("out_of_stock".into()));
+        assert_eq!(serde_json::to_value(&custom).unwrap(), json!("out_of_stock"));
+        assert_eq!(ErrorCode::Forbidden.to_string(), "forbidden");
+        assert!(ErrorCode::BatchTooLarge == "batch_too_large");
     }
 
     #[test]
@@ -311,7 +498,7 @@ mod tests {
                     MutationResult {
                         mutation_id: mid(),
                         outcome: MutationOutcome::Rejected {
-                            error: ErrorDetail { code: "forbidden".into(), message: "not yours".into() },
+                            error: ErrorDetail::new(ErrorCode::Forbidden, "not yours"),
                         },
                     },
                 ],
@@ -369,7 +556,7 @@ mod tests {
     fn error_body_and_events_round_trip() {
         check(
             json!({"error": {"code": "batch_too_large", "message": "at most 1000"}}),
-            ErrorBody { error: ErrorDetail { code: "batch_too_large".into(), message: "at most 1000".into() } },
+            ErrorBody { error: ErrorDetail::new(ErrorCode::BatchTooLarge, "at most 1000") },
         );
         check(json!({"collections": ["work_orders"]}), ChangeNotification { collections: vec![wo()] });
     }

@@ -194,7 +194,7 @@ pub enum SyncEvent {
         /// The record, if any.
         record_id: Option<RecordId>,
         /// The server's error code.
-        code: String,
+        code: crate::protocol::ErrorCode,
         /// The server's message.
         message: String,
     },

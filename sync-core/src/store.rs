@@ -271,7 +271,7 @@ pub struct PushApplied {
     /// Records that now have a new conflict.
     pub conflicts: Vec<(CollectionName, RecordId)>,
     /// Mutations parked as failed, with their code and message.
-    pub rejected: Vec<(OutboxEntry, String, String)>,
+    pub rejected: Vec<(OutboxEntry, crate::protocol::ErrorCode, String)>,
     /// Records the server gave ids of its own: renamed from the local id to the server's.
     pub renamed: Vec<IdAssigned>,
     /// Records whose foreign keys were rewritten to a renamed parent's new id.

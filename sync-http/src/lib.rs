@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sync_core::protocol::{ErrorBody, PullRequest, PullResponse, PushRequest, PushResponse};
+use sync_core::protocol::{ErrorBody, ErrorCode, PullRequest, PullResponse, PushRequest, PushResponse};
 use sync_core::{Backoff, ChangeNotifier, Credentials, Error, Transport};
 use tokio::task::JoinHandle;
 
@@ -373,7 +373,7 @@ pub fn status_error(status: u16, body: &[u8]) -> Error {
     match status {
         401 => Error::Unauthorized { message },
         429 | 500..=599 => Error::Transient { message: format!("{status}: {message}") },
-        _ => Error::Rejected { status, code: detail.map_or_else(|| "http_error".to_owned(), |d| d.code), message },
+        _ => Error::Rejected { status, code: detail.map_or(ErrorCode::HttpError, |d| d.code), message },
     }
 }
 
@@ -420,9 +420,7 @@ mod tests {
     #[test]
     fn statuses_map_to_error_classes() {
         let body = br#"{"error": {"code": "batch_too_large", "message": "at most 10"}}"#;
-        assert!(
-            matches!(status_error(400, body), Error::Rejected { status: 400, ref code, .. } if code == "batch_too_large")
-        );
+        assert!(matches!(status_error(400, body), Error::Rejected { status: 400, code: ErrorCode::BatchTooLarge, .. }));
         assert!(matches!(status_error(401, b"{}"), Error::Unauthorized { .. }));
         assert!(matches!(status_error(429, b""), Error::Transient { .. }));
         assert!(matches!(status_error(503, b"oops"), Error::Transient { .. }));

@@ -6,6 +6,7 @@
 //! follows a reset cannot itself be reset page after page.
 
 use sync_core::Cursor;
+use sync_core::protocol::ErrorCode;
 
 use crate::error::ServerError;
 
@@ -25,7 +26,7 @@ pub struct Position {
 /// 400 `invalid_request` for a cursor this server never makes.
 pub fn parse(cursor: Option<&Cursor>, epoch: &str) -> Result<Option<(Position, bool)>, ServerError> {
     let Some(Cursor(text)) = cursor else { return Ok(None) };
-    let bad = || ServerError::bad_request("invalid_request", format!("malformed cursor {text:?}"));
+    let bad = || ServerError::bad_request(ErrorCode::InvalidRequest, format!("malformed cursor {text:?}"));
     let mut parts = text.split(':');
     let (Some(e), Some(seq), Some(full), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(bad());

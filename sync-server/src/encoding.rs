@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::io::Read;
 
+use sync_core::protocol::ErrorCode;
+
 use crate::error::ServerError;
 
 /// The codings the server decodes in requests and may use in answers, as it announces
@@ -27,7 +29,7 @@ pub fn decode_body<'a>(encoding: Option<&str>, bytes: &'a [u8], limit: usize) ->
         Some("gzip" | "x-gzip") => Box::new(flate2::read::GzDecoder::new(bytes)),
         Some("zstd") => Box::new(
             zstd::stream::read::Decoder::new(bytes)
-                .map_err(|e| ServerError::bad_request("invalid_request", format!("zstd body: {e}")))?,
+                .map_err(|e| ServerError::bad_request(ErrorCode::InvalidRequest, format!("zstd body: {e}")))?,
         ),
         Some(other) => return Err(ServerError::UnsupportedEncoding { encoding: other.to_owned() }),
     };
@@ -36,7 +38,7 @@ pub fn decode_body<'a>(encoding: Option<&str>, bytes: &'a [u8], limit: usize) ->
     reader
         .take(cap)
         .read_to_end(&mut decoded)
-        .map_err(|e| ServerError::bad_request("invalid_request", format!("the body does not decode: {e}")))?;
+        .map_err(|e| ServerError::bad_request(ErrorCode::InvalidRequest, format!("the body does not decode: {e}")))?;
     if decoded.len() > limit {
         return Err(ServerError::PayloadTooLarge { limit });
     }

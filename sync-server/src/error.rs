@@ -1,5 +1,7 @@
 //! The server's error type; each variant knows its HTTP status and protocol code.
 
+use sync_core::protocol::ErrorCode;
+
 /// Every error the server library returns.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,7 +16,7 @@ pub enum ServerError {
     #[error("{code}: {message}")]
     BadRequest {
         /// `invalid_request`, `batch_too_large`, `unknown_collection`, `invalid_collection`.
-        code: &'static str,
+        code: ErrorCode,
         /// What is wrong.
         message: String,
     },
@@ -69,7 +71,7 @@ impl ServerError {
         ServerError::Config { message: message.into() }
     }
 
-    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         ServerError::BadRequest { code, message: message.into() }
     }
 
@@ -82,9 +84,7 @@ impl ServerError {
             }
             other => other.to_string(),
         };
-        sync_core::protocol::ErrorBody {
-            error: sync_core::protocol::ErrorDetail { code: self.code().to_owned(), message },
-        }
+        sync_core::protocol::ErrorBody { error: sync_core::protocol::ErrorDetail::new(self.code(), message) }
     }
 
     /// The HTTP status this error is answered with.
@@ -100,16 +100,16 @@ impl ServerError {
     }
 
     /// The protocol's error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ServerError::BadRequest { code, .. } => code,
-            ServerError::Unauthorized { .. } => "unauthorized",
-            ServerError::TokenExpired => "token_expired",
-            ServerError::PayloadTooLarge { .. } => "body_too_large",
-            ServerError::UnsupportedEncoding { .. } => "unsupported_encoding",
-            ServerError::Database { retryable: true, .. } => "unavailable",
-            ServerError::Overloaded { .. } => "overloaded",
-            ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => "internal",
+            ServerError::BadRequest { code, .. } => code.clone(),
+            ServerError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            ServerError::TokenExpired => ErrorCode::TokenExpired,
+            ServerError::PayloadTooLarge { .. } => ErrorCode::BodyTooLarge,
+            ServerError::UnsupportedEncoding { .. } => ErrorCode::UnsupportedEncoding,
+            ServerError::Database { retryable: true, .. } => ErrorCode::Unavailable,
+            ServerError::Overloaded { .. } => ErrorCode::Overloaded,
+            ServerError::Config { .. } | ServerError::Database { .. } | ServerError::Io { .. } => ErrorCode::Internal,
         }
     }
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
-use sync_core::protocol::{ErrorDetail, MutationOutcome, Op, ServerRecord};
+use serde_json::{Map, Value};
+use sync_core::protocol::{ErrorCode, ErrorDetail, MutationBody, MutationOutcome, ServerRecord};
 use sync_core::{CollectionName, RecordId, Version};
 use uuid::Uuid;
 
@@ -31,18 +31,12 @@ pub struct Mutation {
     pub mutation_id: Uuid,
     /// The collection.
     pub collection: CollectionName,
-    /// The record (required for upsert and delete).
+    /// The record (always present for upsert and delete).
     pub record_id: Option<RecordId>,
-    /// What it does.
-    pub op: Op,
+    /// What it does, with the fields of its kind.
+    pub body: MutationBody,
     /// Apply only at this version (None: overwrite).
     pub base_version: Option<u64>,
-    /// The data of an upsert.
-    pub data: Option<Value>,
-    /// The action name.
-    pub action: Option<String>,
-    /// The action's arguments.
-    pub args: Option<Value>,
     /// Admins only: who a created record belongs to.
     pub owner: Option<String>,
 }
@@ -71,8 +65,8 @@ pub enum Decision {
     Action,
 }
 
-pub(crate) fn rejected(code: &str, message: impl Into<String>) -> MutationOutcome {
-    MutationOutcome::Rejected { error: ErrorDetail { code: code.to_owned(), message: message.into() } }
+pub(crate) fn rejected(code: ErrorCode, message: impl Into<String>) -> MutationOutcome {
+    MutationOutcome::Rejected { error: ErrorDetail::new(code, message) }
 }
 
 /// The first check: the mutation id. Returns the UUID, or the rejection (with the id as
@@ -81,7 +75,7 @@ pub fn mutation_id(raw: &Value) -> Result<Uuid, MutationOutcome> {
     raw.get("mutation_id")
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| rejected("invalid_mutation", "mutation_id must be a UUID string"))
+        .ok_or_else(|| rejected(ErrorCode::InvalidMutation, "mutation_id must be a UUID string"))
 }
 
 /// The collection and shape checks, after the ledger lookup.
@@ -91,20 +85,18 @@ pub fn check<'c>(
     collections: &'c BTreeMap<CollectionName, CollectionConfig>,
 ) -> Result<(Mutation, &'c CollectionConfig), MutationOutcome> {
     let Some(obj) = raw.as_object() else {
-        return Err(rejected("invalid_mutation", "a mutation must be an object"));
+        return Err(rejected(ErrorCode::InvalidMutation, "a mutation must be an object"));
     };
     let name = obj.get("collection").and_then(Value::as_str).unwrap_or_default();
-    let collection = CollectionName::new(name).map_err(|e| rejected("invalid_collection", e.to_string()))?;
+    let collection = CollectionName::new(name).map_err(|e| rejected(ErrorCode::InvalidCollection, e.to_string()))?;
     let config = collections
         .get(&collection)
-        .ok_or_else(|| rejected("unknown_collection", format!("collection {collection} is not served here")))?;
-    let invalid = |m: &str| rejected("invalid_mutation", m.to_owned());
-    let op = match obj.get("op").and_then(Value::as_str) {
-        Some("upsert") => Op::Upsert,
-        Some("delete") => Op::Delete,
-        Some("action") => Op::Action,
-        _ => return Err(invalid("op must be \"upsert\", \"delete\" or \"action\"")),
-    };
+        .ok_or_else(|| rejected(ErrorCode::UnknownCollection, format!("collection {collection} is not served here")))?;
+    let invalid = |m: &str| rejected(ErrorCode::InvalidMutation, m.to_owned());
+    let op = obj.get("op").and_then(Value::as_str);
+    if !matches!(op, Some("upsert" | "delete" | "action")) {
+        return Err(invalid("op must be \"upsert\", \"delete\" or \"action\""));
+    }
     let record_id = match obj.get("record_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(RecordId::new(s.clone()).map_err(|e| invalid(&e.to_string()))?),
@@ -114,35 +106,32 @@ pub fn check<'c>(
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| invalid("base_version must be a non-negative integer or null"))?),
     };
-    let data = obj.get("data").filter(|d| !d.is_null()).cloned();
+    let data = obj.get("data").filter(|d| !d.is_null());
     let owner = match obj.get("owner") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(invalid("owner must be a string")),
     };
-    let (action, args) = match op {
-        Op::Upsert | Op::Delete => {
-            if record_id.is_none() {
-                return Err(invalid("record_id is required for upsert and delete"));
-            }
-            match (op, &data) {
-                (Op::Upsert, Some(d)) if d.is_object() => {}
-                (Op::Delete, None) => {}
-                _ => return Err(invalid("data must be an object for upsert and null for delete")),
-            }
-            (None, None)
+    let body = if op == Some("action") {
+        let action = obj.get("action").and_then(Value::as_str).filter(|a| !a.is_empty());
+        let Some(action) = action else { return Err(invalid("an action needs a non-empty \"action\" name")) };
+        let args = match obj.get("args") {
+            None => Map::new(),
+            Some(Value::Object(args)) => args.clone(),
+            Some(_) => return Err(invalid("args must be an object")),
+        };
+        MutationBody::Action { name: action.to_owned(), args }
+    } else {
+        if record_id.is_none() {
+            return Err(invalid("record_id is required for upsert and delete"));
         }
-        Op::Action => {
-            let action = obj.get("action").and_then(Value::as_str).filter(|a| !a.is_empty());
-            let Some(action) = action else { return Err(invalid("an action needs a non-empty \"action\" name")) };
-            let args = obj.get("args").cloned().unwrap_or(Value::Object(Default::default()));
-            if !args.is_object() {
-                return Err(invalid("args must be an object"));
-            }
-            (Some(action.to_owned()), Some(args))
+        match (op, data) {
+            (Some("upsert"), Some(Value::Object(data))) => MutationBody::Upsert { data: data.clone() },
+            (Some("delete"), None) => MutationBody::Delete,
+            _ => return Err(invalid("data must be an object for upsert and null for delete")),
         }
     };
-    Ok((Mutation { mutation_id: id, collection, record_id, op, base_version, data, action, args, owner }, config))
+    Ok((Mutation { mutation_id: id, collection, record_id, body, base_version, owner }, config))
 }
 
 /// Scope, then the write: what `m` does to `current` when `user` sends it, under the
@@ -161,7 +150,7 @@ pub fn decide(
     current: Option<&StoredRecord>,
     user_exists: impl Fn(&str) -> bool,
 ) -> Decision {
-    let forbidden = || Decision::Answer(rejected("forbidden", "outside your scope"));
+    let forbidden = || Decision::Answer(rejected(ErrorCode::Forbidden, "outside your scope"));
     if let Some(cur) = current {
         let data = if cur.deleted { None } else { cur.data.as_ref() };
         if !rules.write.grants(user, &cur.owner, data) {
@@ -173,38 +162,37 @@ pub fn decide(
             return forbidden();
         }
         if !user_exists(owner) {
-            return Decision::Answer(rejected("invalid_mutation", format!("unknown user {owner:?}")));
+            return Decision::Answer(rejected(ErrorCode::InvalidMutation, format!("unknown user {owner:?}")));
         }
         if current.is_some_and(|c| &c.owner != owner) {
-            return Decision::Answer(rejected("invalid_mutation", "a record's owner never changes"));
+            return Decision::Answer(rejected(ErrorCode::InvalidMutation, "a record's owner never changes"));
         }
     }
     let owner = current.map(|c| c.owner.clone()).or_else(|| m.owner.clone()).unwrap_or_else(|| user.name.clone());
-    match (m.op, current) {
+    let data = match (&m.body, current) {
         // An action on no record: the handler decides, for anyone the rule lets write.
-        (Op::Action, None) if rules.write.grants.is_empty() && !user.admin => return forbidden(),
-        (Op::Action, _) => return Decision::Action,
-        (Op::Upsert, _) => {
-            if let Some(error) =
-                m.data.as_ref().and_then(|d| rules.read.type_error(d).or_else(|| rules.write.type_error(d)))
-            {
-                return Decision::Answer(rejected("invalid_mutation", error));
+        (MutationBody::Action { .. }, None) if rules.write.grants.is_empty() && !user.admin => return forbidden(),
+        (MutationBody::Action { .. }, _) => return Decision::Action,
+        (MutationBody::Upsert { data }, _) => {
+            let data = Value::Object(data.clone());
+            if let Some(error) = rules.read.type_error(&data).or_else(|| rules.write.type_error(&data)) {
+                return Decision::Answer(rejected(ErrorCode::InvalidMutation, error));
             }
-            if !rules.write.grants(user, &owner, m.data.as_ref()) {
+            if !rules.write.grants(user, &owner, Some(&data)) {
                 return forbidden();
             }
+            Some(data)
         }
-        (Op::Delete, None) if !rules.write.grants(user, &owner, None) => return forbidden(),
-        (Op::Delete, _) => {}
-    }
+        (MutationBody::Delete, None) if !rules.write.grants(user, &owner, None) => return forbidden(),
+        (MutationBody::Delete, _) => None,
+    };
     if let Some(base) = m.base_version {
         if !base_matches(base, current.map(|c| (c.version, c.deleted))) {
             return Decision::Answer(conflict(current));
         }
     }
     let version = current.map_or(1, |c| c.version + 1);
-    let deleted = m.op == Op::Delete;
-    Decision::Write(StoredRecord { version, deleted, owner, data: if deleted { None } else { m.data.clone() } })
+    Decision::Write(StoredRecord { version, deleted: data.is_none(), owner, data })
 }
 
 /// Whether a write based on version `base` may apply to the record as it is now
@@ -276,6 +264,7 @@ mod tests {
     use super::*;
     use crate::config::Access;
     use serde_json::json;
+    use sync_core::protocol::Op;
 
     fn collections() -> BTreeMap<CollectionName, CollectionConfig> {
         [
@@ -290,7 +279,7 @@ mod tests {
 
     fn code(outcome: &MutationOutcome) -> &str {
         match outcome {
-            MutationOutcome::Rejected { error } => &error.code,
+            MutationOutcome::Rejected { error } => error.code.as_str(),
             MutationOutcome::Applied { .. } => "applied",
             MutationOutcome::Conflict { .. } => "conflict",
         }
@@ -344,13 +333,18 @@ mod tests {
             mutation_id: Uuid::nil(),
             collection: CollectionName::new("orders").unwrap(),
             record_id: Some(RecordId::new("r").unwrap()),
-            op,
+            body: match op {
+                Op::Upsert => MutationBody::Upsert { data: object(json!({"a": 1})) },
+                Op::Delete => MutationBody::Delete,
+                Op::Action => MutationBody::Action { name: "ping".into(), args: Map::new() },
+            },
             base_version: base,
-            data: if op == Op::Upsert { Some(json!({"a": 1})) } else { None },
-            action: None,
-            args: None,
             owner: owner.map(str::to_owned),
         }
+    }
+
+    fn object(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
     }
 
     fn rec(version: u64, owner: &str, deleted: bool) -> StoredRecord {
@@ -435,7 +429,7 @@ mod tests {
                 expected,
                 "{} {access:?} {:?} base {:?} on {current:?}",
                 user.name,
-                mutation.op,
+                mutation.body,
                 mutation.base_version
             );
         }
@@ -459,7 +453,10 @@ mod tests {
             owner: "disp".into(),
             data: Some(json!({"assigned_to": to})),
         };
-        let write = |to: Value| Mutation { data: Some(json!({"assigned_to": to})), ..m(Op::Upsert, None, None) };
+        let write = |to: Value| Mutation {
+            body: MutationBody::Upsert { data: object(json!({"assigned_to": to})) },
+            ..m(Op::Upsert, None, None)
+        };
         let cases: Vec<(&User, Mutation, Option<StoredRecord>, &str)> = vec![
             (&tom, write(json!("tom")), Some(job(json!("tom"))), "write v2 disp deleted=false"),
             // Moving his job out of his own rule, or touching someone else's.
@@ -481,7 +478,7 @@ mod tests {
         ];
         for (user, mutation, current, expected) in cases {
             let d = decide(user, &rules, &mutation, current.as_ref(), |_| true);
-            assert_eq!(outcome(&d), expected, "{} {:?} {:?} on {current:?}", user.name, mutation.op, mutation.data);
+            assert_eq!(outcome(&d), expected, "{} {:?} on {current:?}", user.name, mutation.body);
         }
         let admins_only = CollectionRules::parse(&["everyone".into()], &[], &Default::default()).unwrap();
         assert_eq!(outcome(&decide(&tom, &admins_only, &m(Op::Action, None, None), None, |_| true)), "forbidden");

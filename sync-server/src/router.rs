@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use sync_core::protocol::{ErrorBody, ErrorCode, ErrorDetail};
 use sync_core::{CollectionName, Cursor};
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
@@ -144,10 +145,10 @@ impl AppState {
             return Err(ServerError::PayloadTooLarge { limit });
         }
         let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ServerError::bad_request("invalid_request", format!("body is not JSON: {e}")))?;
+            .map_err(|e| ServerError::bad_request(ErrorCode::InvalidRequest, format!("body is not JSON: {e}")))?;
         if json_depth(&value) > self.config.max_json_depth {
             return Err(ServerError::bad_request(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("JSON nested deeper than {} levels", self.config.max_json_depth),
             ));
         }
@@ -252,7 +253,7 @@ async fn health() -> Json<Value> {
 }
 
 async fn not_found() -> Response {
-    let body = json!({"error": {"code": "not_found", "message": "no such endpoint"}});
+    let body = ErrorBody { error: ErrorDetail::new(ErrorCode::NotFound, "no such endpoint") };
     (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
@@ -286,14 +287,15 @@ impl AppState {
     /// [`ServerError::BadRequest`] for a body that is not a push (nothing applied),
     /// [`ServerError::Database`].
     pub async fn handle_push(&self, user: &User, body: Value) -> Result<PushAnswer, ServerError> {
-        let shape =
-            || ServerError::bad_request("invalid_request", "expected {\"client_id\": string, \"mutations\": [..]}");
+        let shape = || {
+            ServerError::bad_request(ErrorCode::InvalidRequest, "expected {\"client_id\": string, \"mutations\": [..]}")
+        };
         let Value::Object(mut obj) = body else { return Err(shape()) };
         let client_id = obj.get("client_id").and_then(Value::as_str).ok_or_else(shape)?.to_owned();
         let Some(Value::Array(mutations)) = obj.remove("mutations") else { return Err(shape()) };
         if mutations.len() > self.config.max_batch {
             return Err(ServerError::bad_request(
-                "batch_too_large",
+                ErrorCode::BatchTooLarge,
                 format!("{} mutations; at most {} per push", mutations.len(), self.config.max_batch),
             ));
         }
@@ -316,7 +318,7 @@ impl AppState {
     pub async fn handle_pull(&self, user: &User, body: &Value) -> Result<PullPage, ServerError> {
         let shape = || {
             ServerError::bad_request(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "expected {\"client_id\": string, \"collections\": {name: cursor|null}, \"limit\": int}",
             )
         };
@@ -327,21 +329,24 @@ impl AppState {
             None | Some(Value::Null) => self.config.max_batch,
             Some(v) => match v.as_i64() {
                 Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(self.config.max_batch),
-                Some(_) => return Err(ServerError::bad_request("invalid_request", "limit must be at least 1")),
-                None => return Err(ServerError::bad_request("invalid_request", "limit must be an integer")),
+                Some(_) => return Err(ServerError::bad_request(ErrorCode::InvalidRequest, "limit must be at least 1")),
+                None => return Err(ServerError::bad_request(ErrorCode::InvalidRequest, "limit must be an integer")),
             },
         };
         let mut items = Vec::with_capacity(requested.len());
         for (name, cursor) in requested {
             let collection = CollectionName::new(name.clone())
-                .map_err(|e| ServerError::bad_request("invalid_collection", e.to_string()))?;
+                .map_err(|e| ServerError::bad_request(ErrorCode::InvalidCollection, e.to_string()))?;
             let config = self.rules.collections.get(&collection).ok_or_else(|| {
-                ServerError::bad_request("unknown_collection", format!("collection {collection} is not served here"))
+                ServerError::bad_request(
+                    ErrorCode::UnknownCollection,
+                    format!("collection {collection} is not served here"),
+                )
             })?;
             let cursor = match cursor {
                 Value::Null => None,
                 Value::String(s) => Some(Cursor(s.clone())),
-                _ => return Err(ServerError::bad_request("invalid_request", "a cursor is a string or null")),
+                _ => return Err(ServerError::bad_request(ErrorCode::InvalidRequest, "a cursor is a string or null")),
             };
             items.push(PullItem::new(collection, &config.rules.read, user, cursor));
         }

@@ -158,11 +158,10 @@ async fn http_transport_compresses_its_pushes_once_the_server_said_it_decodes_th
                 mutation_id: MutationId::generate(),
                 collection: CollectionName::new("notes").unwrap(),
                 record_id: Some(RecordId::new(format!("n{i}")).unwrap()),
-                op: sync_core::protocol::Op::Upsert,
+                body: sync_core::protocol::MutationBody::Upsert {
+                    data: json!({"text": format!("note number {i} about the pump")}).as_object().cloned().unwrap(),
+                },
                 base_version: None,
-                data: Some(json!({"text": format!("note number {i} about the pump")})),
-                action: None,
-                args: None,
                 owner: None,
             })
             .collect(),

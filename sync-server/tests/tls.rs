@@ -66,11 +66,10 @@ async fn a_device_syncs_over_https_with_a_private_ca() {
             mutation_id: MutationId::generate(),
             collection: CollectionName::new("notes").unwrap(),
             record_id: Some(RecordId::new("n1").unwrap()),
-            op: sync_core::protocol::Op::Upsert,
+            body: sync_core::protocol::MutationBody::Upsert {
+                data: json!({"text": "over TLS"}).as_object().cloned().unwrap(),
+            },
             base_version: None,
-            data: Some(json!({"text": "over TLS"})),
-            action: None,
-            args: None,
             owner: None,
         }],
     };

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::Connection;
-use sync_core::protocol::{MutationOutcome, Op};
+use sync_core::protocol::{ErrorCode, MutationOutcome, Op};
 use sync_core::store::{IdAssigned, OutboxEntry, PushApplied, Relations};
 use sync_core::{CollectionName, Error};
 
@@ -137,9 +137,14 @@ pub(crate) async fn record_results(
                 let Some(id) = &entry.record_id else {
                     // A conflict on an action without a record cannot be held by a record:
                     // park it so the app sees it.
-                    park(&mut tx, &entry, "conflict", "the server reported a conflict for an action without a record")
-                        .await?;
-                    result.rejected.push((entry, "conflict".into(), "conflict on an action without a record".into()));
+                    park(
+                        &mut tx,
+                        &entry,
+                        &ErrorCode::Conflict,
+                        "the server reported a conflict for an action without a record",
+                    )
+                    .await?;
+                    result.rejected.push((entry, ErrorCode::Conflict, "conflict on an action without a record".into()));
                     continue;
                 };
                 let (exists, version, deleted, data) = match &server {
@@ -219,7 +224,7 @@ pub(crate) async fn record_results(
 async fn park(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     entry: &OutboxEntry,
-    code: &str,
+    code: &ErrorCode,
     message: &str,
 ) -> Result<(), Error> {
     sqlx::query("UPDATE offsync_outbox SET status = 1, last_error = ? WHERE seq = ?")

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sync_core::pattern::{LocalRecordState, PullAction};
-use sync_core::protocol::{Change, ErrorDetail, MutationOutcome, Op};
+use sync_core::protocol::{Change, ErrorCode, ErrorDetail, MutationOutcome, Op};
 use sync_core::store::{
     CollectionPage, FieldPath, ForeignKey, JsonObject, LocalWrite, PendingChange, RecordState, Relations, WriteKind,
 };
@@ -324,9 +324,7 @@ async fn an_answer_with_a_server_id_renames_the_record_and_repoints_its_children
 async fn a_rejection_parks_its_entry_until_retried(store: Arc<dyn LocalStore>) {
     must(&*store, insert("notes", "n1", json!({"id": "n1"}))).await;
     let claimed = store.claim_push_batch(&[name("notes")], 10, &Relations::default()).await.expect("claim");
-    let refused = MutationOutcome::Rejected {
-        error: ErrorDetail { code: "forbidden".into(), message: "outside your scope".into() },
-    };
+    let refused = MutationOutcome::Rejected { error: ErrorDetail::new(ErrorCode::Forbidden, "outside your scope") };
     let applied = store
         .record_push_results(vec![(claimed[0].clone(), refused)], &Relations::default(), Utc::now())
         .await

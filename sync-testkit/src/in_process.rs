@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sync_core::protocol::{MutationOutcome, Op, PullRequest, PullResponse, PushRequest, PushResponse};
+use sync_core::protocol::{MutationBody, MutationOutcome, PullRequest, PullResponse, PushRequest, PushResponse};
 use sync_core::{ClientId, CollectionName, Credentials, Error, MutationId, RecordId, Transport, Version};
 use sync_http::status_error;
 use sync_server::config::{ServerConfig, token_sha256};
@@ -50,14 +50,8 @@ pub struct Application {
     pub collection: CollectionName,
     /// The record as the server stored it (its own id where it assigned one).
     pub record_id: Option<RecordId>,
-    /// What it did.
-    pub op: Op,
-    /// The data of an upsert (server shape).
-    pub data: Option<Value>,
-    /// The action's name, for an action.
-    pub action: Option<String>,
-    /// The action's arguments, for an action.
-    pub args: Option<Value>,
+    /// What it did, with its data (server shape) or the action's name and arguments.
+    pub body: MutationBody,
     /// The record's version after it.
     pub version: Version,
 }
@@ -259,10 +253,7 @@ impl InProcessTransport {
                 mutation_id: mutation.mutation_id,
                 collection: mutation.collection.clone(),
                 record_id: record_id.clone().or_else(|| mutation.record_id.clone()),
-                op: mutation.op,
-                data: mutation.data.clone(),
-                action: mutation.action.clone(),
-                args: mutation.args.clone(),
+                body: mutation.body.clone(),
                 version: *version,
             });
         }

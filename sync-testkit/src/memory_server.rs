@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use serde_json::Value;
 use sync_core::protocol::{
-    Change, ErrorDetail, MutationOutcome, MutationResult, Op, PullRequest, PullResponse, PushRequest, PushResponse,
-    WireMutation,
+    Change, ErrorCode, ErrorDetail, MutationBody, MutationOutcome, MutationResult, Op, PullRequest, PullResponse,
+    PushRequest, PushResponse, WireMutation,
 };
 use sync_core::{CollectionName, Cursor, Error, MutationId, RecordId, Transport, Version};
 use sync_server::config::{Access, CollectionConfig};
@@ -239,8 +239,8 @@ fn apply_write(
     record.version
 }
 
-fn rejected(code: &str, message: &str) -> MutationOutcome {
-    MutationOutcome::Rejected { error: ErrorDetail { code: code.into(), message: message.into() } }
+fn rejected(code: ErrorCode, message: &str) -> MutationOutcome {
+    MutationOutcome::Rejected { error: ErrorDetail::new(code, message) }
 }
 
 /// Accepts any action, as a server whose handlers all succeed.
@@ -265,18 +265,17 @@ impl sync_server::store::ActionHandler for AnyAction {
 fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
     let refused = m.record_id.as_ref().is_some_and(|id| s.reject_records.contains(id.as_str()));
     if refused && !s.ledger.contains_key(&m.mutation_id.0) {
-        let outcome = rejected("invalid_mutation", "this record is refused by the test server");
+        let outcome = rejected(ErrorCode::InvalidMutation, "this record is refused by the test server");
         s.ledger.insert(m.mutation_id.0, outcome.clone());
         return outcome;
     }
     let raw = serde_json::to_value(m).unwrap_or(Value::Null);
     let user = sync_server::logic::User::new("memory", true);
     let collections = [(m.collection.clone(), CollectionConfig::new(Access::Owner))].into();
-    let actions: HashMap<String, Arc<dyn sync_server::store::ActionHandler>> = m
-        .action
-        .iter()
-        .map(|a| (a.clone(), Arc::new(AnyAction) as Arc<dyn sync_server::store::ActionHandler>))
-        .collect();
+    let actions: HashMap<String, Arc<dyn sync_server::store::ActionHandler>> = match &m.body {
+        MutationBody::Action { name, .. } => [(name.clone(), Arc::new(AnyAction) as _)].into(),
+        _ => HashMap::new(),
+    };
     let ctx = PushContext {
         user: &user,
         collections: &collections,
@@ -307,23 +306,25 @@ fn push_one(s: &mut State, m: &WireMutation) -> MutationOutcome {
             mutation_id: m.mutation_id,
             collection: w.collection.clone(),
             record_id: Some(w.id.clone()),
-            op: m.op,
+            op: m.body.op(),
             data: w.record.data.clone(),
             version,
         });
     }
-    if let (Op::Action, Some((_, MutationOutcome::Applied { version, .. }))) = (m.op, plan.ledger.first()) {
+    if let (MutationBody::Action { args, .. }, Some((_, MutationOutcome::Applied { version, .. }))) =
+        (&m.body, plan.ledger.first())
+    {
         s.applied.push(AppliedMutation {
             mutation_id: m.mutation_id,
             collection: m.collection.clone(),
             record_id: m.record_id.clone(),
             op: Op::Action,
-            data: m.args.clone(),
+            data: Some(Value::Object(args.clone())),
             version: version.0,
         });
     }
     s.ledger.extend(plan.ledger);
-    plan.results.into_iter().next().map_or_else(|| rejected("invalid_mutation", "no answer"), |r| r.outcome)
+    plan.results.into_iter().next().map_or_else(|| rejected(ErrorCode::InvalidMutation, "no answer"), |r| r.outcome)
 }
 
 fn parse_cursor(c: &Option<Cursor>) -> Result<u64, Error> {
@@ -331,7 +332,7 @@ fn parse_cursor(c: &Option<Cursor>) -> Result<u64, Error> {
         None => Ok(0),
         Some(Cursor(text)) => text.parse().map_err(|_| Error::Rejected {
             status: 400,
-            code: "invalid_request".into(),
+            code: ErrorCode::InvalidRequest,
             message: format!("bad cursor {text:?}"),
         }),
     }

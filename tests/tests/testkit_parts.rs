@@ -67,7 +67,13 @@ async fn lost_duplicated_and_reordered_pushes_apply_exactly_once() {
         }
         // Then both writes applied once each, in order, and nothing waits
         let log = server.applications();
-        let titles: Vec<_> = log.iter().map(|l| l.data.as_ref().unwrap()["title"].clone()).collect();
+        let titles: Vec<_> = log
+            .iter()
+            .map(|l| match &l.body {
+                sync_core::protocol::MutationBody::Upsert { data } => data["title"].clone(),
+                other => panic!("not an upsert: {other:?}"),
+            })
+            .collect();
         assert_eq!(titles, ["first", "second"], "{fault:?}");
         assert!(server.double_applications().is_empty(), "{fault:?}");
         assert_eq!(server.records("alice", "work_orders").await.unwrap()["w1"].0, 2, "{fault:?}");

@@ -7,6 +7,7 @@ use chrono::Utc;
 use std::convert::Infallible;
 use tokio::sync::mpsc;
 
+use serde_json::{Map, Value};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -17,7 +18,8 @@ use crate::ids::{CollectionName, Cursor, RecordId};
 use crate::lease::LeaseOutcome;
 use crate::pattern::{LocalRecordState, PullAction, PullMode};
 use crate::protocol::{
-    Change, MutationOutcome, Op, PullRequest, PullResponse, PushRequest, ServerRecord, WireMutation,
+    Change, ErrorCode, MutationBody, MutationOutcome, Op, PullRequest, PullResponse, PushRequest, ServerRecord,
+    WireMutation,
 };
 use crate::status::{Origin, Phase, SyncEvent, SyncReport};
 use crate::store::{CollectionPage, OutboxEntry};
@@ -168,10 +170,7 @@ impl Cycle<'_> {
                     Err(error) => outcomes.push((
                         entry,
                         MutationOutcome::Rejected {
-                            error: crate::protocol::ErrorDetail {
-                                code: "mapping_failed".into(),
-                                message: error.to_string(),
-                            },
+                            error: crate::protocol::ErrorDetail::new(ErrorCode::MappingFailed, error.to_string()),
                         },
                     )),
                 }
@@ -196,7 +195,7 @@ impl Cycle<'_> {
                     // The server's limits are smaller than our batch (body size or count):
                     // the same entries go again in halves; nothing was applied.
                     Err(Error::Rejected { status, code, .. })
-                        if batch_limit > 1 && (status == 413 || code == "batch_too_large") =>
+                        if batch_limit > 1 && (status == 413 || code == ErrorCode::BatchTooLarge) =>
                     {
                         batch_limit /= 2;
                         continue;
@@ -258,28 +257,31 @@ impl Cycle<'_> {
 
     fn to_wire(&self, entry: &OutboxEntry) -> Result<WireMutation, Error> {
         let collection = self.shared.collection(entry.collection.as_str())?;
-        let data = match (entry.op, &entry.data) {
-            (Op::Upsert, Some(local)) => Some(
-                collection
-                    .mapping
-                    .to_server(local)
-                    .map_err(|e| Error::Mapping { collection: entry.collection.clone(), message: e.0 })?,
-            ),
-            _ => None,
-        };
-        let (action, args) = match entry.op {
-            Op::Action => (entry.action.clone(), entry.data.clone()),
-            _ => (None, None),
+        let mapping_error = |message: String| Error::Mapping { collection: entry.collection.clone(), message };
+        let body = match (entry.op, &entry.data) {
+            (Op::Upsert, Some(local)) => match collection.mapping.to_server(local).map_err(|e| mapping_error(e.0))? {
+                Value::Object(data) => MutationBody::Upsert { data },
+                other => {
+                    return Err(mapping_error(format!("the server's shape of a record is an object, not {other}")));
+                }
+            },
+            (Op::Upsert, None) => return Err(corrupt_entry(entry, "an upsert without data")),
+            (Op::Delete, _) => MutationBody::Delete,
+            (Op::Action, args) => MutationBody::Action {
+                name: entry.action.clone().ok_or_else(|| corrupt_entry(entry, "an action without a name"))?,
+                args: match args {
+                    Some(Value::Object(args)) => args.clone(),
+                    None | Some(Value::Null) => Map::new(),
+                    Some(_) => return Err(corrupt_entry(entry, "an action's args that are not an object")),
+                },
+            },
         };
         Ok(WireMutation {
             mutation_id: entry.mutation_id,
             collection: entry.collection.clone(),
             record_id: entry.record_id.clone(),
-            op: entry.op,
+            body,
             base_version: entry.base_version,
-            data,
-            action,
-            args,
             owner: None,
         })
     }
@@ -625,4 +627,13 @@ fn page_of<'p>(pages: &'p mut BTreeMap<CollectionName, CollectionPage>, c: &Coll
         changes: Vec::new(),
         cursor: None,
     })
+}
+
+/// An outbox entry that cannot be what its kind says: the store is damaged (a local
+/// store writes each kind whole), so the push stops instead of sending a guess.
+fn corrupt_entry(entry: &OutboxEntry, what: &str) -> Error {
+    Error::Storage {
+        kind: crate::error::StorageErrorKind::Corrupt,
+        message: format!("outbox entry {} of {}: {what}", entry.mutation_id, entry.collection),
+    }
 }

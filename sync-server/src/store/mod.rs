@@ -15,7 +15,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sqlx::pool::PoolOptions;
 use sqlx::{Connection, TransactionManager};
-use sync_core::protocol::{ErrorDetail, MutationOutcome, Op, PullResponse};
+use sync_core::protocol::{ErrorCode, ErrorDetail, MutationBody, MutationOutcome, PullResponse};
 use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
 
@@ -323,7 +323,7 @@ pub fn plan_push(
                         // A create in a collection whose ids the server assigns is stored
                         // under a new id, answered with it (and replayed by the ledger).
                         let assigned = (cur.is_none()
-                            && mutation.op == Op::Upsert
+                            && matches!(mutation.body, MutationBody::Upsert { .. })
                             && ctx.collections.get(&mutation.collection).is_some_and(|c| c.ids == Ids::Server))
                         .then(|| RecordId::new(Uuid::now_v7().to_string()))
                         .and_then(Result::ok);
@@ -348,11 +348,13 @@ pub fn plan_push(
 }
 
 fn run_action(ctx: &PushContext<'_>, m: &logic::Mutation, current: Option<&StoredRecord>) -> MutationOutcome {
-    let name = m.action.as_deref().unwrap_or_default();
-    let Some(handler) = ctx.actions.get(name) else {
-        return logic::rejected("unknown_action", format!("no handler for action {name:?}"));
+    let MutationBody::Action { name, args } = &m.body else {
+        return logic::rejected(ErrorCode::InvalidMutation, "only an action runs a handler");
     };
-    let args = m.args.clone().unwrap_or(Value::Null);
+    let Some(handler) = ctx.actions.get(name.as_str()) else {
+        return logic::rejected(ErrorCode::UnknownAction, format!("no handler for action {name:?}"));
+    };
+    let args = Value::Object(args.clone());
     match handler.apply(ctx.user, &m.collection, m.record_id.as_ref(), &args) {
         Ok(()) => MutationOutcome::Applied { version: Version(current.map_or(0, |c| c.version)), record_id: None },
         Err(error) => MutationOutcome::Rejected { error },

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde_json::Value;
-use sync_core::protocol::Op;
+use sync_core::protocol::{MutationBody, Op};
 use sync_core::{Conflict, Resolution, SyncEvent};
 
 use super::history::client_name;
@@ -322,13 +322,13 @@ pub(crate) struct Thread<'a> {
 pub(crate) type Normalize<'a> = &'a dyn Fn(&str, &Value) -> Value;
 
 fn matches(intent: &Intent, application: &Application, collection: &str, normalize: Normalize<'_>) -> bool {
-    match (intent, application.op) {
-        (Intent::Upsert(value), Op::Upsert) => {
-            application.data.as_ref().is_some_and(|data| normalize(collection, data) == normalize(collection, value))
+    match (intent, &application.body) {
+        (Intent::Upsert(value), MutationBody::Upsert { data }) => {
+            normalize(collection, &Value::Object(data.clone())) == normalize(collection, value)
         }
-        (Intent::Delete, Op::Delete) => true,
-        (Intent::Action { name, args }, Op::Action) => {
-            application.action.as_deref() == Some(name.as_str()) && application.args.as_ref() == Some(args)
+        (Intent::Delete, MutationBody::Delete) => true,
+        (Intent::Action { name, args }, MutationBody::Action { name: applied, args: applied_args }) => {
+            applied == name && args.as_object() == Some(applied_args)
         }
         _ => false,
     }
@@ -356,7 +356,8 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
                 record: record.clone(),
                 detail: format!(
                     "{:?} at version {} was applied after a later intent of the same client",
-                    application.op, application.version.0
+                    application.body.op(),
+                    application.version.0
                 ),
             });
         }
@@ -379,7 +380,7 @@ pub(crate) fn check_thread(thread: &Thread<'_>, normalize: Normalize<'_>) -> Vec
     }
     let writes = sent.iter().filter(|a| matches!(a.intent, Intent::Upsert(_) | Intent::Delete)).count();
     let resolutions = thread.events.iter().filter(|e| matches!(e.event, SyncEvent::ConflictResolved { .. })).count();
-    let applied_writes = thread.applied.iter().filter(|a| matches!(a.op, Op::Upsert | Op::Delete)).count();
+    let applied_writes = thread.applied.iter().filter(|a| matches!(a.body.op(), Op::Upsert | Op::Delete)).count();
     if applied_writes > writes + resolutions {
         out.push(Violation::AppliedTwice {
             client,
@@ -558,10 +559,11 @@ mod tests {
             mutation_id: MutationId::generate(),
             collection: CollectionName::new("c").unwrap(),
             record_id: Some(RecordId::new("r").unwrap()),
-            op,
-            data,
-            action: None,
-            args: None,
+            body: match (op, data) {
+                (Op::Upsert, Some(Value::Object(data))) => MutationBody::Upsert { data },
+                (Op::Delete, None) => MutationBody::Delete,
+                other => panic!("no such application in these tests: {other:?}"),
+            },
             version: Version(version),
         }
     }

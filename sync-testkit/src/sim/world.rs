@@ -688,7 +688,7 @@ impl Simulation {
                     owner(&a.client_id) != Some(seen.client)
                         && a.collection.as_str() == collection
                         && a.record_id.as_ref().is_some_and(|r| r.as_str() == record)
-                        && a.op != Op::Action
+                        && a.body.op() != Op::Action
                 })
                 .map(|a| a.version.0)
                 .collect();

@@ -344,8 +344,11 @@ impl Transport for Faulty {
                 .map(|m| Pushed {
                     collection: m.collection.to_string(),
                     record_id: m.record_id.as_ref().map(|r| r.to_string()).unwrap_or_default(),
-                    op: m.op,
-                    data: m.data.clone(),
+                    op: m.body.op(),
+                    data: match &m.body {
+                        sync_core::protocol::MutationBody::Upsert { data } => Some(Value::Object(data.clone())),
+                        _ => None,
+                    },
                 })
                 .collect(),
         );
