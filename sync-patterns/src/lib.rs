@@ -30,6 +30,7 @@
 //! ```
 
 mod conflict_detection;
+pub mod diff;
 mod last_write_wins;
 mod one_to_many;
 mod read_only;

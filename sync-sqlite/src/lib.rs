@@ -33,6 +33,7 @@ mod encryption;
 mod errors;
 mod external;
 mod indexes;
+mod inspect;
 mod lease;
 mod pull;
 mod push;
@@ -59,6 +60,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 pub use crate::device::SqliteDevice;
 pub use crate::encryption::EncryptionKey;
 use crate::errors::storage;
+pub use crate::inspect::{CollectionSummary, QueuedMutation, RecordDetail, StoreSummary};
 
 /// How hard SQLite works to keep the last commits across a power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +219,76 @@ impl SqliteStore {
             encrypted: keyed,
             external: Arc::default(),
         })
+    }
+
+    /// Opens an existing store file for reading only: nothing is created, migrated or
+    /// written, and every write fails with [`Error::Storage`]. For tools that look
+    /// inside a device's store while its app may be running (the `offsync` CLI).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the file does not exist or is not a store (kind
+    /// [`sync_core::StorageErrorKind::Incompatible`] when its schema is not the one
+    /// this offsync writes: older, or newer); [`Error::EncryptionKey`] as for
+    /// [`SqliteStore::open_with`].
+    ///
+    /// # Cancel safety
+    /// Safe.
+    pub async fn open_read_only(path: impl AsRef<Path>, options: SqliteStoreOptions) -> Result<Self, Error> {
+        if options.encryption.is_some() {
+            ensure_sqlcipher().await?;
+        }
+        let keyed = options.encryption.is_some();
+        if !path.as_ref().is_file() {
+            return Err(Error::Storage {
+                kind: sync_core::StorageErrorKind::Io,
+                message: format!("no store at {}", path.as_ref().display()),
+            });
+        }
+        let connect = connect_options(path.as_ref(), &options)
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(options.busy_timeout);
+        let mut conn = SqliteConnection::connect_with(&connect).await.map_err(|e| encryption::open_error(e, keyed))?;
+        let checked = check_schema(&mut conn).await;
+        if let Err(e) = checked {
+            let _ = conn.close().await;
+            return Err(e);
+        }
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
+            .connect_with(connect)
+            .await
+            .map_err(storage)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(Some(conn))),
+            reader: Some(reader),
+            path: Some(Arc::new(path.as_ref().to_path_buf())),
+            encrypted: keyed,
+            external: Arc::default(),
+        })
+    }
+
+    /// The store at a glance: schema, identity, counts, each collection's records,
+    /// queue, cursor and last page, and the sync lease.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the store cannot be read.
+    pub async fn summary(&self) -> Result<StoreSummary, Error> {
+        inspect::summary(self).await
+    }
+
+    /// One record in full (data, base, versions, state, queued mutations), deleted or
+    /// not; None when the store holds no row for it.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the store cannot be read.
+    pub async fn record_detail(
+        &self,
+        collection: &sync_core::CollectionName,
+        id: &sync_core::RecordId,
+    ) -> Result<Option<RecordDetail>, Error> {
+        inspect::record(self, collection, id).await
     }
 
     /// A store that keeps nothing on disk (for untrusted devices and tests). It lives as
@@ -387,6 +459,30 @@ async fn ensure_sqlcipher() -> Result<(), Error> {
     let linked = encryption::sqlcipher_linked(&mut probe).await;
     let _ = probe.close().await;
     if linked? { Ok(()) } else { Err(encryption::not_built_in()) }
+}
+
+/// Fails unless the file's schema is exactly the one this build writes: every known
+/// migration applied, with the same checksum, and none it does not know.
+async fn check_schema(conn: &mut SqliteConnection) -> Result<(), Error> {
+    let migrator = sqlx::migrate!("./migrations");
+    let incompatible = |message: String| Error::Storage { kind: sync_core::StorageErrorKind::Incompatible, message };
+    let applied: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| incompatible(format!("not an offsync store: {e}")))?;
+    let known: Vec<(i64, Vec<u8>)> = migrator.iter().map(|m| (m.version, m.checksum.to_vec())).collect();
+    if applied == known {
+        return Ok(());
+    }
+    let newest = |list: &[(i64, Vec<u8>)]| list.last().map_or(0, |(v, _)| *v);
+    let (theirs, ours) = (newest(&applied), newest(&known));
+    let advice = if theirs > ours {
+        "a newer offsync wrote it; use a tool of that version"
+    } else {
+        "an older offsync wrote it; the app of this version upgrades it when it opens it"
+    };
+    Err(incompatible(format!("the store's schema is at step {theirs}, this offsync's at step {ours}: {advice}")))
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {

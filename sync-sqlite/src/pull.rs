@@ -40,7 +40,7 @@ pub(crate) async fn apply_page(
         } else {
             apply_changes(&mut tx, &page.collection, &page.changes, decide, now, &mut result).await?;
             if let Some(cursor) = &page.cursor {
-                store_cursor(&mut tx, &page.collection, cursor).await?;
+                store_cursor(&mut tx, &page.collection, cursor, now).await?;
             }
         }
     }
@@ -131,7 +131,7 @@ pub(crate) async fn finish_replacement(
         .await
         .map_err(storage)?;
     match cursor {
-        Some(cursor) => store_cursor(&mut tx, collection, cursor).await?,
+        Some(cursor) => store_cursor(&mut tx, collection, cursor, now).await?,
         None => {
             sqlx::query("DELETE FROM offsync_cursors WHERE collection = ?")
                 .bind(collection.as_str())
@@ -144,17 +144,20 @@ pub(crate) async fn finish_replacement(
     Ok(result)
 }
 
+/// Stores a collection's cursor and when its page arrived (`now`, in microseconds).
 async fn store_cursor(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     collection: &CollectionName,
     cursor: &Cursor,
+    now: i64,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO offsync_cursors (collection, cursor) VALUES (?, ?) \
-         ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor",
+        "INSERT INTO offsync_cursors (collection, cursor, synced_at) VALUES (?, ?, ?) \
+         ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at",
     )
     .bind(collection.as_str())
     .bind(&cursor.0)
+    .bind(now)
     .execute(&mut **tx)
     .await
     .map_err(storage)?;
