@@ -461,6 +461,12 @@ impl Engine {
         }
     }
 
+    /// Whether the app has the engine online ([`Engine::set_online`]); the network
+    /// state in the status also says whether the server was reachable.
+    pub fn is_online(&self) -> bool {
+        self.shared.net().app_online
+    }
+
     /// The account the engine serves: the one its store is bound to (None for a single
     /// store no credentials have been given for yet).
     pub fn account(&self) -> Option<AccountId> {
