@@ -141,5 +141,27 @@ async fn a_conflict_made_offline_is_settled_field_by_field_on_the_page_and_both_
         assert!(tokio::time::Instant::now() < deadline, "ben never saw the visit: {detail}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // A change the server refuses (moving a job to another team is outside ana's write
+    // rule) is parked: the failed panel shows it with its error, and discarding it puts
+    // the record back to the server's version.
+    let orders = app.devices[0].engine.collection::<WorkOrder>().unwrap();
+    let mut moved = orders.get("wo-3").await.unwrap().unwrap();
+    moved.team = "south".into();
+    orders.update(&moved).await.unwrap();
+    until_status(&client, &ana, "the refusal parked", |s| s["failed"] == 1).await;
+    let failed = text(&client, format!("{ana}/fragment/failed")).await;
+    assert!(failed.contains("work_orders / wo-3") && failed.contains("forbidden"), "{failed}");
+    let discard = failed
+        .split("data-post=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|path| path.ends_with("/discard"))
+        .unwrap()
+        .to_owned();
+    post(&client, format!("{ana}{discard}"), &[]).await;
+    until_status(&client, &ana, "the refusal discarded", |s| s["failed"] == 0).await;
+    assert_eq!(orders.get("wo-3").await.unwrap().unwrap().team, "north", "back to the server's version");
+    assert!(text(&client, format!("{ana}/fragment/failed")).await.contains("Nothing failed."));
     app.stop().await;
 }
