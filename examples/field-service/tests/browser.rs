@@ -58,8 +58,6 @@ async fn driver(chromedriver: &Path) -> Driver {
 }
 
 async fn browser(driver: &Driver, chromium: &Path, width: u32, height: u32) -> Client {
-    // Two TLS providers are in the build (fantoccini's and the workspace's): pick one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".into(),
@@ -69,7 +67,11 @@ async fn browser(driver: &Driver, chromium: &Path, width: u32, height: u32) -> C
                      format!("--window-size={width},{height}")],
         }),
     );
-    ClientBuilder::rustls().unwrap().capabilities(capabilities).connect(&driver.url).await.expect("a browser session")
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
 }
 
 /// One browser on one device's page, with what a failure needs to say.
