@@ -128,7 +128,7 @@ impl Entry {
             state: if parked { "parked" } else { "queued" },
             collection: entry.collection.to_string(),
             record_id: entry.record_id.map(|r| r.to_string()),
-            op: op_name(entry.op),
+            op: entry.op.as_str(),
             action: entry.action,
             data: entry.data,
             base_version: entry.base_version.map(|v| v.0),
@@ -136,14 +136,6 @@ impl Entry {
             error: entry.last_error,
             created_at: entry.created_at,
         }
-    }
-}
-
-fn op_name(op: sync_core::protocol::Op) -> &'static str {
-    match op {
-        sync_core::protocol::Op::Upsert => "upsert",
-        sync_core::protocol::Op::Delete => "delete",
-        sync_core::protocol::Op::Action => "action",
     }
 }
 

@@ -20,6 +20,17 @@ pub enum Op {
     Action,
 }
 
+impl Op {
+    /// The kind as it is written on the wire (`"upsert"`, `"delete"`, `"action"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+            Op::Action => "action",
+        }
+    }
+}
+
 /// What a pushed mutation does, with exactly the fields its kind has on the wire:
 /// `{"op": "upsert", "data": {..}}`, `{"op": "delete"}`,
 /// `{"op": "action", "action": "mark_read", "args": {..}}`.
@@ -435,6 +446,9 @@ mod tests {
             assert!(mutation(wrong.clone()).is_err(), "{wrong} parsed");
         }
         assert_eq!(MutationBody::Delete.op(), Op::Delete);
+        for op in [Op::Upsert, Op::Delete, Op::Action] {
+            assert_eq!(serde_json::to_value(op).unwrap(), json!(op.as_str()));
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use sync_core::Tracked;
-use sync_core::store::{Conflict, OutboxEntry, PendingChange, RecordState};
+use sync_core::store::{Conflict, OutboxEntry, RecordState};
 use sync_patterns::diff::{FieldChange, field_diff};
 
 use crate::model::{Product, STATUSES, Visit, WorkOrder};
@@ -150,9 +150,7 @@ pub fn full(name: &str, status: &StatusView) -> Markup {
 fn state_label(state: RecordState) -> &'static str {
     match state {
         RecordState::Synced => "synced",
-        RecordState::Pending(
-            PendingChange::Create | PendingChange::Update | PendingChange::Delete | PendingChange::Action,
-        ) => "pending",
+        RecordState::Pending(_) => "pending",
         RecordState::Conflict => "conflict",
         RecordState::Failed => "failed",
     }

@@ -115,19 +115,14 @@ impl Driver {
         }
     }
 
-    /// Hands `event` to the scheduler and carries out what it needs now (no action of
-    /// an event awaits: probes and counts come only from deadlines).
+    /// Hands `event` to the scheduler and answers the waiters of the units it discarded
+    /// (probes and counts come only from deadlines, in `carry_out`).
     fn on(&mut self, event: Event) {
-        for action in self.scheduler.on(event, Instant::now(), &mut rand::rng()) {
-            match action {
-                Action::Discard(unit) => {
-                    let error = Error::Discarded { unit: unit.clone() };
-                    for waiter in self.waiters.remove(&unit).unwrap_or_default() {
-                        // The caller may have stopped waiting; nobody else needs the answer.
-                        let _ = waiter.send(Err(error.clone()));
-                    }
-                }
-                other => tracing::error!(?other, "the scheduler asked for an action an event cannot carry out"),
+        for unit in self.scheduler.on(event, Instant::now(), &mut rand::rng()) {
+            let error = Error::Discarded { unit: unit.clone() };
+            for waiter in self.waiters.remove(&unit).unwrap_or_default() {
+                // The caller may have stopped waiting; nobody else needs the answer.
+                let _ = waiter.send(Err(error.clone()));
             }
         }
     }
@@ -143,9 +138,6 @@ impl Driver {
                         self.shared.update_net(|n| n.reachable = true);
                     }
                     self.on(Event::ProbeFinished { reachable });
-                }
-                Action::Discard(_) => {
-                    tracing::error!("the scheduler asked to discard a unit at a deadline");
                 }
             }
         }

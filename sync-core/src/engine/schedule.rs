@@ -60,11 +60,9 @@ pub(crate) enum CycleOutcome {
     Stopped,
 }
 
-/// What the driver does next, besides running queued units.
+/// What a passed deadline asks of the driver, besides running queued units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// Answer everyone waiting for this queued unit with `Error::Discarded`.
-    Discard(String),
     /// Read the status counts again.
     RefreshCounts,
     /// Ask the server whether it is reachable, then report `ProbeFinished`.
@@ -156,13 +154,14 @@ impl Scheduler {
         }
     }
 
-    /// Takes `event` into account at `now`; returns what the driver does about it.
-    pub(crate) fn on(&mut self, event: Event, now: Instant, rng: &mut impl Rng) -> Vec<Action> {
-        let mut actions = Vec::new();
+    /// Takes `event` into account at `now`; returns the queued units it discarded,
+    /// whose waiters the driver answers with `Error::Discarded`.
+    pub(crate) fn on(&mut self, event: Event, now: Instant, rng: &mut impl Rng) -> Vec<String> {
+        let mut discarded = Vec::new();
         match event {
             Event::Trigger { unit, manual, discard_queued } => {
                 if discard_queued {
-                    actions.extend(self.queue.drain(..).map(|q| Action::Discard(q.unit)));
+                    discarded.extend(self.queue.drain(..).map(|q| q.unit));
                 }
                 self.enqueue(unit, manual);
             }
@@ -200,7 +199,7 @@ impl Scheduler {
             Event::ProbeFinished { reachable: true } => self.enqueue(ALL_UNIT.to_owned(), false),
             Event::ProbeFinished { reachable: false } => self.back_off(Retry::Probe, now, rng),
         }
-        actions
+        discarded
     }
 
     /// Fires every deadline that has passed at `now`. A probe is only asked for while
@@ -302,8 +301,8 @@ mod tests {
         s.next(); // running
         s.on(trigger("pull_orders", true), t0, &mut r);
         s.on(trigger("all", false), t0, &mut r);
-        let actions = s.on(Event::Trigger { unit: "all".into(), manual: true, discard_queued: true }, t0, &mut r);
-        assert_eq!(actions, [Action::Discard("pull_orders".into()), Action::Discard("all".into())]);
+        let discarded = s.on(Event::Trigger { unit: "all".into(), manual: true, discard_queued: true }, t0, &mut r);
+        assert_eq!(discarded, ["pull_orders", "all"]);
         assert_eq!(drain(&mut s), [("all".into(), true)]);
     }
 
