@@ -16,7 +16,7 @@ use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, Record
 use crate::protocol::MutationOutcome;
 use crate::store::{
     CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
-    PushApplied, Query, Relations, StoreResolution, StoredRecord,
+    PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
 };
 
 pub(crate) struct SplitStore {
@@ -119,6 +119,10 @@ impl LocalStore for SplitStore {
 
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error> {
         self.of(&query.collection).query(query).await
+    }
+
+    async fn query_data(&self, query: &Query) -> Result<Vec<RecordData>, Error> {
+        self.of(&query.collection).query_data(query).await
     }
 
     async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {

@@ -120,6 +120,16 @@ pub struct StoredRecord {
     pub modified_at: DateTime<Utc>,
 }
 
+/// A record's id and its data as the store holds it (JSON text), for reads that decode
+/// straight into the app's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordData {
+    /// The record id.
+    pub id: RecordId,
+    /// The app's data (local shape), as JSON text.
+    pub json: String,
+}
+
 /// A dotted path into a record's JSON data, such as `status` or `site.city`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldPath(String);
@@ -436,6 +446,17 @@ pub trait LocalStore: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Storage`].
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error>;
+
+    /// The ids and JSON text of the records matching a query, in its order, without
+    /// their sync state: what `fetch` and live queries read. A store can answer it with
+    /// less work than [`LocalStore::query`] (no state lookups, no parsed JSON); the
+    /// default takes the query's records and writes their data back out.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn query_data(&self, query: &Query) -> Result<Vec<RecordData>, Error> {
+        self.query(query).await?.into_iter().map(|r| Ok(RecordData { json: r.data.to_string(), id: r.id })).collect()
+    }
 
     /// Those of `ids` that match the query's filter and follow its keyset position, if it
     /// has one (its order, limit and offset ignored): how a live query tells whether a

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use sync_core::protocol::Op;
-use sync_core::store::{OutboxEntry, PendingChange, RecordState, StoredRecord};
+use sync_core::store::{OutboxEntry, PendingChange, RecordData, RecordState, StoredRecord};
 use sync_core::{CollectionName, Error, MutationId, RecordId, Version};
 
 use crate::errors::{corrupt, storage};
@@ -122,6 +122,15 @@ pub(crate) fn stored_record(collection_name: &CollectionName, row: &SqliteRow) -
         state: record_state(state.as_deref(), server_version.is_some())?,
         modified_at: from_micros(row.try_get("modified_at").map_err(storage)?)?,
     })
+}
+
+/// A row of a data-only select (`query_sql::Columns::Data`). A live record's data is
+/// never NULL; one that is reads as corruption, not as an empty record.
+pub(crate) fn record_data(row: &SqliteRow) -> Result<RecordData, Error> {
+    let json: Option<String> = row.try_get("data").map_err(storage)?;
+    let id = record_id(row.try_get("id").map_err(storage)?)?;
+    let json = json.ok_or_else(|| corrupt(format!("record {id} has no data")))?;
+    Ok(RecordData { id, json })
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ mod tests {
     }
 
     async fn plan(store: &SqliteStore, query: &sync_core::store::Query) -> String {
-        let sql = crate::query_sql::select(query);
+        let sql = crate::query_sql::select(query, crate::query_sql::Columns::Tracked);
         let explain = format!("EXPLAIN QUERY PLAN {}", sql.text);
         // Not cached: an EXPLAIN statement is not prepared again when the schema changes.
         let mut q = sqlx::query(&explain).persistent(false);

@@ -26,6 +26,7 @@
 //! ```
 
 mod accounts;
+mod checkpoint;
 mod codec;
 mod conflicts;
 mod device;
@@ -115,6 +116,9 @@ pub struct SqliteStore {
     encrypted: bool,
     /// The signal of other processes' commits, started when the engine first asks.
     external: Arc<std::sync::OnceLock<Option<external::ExternalWatch>>>,
+    /// Copies the write-ahead log into the database file off the write path (file
+    /// stores that write only).
+    checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
 /// A connection to read through: a pooled reader, or the writer for in-memory stores.
@@ -178,7 +182,9 @@ impl SqliteStore {
                 Durability::Normal => SqliteSynchronous::Normal,
                 Durability::Full => SqliteSynchronous::Full,
             })
-            .busy_timeout(options.busy_timeout);
+            .busy_timeout(options.busy_timeout)
+            // The background checkpointer copies the log; the writer only as a backstop.
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string());
         let mut writer =
             SqliteConnection::connect_with(&connect).await.map_err(|e| encryption::open_error(e, keyed))?;
         if let Err(e) = migrate(&mut writer).await {
@@ -195,7 +201,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .test_before_acquire(false)
             .acquire_timeout(options.busy_timeout + Duration::from_secs(5))
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await
             .map_err(storage)?;
         // Open every reader now, so that no read ever waits for a connection to open.
@@ -212,12 +218,14 @@ impl SqliteStore {
             }
             tokio::task::yield_now().await;
         }
+        let checkpointer = SqliteConnection::connect_with(&connect).await.map_err(storage)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(Some(writer))),
             reader: Some(reader),
             path: Some(Arc::new(path.as_ref().to_path_buf())),
             encrypted: keyed,
             external: Arc::default(),
+            checkpointer: Some(Arc::new(checkpoint::Checkpointer::start(checkpointer))),
         })
     }
 
@@ -266,6 +274,7 @@ impl SqliteStore {
             path: Some(Arc::new(path.as_ref().to_path_buf())),
             encrypted: keyed,
             external: Arc::default(),
+            checkpointer: None,
         })
     }
 
@@ -309,6 +318,7 @@ impl SqliteStore {
             path: None,
             encrypted: false,
             external: Arc::default(),
+            checkpointer: None,
         })
     }
 
@@ -323,6 +333,9 @@ impl SqliteStore {
     pub(crate) async fn write_conn(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, Error> {
         let guard = self.writer.lock().await;
         let mut conn = MutexGuard::try_map(guard, Option::as_mut).map_err(|_| Error::Shutdown)?;
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.wrote();
+        }
         let depth = <SqliteTransactionManager as TransactionManager>::get_transaction_depth(&conn);
         if depth > 0 {
             tracing::debug!(depth, "rolling back a transaction a cancelled store call left open");
@@ -381,6 +394,9 @@ impl SqliteStore {
 
     /// Closes every connection. Later calls fail with [`Error::Shutdown`].
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop().await;
+        }
         if let Some(reader) = &self.reader {
             reader.close().await;
         }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sync_core::protocol::MutationOutcome;
 use sync_core::store::{
     CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
-    PushApplied, Query, Relations, StoreResolution, StoredRecord,
+    PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
 };
 use sync_core::{AccountId, ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 
@@ -63,6 +63,10 @@ impl LocalStore for SqliteStore {
 
     async fn query(&self, query: &Query) -> Result<Vec<StoredRecord>, Error> {
         reads::query(self, query).await
+    }
+
+    async fn query_data(&self, query: &Query) -> Result<Vec<RecordData>, Error> {
+        reads::query_data(self, query).await
     }
 
     async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {

@@ -42,7 +42,8 @@ use serde_json::{Value, json};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::protocol::{Change, ErrorCode, ErrorDetail, MutationOutcome, Op};
 use sync_core::store::{
-    CollectionPage, FieldPath, ForeignKey, JsonObject, LocalWrite, PendingChange, RecordState, Relations, WriteKind,
+    CollectionPage, FieldPath, ForeignKey, JsonObject, LocalWrite, Order, PendingChange, Query, RecordState, Relations,
+    WriteKind,
 };
 use sync_core::{CollectionName, Cursor, Error, LocalStore, MutationId, RecordId, Version};
 
@@ -82,6 +83,7 @@ cases!(
     a_rejection_parks_its_entry_until_retried,
     a_page_conflict_holds_only_its_record_and_the_cursor_comes_with_the_page,
     a_replacement_sweeps_clean_records_the_server_no_longer_has_and_keeps_pending_ones,
+    data_only_reads_return_what_full_reads_return,
 );
 
 /// Runs every case, each on a fresh store from `make`, and returns the failures: the
@@ -383,4 +385,31 @@ async fn a_replacement_sweeps_clean_records_the_server_no_longer_has_and_keeps_p
     assert_eq!(data_of(&*store, "notes", "new").await, Some(json!({"v": "created here"})), "an unsent create too");
     assert_eq!(store.cursor(&name("notes")).await.expect("cursor"), Some(Cursor("r2".into())));
     assert_eq!(store.counts().await.expect("counts").pending, 2);
+}
+
+/// `query_data` (what `fetch` and `watch` read) is `query` without the states: the same
+/// records, in the same order, with the same data, pending deletes included or not.
+async fn data_only_reads_return_what_full_reads_return(store: Arc<dyn LocalStore>) {
+    synced(&*store, "notes", &[("a", json!({"n": 3})), ("b", json!({"n": 1})), ("c", json!({"n": 2}))]).await;
+    must(&*store, update("notes", "b", json!({"n": 5, "edited": true}))).await;
+    must(&*store, delete("notes", "c")).await;
+    must(&*store, insert("notes", "d", json!({"n": 0}))).await;
+    for include_pending_deletes in [false, true] {
+        let mut query = Query::all(name("notes"));
+        query.order_by = vec![(FieldPath::new("n").expect("path"), Order::Desc)];
+        query.include_pending_deletes = include_pending_deletes;
+        let full: Vec<(RecordId, Value)> =
+            store.query(&query).await.expect("query").into_iter().map(|r| (r.id, r.data)).collect();
+        let data: Vec<(RecordId, Value)> = store
+            .query_data(&query)
+            .await
+            .expect("query_data")
+            .into_iter()
+            .map(|r| (r.id, serde_json::from_str(&r.json).expect("stored JSON")))
+            .collect();
+        assert_eq!(data, full, "pending deletes included: {include_pending_deletes}");
+        let ids: Vec<&str> = data.iter().map(|(id, _)| id.as_str()).collect();
+        let expected: &[&str] = if include_pending_deletes { &["b", "a", "c", "d"] } else { &["b", "a", "d"] };
+        assert_eq!(ids, expected, "in the query's order");
+    }
 }

@@ -16,7 +16,8 @@ use crate::error::Error;
 use crate::ids::{MutationId, RecordId};
 use crate::status::{Origin, SyncEvent};
 use crate::store::{
-    After, Cmp, FieldPath, Filter, JsonObject, LocalWrite, Order, Query, RecordState, Scalar, StoredRecord, WriteKind,
+    After, Cmp, FieldPath, Filter, JsonObject, LocalWrite, Order, Query, RecordData, RecordState, Scalar, StoredRecord,
+    WriteKind,
 };
 
 /// A typed handle on one collection. Writes land in the local store first (record and
@@ -184,6 +185,11 @@ impl<E: LocalEntity> Collection<E> {
 
     fn decode(&self, record: StoredRecord) -> Result<E, Error> {
         serde_json::from_value(record.data).map_err(|e| self.invalid(&record.id, e.to_string()))
+    }
+
+    /// Decodes stored JSON text straight into `E`, with no `Value` in between.
+    fn decode_data(&self, record: &RecordData) -> Result<E, Error> {
+        serde_json::from_str(&record.json).map_err(|e| self.invalid(&record.id, e.to_string()))
     }
 
     /// One record, with its pending local changes (None when missing or deleted). An id
@@ -496,14 +502,14 @@ impl<E: LocalEntity> Watcher<E> {
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = self.events.try_recv() {}
         }
         let started = tokio::time::Instant::now();
-        let result = self.collection.shared.store.query(&self.query).await;
+        let result = self.collection.shared.store.query_data(&self.query).await;
         let ended = tokio::time::Instant::now();
         self.next_run = Some(ended + (ended - started) * 2);
         Some(match result {
             Ok(records) => {
                 self.shown = Some(records.iter().map(|r| r.id.clone()).collect());
                 self.boundary = page_boundary(&self.query, &records);
-                records.into_iter().map(|r| self.collection.decode(r)).collect()
+                records.iter().map(|r| self.collection.decode_data(r)).collect()
             }
             Err(e) => {
                 // The next change runs it again.
@@ -576,16 +582,17 @@ impl<E: LocalEntity> Watcher<E> {
 
 /// The position of a full page's last row (see `Watcher::boundary`); None when the
 /// result is not a full page, skips rows (offset), or a sort key is not a scalar.
-fn page_boundary(query: &Query, records: &[StoredRecord]) -> Option<After> {
+fn page_boundary(query: &Query, records: &[RecordData]) -> Option<After> {
     let limit = usize::try_from(query.limit?).ok()?;
     if query.offset.is_some() || limit == 0 || records.len() < limit {
         return None;
     }
     let last = records.last()?;
+    let data: Value = serde_json::from_str(&last.json).ok()?;
     let keys = query
         .order_by
         .iter()
-        .map(|(field, _)| Scalar::from_json(field.get(&last.data).unwrap_or(&Value::Null)).ok())
+        .map(|(field, _)| Scalar::from_json(field.get(&data).unwrap_or(&Value::Null)).ok())
         .collect::<Option<Vec<_>>>()?;
     Some(After { keys, id: last.id.clone() })
 }
@@ -599,8 +606,8 @@ fn with_id(data: JsonObject, path: Option<FieldPath>, id: &RecordId) -> Result<J
 }
 
 async fn fetch<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<E>, Error> {
-    let records = collection.shared.store.query(query).await?;
-    records.into_iter().map(|r| collection.decode(r)).collect()
+    let records = collection.shared.store.query_data(query).await?;
+    records.iter().map(|r| collection.decode_data(r)).collect()
 }
 
 async fn fetch_tracked<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<Tracked<E>>, Error> {
