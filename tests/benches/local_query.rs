@@ -3,7 +3,8 @@
 //!
 //! Run with: `cargo bench -p offsync-tests --bench local_query`
 //! (`LOCAL_QUERY_N` records, default 100,000; `LOCAL_QUERY_RUNS` timed runs per figure,
-//! default 1,000: a p99 of 300 runs is the third-worst sample, too noisy on this machine).
+//! default 1,000: a p99 of 300 runs is the third-worst sample, too noisy on this machine;
+//! `LOCAL_QUERY_SYNC_ROUNDS` initial syncs each way, default 3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "shared/mod.rs"]
@@ -123,30 +124,49 @@ async fn main() {
     for o in &items {
         server.put("work_orders", &o.id, serde_json::to_value(o).unwrap());
     }
-    let mut rates = Vec::new();
-    for indexed in [false, true] {
-        let mut spec = CollectionSpec::of::<Order_>(ConflictDetection::new());
-        if indexed {
-            spec = spec.index(&["status", "due"]);
+    // Three rounds, alternating, each on a fresh file; the figure is each side's median
+    // (one run each swung from 0.68 to 0.87 between two runs of the same build).
+    let rounds = env("LOCAL_QUERY_SYNC_ROUNDS", 3);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for indexed in [false, true] {
+            let mut spec = CollectionSpec::of::<Order_>(ConflictDetection::new());
+            if indexed {
+                spec = spec.index(&["status", "due"]);
+            }
+            let file = dir.path().join(format!("sync-{indexed}-{round}.db"));
+            let engine = Engine::builder()
+                .store(Arc::new(SqliteStore::open(&file).await.unwrap()))
+                .transport(server.clone())
+                .collection(spec)
+                .options(EngineOptions { sync_on_start: false, ..EngineOptions::default() })
+                .build()
+                .await
+                .unwrap();
+            let start = Instant::now();
+            engine.sync_now().await.unwrap();
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            if indexed {
+                with.push(rate)
+            } else {
+                without.push(rate)
+            }
+            engine.shutdown().await;
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
         }
-        let engine = Engine::builder()
-            .store(Arc::new(SqliteStore::open(dir.path().join(format!("sync-{indexed}.db"))).await.unwrap()))
-            .transport(server.clone())
-            .collection(spec)
-            .options(EngineOptions { sync_on_start: false, ..EngineOptions::default() })
-            .build()
-            .await
-            .unwrap();
-        let start = Instant::now();
-        engine.sync_now().await.unwrap();
-        rates.push(n as f64 / start.elapsed().as_secs_f64());
-        engine.shutdown().await;
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratios: Vec<String> = with.iter().zip(&without).map(|(w, o)| format!("{:.2}", w / o)).collect();
+    let (without, with) = (median(without), median(with));
     println!(
-        "initial sync {n} (in-process server): without index {:>9.0} records/s | with index {:>9.0} records/s | with/without {:.2}",
-        rates[0],
-        rates[1],
-        rates[1] / rates[0]
+        "initial sync {n} (in-process server, median of {rounds}): without index {without:>9.0} records/s | with index {with:>9.0} records/s | with/without {:.2} (rounds: {})",
+        with / without,
+        ratios.join(", ")
     );
 
     // Reads on the indexed store, beside a raw connection to the same file.
