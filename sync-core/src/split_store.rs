@@ -129,6 +129,24 @@ impl LocalStore for SplitStore {
         self.of(&query.collection).matching(query, ids).await
     }
 
+    async fn matching_each(&self, asks: &[(Query, Vec<RecordId>)]) -> Result<Vec<Vec<RecordId>>, Error> {
+        // Each store answers its own collections' asks in one call; the answers go back
+        // in the order asked.
+        let mut answers = vec![Vec::new(); asks.len()];
+        for store in self.both() {
+            let mine: Vec<usize> =
+                (0..asks.len()).filter(|i| std::ptr::eq(self.of(&asks[*i].0.collection), store)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let questions: Vec<(Query, Vec<RecordId>)> = mine.iter().map(|i| asks[*i].clone()).collect();
+            for (i, answer) in mine.into_iter().zip(store.matching_each(&questions).await?) {
+                answers[i] = answer;
+            }
+        }
+        Ok(answers)
+    }
+
     async fn count(&self, query: &Query) -> Result<u64, Error> {
         self.of(&query.collection).count(query).await
     }

@@ -471,6 +471,20 @@ pub trait LocalStore: Send + Sync + 'static {
         Ok(self.query(&all).await?.into_iter().map(|r| r.id).filter(|id| wanted.contains(id)).collect())
     }
 
+    /// [`LocalStore::matching`] for several queries at once, answers in the same order:
+    /// how the live queries woken by one change ask in one trip. The default asks one by
+    /// one; a store can answer all in one statement.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn matching_each(&self, asks: &[(Query, Vec<RecordId>)]) -> Result<Vec<Vec<RecordId>>, Error> {
+        let mut answers = Vec::with_capacity(asks.len());
+        for (query, ids) in asks {
+            answers.push(self.matching(query, ids).await?);
+        }
+        Ok(answers)
+    }
+
     /// How many records match a query (its limit, offset and order ignored).
     ///
     /// # Errors

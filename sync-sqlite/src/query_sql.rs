@@ -256,7 +256,37 @@ fn matches(sql: &mut Sql, query: &Query) {
 pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT r.id FROM offsync_records r ");
-    matches(&mut sql, query);
+    matching_where(&mut sql, query, ids);
+    sql
+}
+
+/// The asks per statement of [`matching_each`]: under SQLite's 500 terms of a compound
+/// `SELECT`, and with a watch's at most 257 ids each, under its 32,766 parameters.
+pub(crate) const ASKS_PER_STATEMENT: usize = 100;
+
+/// Several [`matching`] asks in one statement per [`ASKS_PER_STATEMENT`]: each ask's
+/// `SELECT` tagged with its position in `asks` (column `ask`), joined by `UNION ALL`.
+pub(crate) fn matching_each(asks: &[(Query, Vec<sync_core::RecordId>)]) -> Vec<Sql> {
+    asks.chunks(ASKS_PER_STATEMENT)
+        .enumerate()
+        .map(|(chunk, part)| {
+            let mut sql = Sql::default();
+            for (i, (query, ids)) in part.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                let ask = chunk * ASKS_PER_STATEMENT + i;
+                sql.push(&format!("SELECT {ask} AS ask, r.id FROM offsync_records r "));
+                matching_where(&mut sql, query, ids);
+            }
+            sql
+        })
+        .collect()
+}
+
+/// The `WHERE` of a [`matching`] ask: the query's, and the record among `ids`.
+fn matching_where(sql: &mut Sql, query: &Query, ids: &[sync_core::RecordId]) {
+    matches(sql, query);
     sql.push(" AND r.id IN (");
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
@@ -265,7 +295,6 @@ pub(crate) fn matching(query: &Query, ids: &[sync_core::RecordId]) -> Sql {
         sql.bind(Bind::Text(id.to_string()));
     }
     sql.push(")");
-    sql
 }
 
 /// `SELECT count(*)` of the records matching `query` (its order, limit and offset

@@ -63,6 +63,25 @@ pub(crate) async fn matching(store: &SqliteStore, query: &Query, ids: &[RecordId
     rows.iter().map(|r| crate::codec::record_id(r.try_get("id").map_err(storage)?)).collect()
 }
 
+pub(crate) async fn matching_each(
+    store: &SqliteStore,
+    asks: &[(Query, Vec<RecordId>)],
+) -> Result<Vec<Vec<RecordId>>, Error> {
+    let mut answers = vec![Vec::new(); asks.len()];
+    let mut conn = store.read_conn().await?;
+    for sql in query_sql::matching_each(asks) {
+        for row in bound(&sql).fetch_all(&mut *conn).await.map_err(storage)? {
+            let ask: i64 = row.try_get("ask").map_err(storage)?;
+            let answer = usize::try_from(ask)
+                .ok()
+                .and_then(|i| answers.get_mut(i))
+                .ok_or_else(|| crate::errors::corrupt(format!("an answer to ask {ask} of {}", asks.len())))?;
+            answer.push(crate::codec::record_id(row.try_get("id").map_err(storage)?)?);
+        }
+    }
+    Ok(answers)
+}
+
 pub(crate) async fn count(store: &SqliteStore, query: &Query) -> Result<u64, Error> {
     let sql = query_sql::count(query);
     let n: i64 =

@@ -69,6 +69,10 @@ impl LocalStore for SqliteStore {
         reads::query_data(self, query).await
     }
 
+    async fn matching_each(&self, asks: &[(Query, Vec<RecordId>)]) -> Result<Vec<Vec<RecordId>>, Error> {
+        reads::matching_each(self, asks).await
+    }
+
     async fn matching(&self, query: &Query, ids: &[RecordId]) -> Result<Vec<RecordId>, Error> {
         reads::matching(self, query, ids).await
     }

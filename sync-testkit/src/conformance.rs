@@ -42,8 +42,8 @@ use serde_json::{Value, json};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::protocol::{Change, ErrorCode, ErrorDetail, MutationOutcome, Op};
 use sync_core::store::{
-    CollectionPage, FieldPath, ForeignKey, JsonObject, LocalWrite, Order, PendingChange, Query, RecordState, Relations,
-    WriteKind,
+    CollectionPage, FieldPath, Filter, ForeignKey, JsonObject, LocalWrite, Order, PendingChange, Query, RecordState,
+    Relations, WriteKind,
 };
 use sync_core::{CollectionName, Cursor, Error, LocalStore, MutationId, RecordId, Version};
 
@@ -84,6 +84,7 @@ cases!(
     a_page_conflict_holds_only_its_record_and_the_cursor_comes_with_the_page,
     a_replacement_sweeps_clean_records_the_server_no_longer_has_and_keeps_pending_ones,
     data_only_reads_return_what_full_reads_return,
+    gathered_checks_answer_each_ask_as_it_alone_would_be,
 );
 
 /// Runs every case, each on a fresh store from `make`, and returns the failures: the
@@ -412,4 +413,42 @@ async fn data_only_reads_return_what_full_reads_return(store: Arc<dyn LocalStore
         let expected: &[&str] = if include_pending_deletes { &["b", "a", "c", "d"] } else { &["b", "a", "d"] };
         assert_eq!(ids, expected, "in the query's order");
     }
+}
+
+/// `matching_each` (how the watches woken by one change ask in one trip) answers every
+/// ask as `matching` answers it alone, in the order asked, the empty ones included.
+async fn gathered_checks_answer_each_ask_as_it_alone_would_be(store: Arc<dyn LocalStore>) {
+    synced(&*store, "notes", &[("a", json!({"n": 1})), ("b", json!({"n": 2})), ("c", json!({"n": 3}))]).await;
+    synced(&*store, "tasks", &[("a", json!({"n": 2}))]).await;
+    must(&*store, delete("notes", "c")).await;
+    let with = |collection: &str, filter: Option<Filter>| {
+        let mut query = Query::all(name(collection));
+        if let Some(filter) = filter {
+            query.filter = filter;
+        }
+        query
+    };
+    let ids = |list: &[&str]| list.iter().map(|i| id(i)).collect::<Vec<_>>();
+    let at_least_two = || Filter::compare("n", sync_core::Cmp::Ge, 2).expect("filter");
+    let mut asks = vec![
+        (with("notes", None), ids(&["a", "b", "c", "zz"])),
+        (with("notes", Some(at_least_two())), ids(&["a", "b", "c"])),
+        (with("tasks", Some(at_least_two())), ids(&["a", "b"])),
+        (with("notes", None), Vec::new()),
+    ];
+    // More asks than one statement takes, so the answers cross statements.
+    for i in 0..150 {
+        asks.push((with("notes", Some(Filter::eq("n", i % 3 + 1).expect("filter"))), ids(&["a", "b"])));
+    }
+    let gathered = store.matching_each(&asks).await.expect("matching_each");
+    assert_eq!(gathered.len(), asks.len(), "one answer per ask");
+    for (i, (query, ask)) in asks.iter().enumerate() {
+        let mut alone = store.matching(query, ask).await.expect("matching");
+        let mut together = gathered[i].clone();
+        alone.sort();
+        together.sort();
+        assert_eq!(together, alone, "ask {i}");
+    }
+    assert_eq!(gathered[0].len(), 2, "the deleted record and an unknown id do not match");
+    assert_eq!(gathered[2], vec![id("a")], "each ask keeps its own collection");
 }

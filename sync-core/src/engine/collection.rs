@@ -563,8 +563,8 @@ impl<E: LocalEntity> Watcher<E> {
         if self.shown.as_ref().is_none_or(|shown| ids.iter().any(|id| shown.contains(id))) {
             return true;
         }
-        let store = &self.collection.shared.store;
-        let matching = match store.matching(&self.query, ids).await {
+        let shared = &self.collection.shared;
+        let matching = match shared.checks.matching(&shared.store, self.query.clone(), ids.to_vec()).await {
             Ok(matching) => matching,
             Err(_) => return true,
         };
@@ -573,7 +573,7 @@ impl<E: LocalEntity> Watcher<E> {
             return false;
         }
         let beyond = Query { after: Some(boundary.clone()), ..self.query.clone() };
-        match store.matching(&beyond, &matching).await {
+        match shared.checks.matching(&shared.store, beyond, matching.clone()).await {
             Ok(after_the_page) => after_the_page.len() < matching.len(),
             Err(_) => true,
         }

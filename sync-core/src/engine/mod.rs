@@ -1,6 +1,7 @@
 //! The engine: the handle apps hold, its shared state and its public API.
 
 mod builder;
+mod checks;
 mod collection;
 mod cycle;
 mod driver;
@@ -124,6 +125,8 @@ pub(crate) struct Shared {
     /// This engine instance's name on the store's sync lease (unique per process and
     /// engine, unlike the client id, which the processes sharing a store share).
     pub(crate) lease_holder: String,
+    /// The live queries' change checks, gathered into one store call per moment.
+    pub(crate) checks: Arc<checks::Checks>,
 }
 
 impl Shared {
@@ -374,6 +377,7 @@ impl Engine {
             shutdown: shutdown_rx.clone(),
             net: Mutex::new(net),
             lease_holder: uuid::Uuid::now_v7().to_string(),
+            checks: Arc::default(),
         });
         let driver = driver::spawn(shared.clone(), command_rx, shutdown_rx);
         Self { shared, lifetime: Arc::new(Lifetime { shutdown, driver: Mutex::new(Some(driver)) }) }
