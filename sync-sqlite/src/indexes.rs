@@ -72,6 +72,23 @@ pub(crate) async fn ensure(
     if stale.is_empty() && missing.is_empty() {
         return Ok(());
     }
+    // Building an index over a first download writes tens of MB of log in one commit,
+    // past the writer's backstop: the commit would then copy it all back itself. The
+    // background checkpointer (woken by taking the writer) does that instead; the
+    // backstop is put back whatever happens to the build.
+    let backstop = crate::checkpoint::BACKSTOP_PAGES;
+    if store.path().is_some() {
+        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *writer).await.map_err(storage)?;
+    }
+    let built = build(&mut writer, &stale, &missing).await;
+    if store.path().is_some() {
+        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {backstop}")).execute(&mut *writer).await.map_err(storage)?;
+    }
+    built
+}
+
+/// Drops `stale` and creates `missing`, in one transaction.
+async fn build(writer: &mut sqlx::SqliteConnection, stale: &[&String], missing: &[&IndexSpec]) -> Result<(), Error> {
     let mut tx = sqlx::Connection::begin_with(&mut *writer, "BEGIN IMMEDIATE").await.map_err(storage)?;
     for name in stale {
         sqlx::query(&format!("DROP INDEX IF EXISTS \"{name}\"")).execute(&mut *tx).await.map_err(storage)?;
