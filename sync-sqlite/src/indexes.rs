@@ -82,7 +82,12 @@ pub(crate) async fn ensure(
     }
     let built = build(&mut writer, &stale, &missing).await;
     if store.path().is_some() {
-        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {backstop}")).execute(&mut *writer).await.map_err(storage)?;
+        let restored = sqlx::query(&format!("PRAGMA wal_autocheckpoint = {backstop}")).execute(&mut *writer).await;
+        // The build's own failure is the one to report; the background checkpointer
+        // still copies the log if the backstop could not be put back.
+        built?;
+        restored.map_err(storage)?;
+        return Ok(());
     }
     built
 }
