@@ -72,24 +72,110 @@ pub(crate) async fn ensure(
     if stale.is_empty() && missing.is_empty() {
         return Ok(());
     }
-    // Building an index over a first download writes tens of MB of log in one commit,
-    // past the writer's backstop: the commit would then copy it all back itself. The
-    // background checkpointer (woken by taking the writer) does that instead; the
-    // backstop is put back whatever happens to the build.
-    let backstop = crate::checkpoint::BACKSTOP_PAGES;
-    if store.path().is_some() {
-        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *writer).await.map_err(storage)?;
+    let settings = BuildSettings::for_store(store.path().is_some(), store.is_encrypted(), sort_threads());
+    let first = build_with(&mut writer, &settings, &stale, &missing).await;
+    match (first, settings.temp) {
+        // A device without a usable temporary directory (Android has none by default)
+        // fails the file sort: the same build then sorts in memory, only slower.
+        (Err(_), TempStore::File) => {
+            let in_memory = BuildSettings { temp: TempStore::Memory, threads: 0, ..settings };
+            build_with(&mut writer, &in_memory, &stale, &missing).await
+        }
+        (result, _) => result,
     }
-    let built = build(&mut writer, &stale, &missing).await;
-    if store.path().is_some() {
-        let restored = sqlx::query(&format!("PRAGMA wal_autocheckpoint = {backstop}")).execute(&mut *writer).await;
-        // The build's own failure is the one to report; the background checkpointer
-        // still copies the log if the backstop could not be put back.
-        built?;
-        restored.map_err(storage)?;
-        return Ok(());
+}
+
+/// Where SQLite puts the sort of an index build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TempStore {
+    /// In memory: every connection's setting, so no temporary file holds the store's data.
+    Memory,
+    /// In temporary files: the only way SQLite sorts on several threads, and faster
+    /// even on one (3.0 against 2.0 s for 1,000,000 records here).
+    File,
+}
+
+/// How one index build runs on the writer, decided from the store alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BuildSettings {
+    /// Turn the writer's backstop checkpoint off for the build's commit: building an
+    /// index over a first download writes tens of MB of log in one commit, which the
+    /// commit would then copy back itself. The background checkpointer (woken by
+    /// taking the writer) does that instead. File stores only.
+    backstop_off: bool,
+    temp: TempStore,
+    /// SQLite's helper threads for the sort (`PRAGMA threads`; 0 = none).
+    threads: usize,
+}
+
+impl BuildSettings {
+    /// A plain file store sorts in temporary files on `threads` helper threads: the
+    /// file itself holds the same data in plain text, so a temporary file reveals
+    /// nothing more. An encrypted store sorts in memory, since SQLCipher leaves
+    /// temporary files unencrypted, and a memory store has no file to protect nor a
+    /// log to checkpoint.
+    fn for_store(file: bool, encrypted: bool, threads: usize) -> Self {
+        let sort_in_files = file && !encrypted;
+        Self {
+            backstop_off: file,
+            temp: if sort_in_files { TempStore::File } else { TempStore::Memory },
+            threads: if sort_in_files { threads } else { 0 },
+        }
     }
-    built
+
+    /// The statements that set these for the build, and those that put the writer back.
+    fn pragmas(&self) -> (Vec<String>, Vec<String>) {
+        let (mut set, mut reset) = (Vec::new(), Vec::new());
+        if self.backstop_off {
+            set.push("PRAGMA wal_autocheckpoint = 0".to_owned());
+            reset.push(format!("PRAGMA wal_autocheckpoint = {}", crate::checkpoint::BACKSTOP_PAGES));
+        }
+        if self.temp == TempStore::File {
+            set.push("PRAGMA temp_store = FILE".to_owned());
+            reset.push("PRAGMA temp_store = MEMORY".to_owned());
+        }
+        if self.threads > 0 {
+            set.push(format!("PRAGMA threads = {}", self.threads));
+            reset.push("PRAGMA threads = 0".to_owned());
+        }
+        (set, reset)
+    }
+}
+
+/// Helper threads for a sort: one fewer than the machine's cores, at least one, at most
+/// three (SQLite's merge gains little beyond).
+fn sort_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, 3)
+}
+
+/// Sets `settings` on the writer, builds, and puts the writer back whatever the build
+/// did; the build's own failure is the one reported.
+async fn build_with(
+    writer: &mut sqlx::SqliteConnection,
+    settings: &BuildSettings,
+    stale: &[&String],
+    missing: &[&IndexSpec],
+) -> Result<(), Error> {
+    let (set, reset) = settings.pragmas();
+    let mut prepared = Ok(());
+    for pragma in &set {
+        if let Err(e) = sqlx::query(pragma).execute(&mut *writer).await {
+            prepared = Err(storage(e));
+            break;
+        }
+    }
+    let built = match prepared {
+        Ok(()) => build(writer, stale, missing).await,
+        Err(e) => Err(e),
+    };
+    let mut restored = Ok(());
+    for pragma in &reset {
+        if let Err(e) = sqlx::query(pragma).execute(&mut *writer).await {
+            restored = restored.and(Err(storage(e)));
+        }
+    }
+    built?;
+    restored
 }
 
 /// Drops `stale` and creates `missing`, in one transaction.
@@ -175,6 +261,54 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(names, [index_name(&spec("b", &["y"]))]);
+    }
+
+    #[test]
+    fn plain_files_sort_in_files_on_helper_threads_and_encrypted_or_memory_stores_in_memory() {
+        use TempStore::{File, Memory};
+        // (file store, encrypted, threads offered) -> (backstop off, temp store, threads)
+        let table = [
+            ((true, false, 1), (true, File, 1)),
+            ((true, false, 3), (true, File, 3)),
+            ((true, true, 3), (true, Memory, 0)),
+            ((false, false, 3), (false, Memory, 0)),
+        ];
+        for ((file, encrypted, threads), (backstop_off, temp, used)) in table {
+            let got = BuildSettings::for_store(file, encrypted, threads);
+            assert_eq!(got, BuildSettings { backstop_off, temp, threads: used }, "{file} {encrypted} {threads}");
+        }
+        // Each setting is put back: memory sorts, no helper threads, the backstop.
+        let (set, reset) = BuildSettings::for_store(true, false, 2).pragmas();
+        assert_eq!(set, ["PRAGMA wal_autocheckpoint = 0", "PRAGMA temp_store = FILE", "PRAGMA threads = 2"]);
+        assert_eq!(
+            reset,
+            [
+                format!("PRAGMA wal_autocheckpoint = {}", crate::checkpoint::BACKSTOP_PAGES),
+                "PRAGMA temp_store = MEMORY".to_owned(),
+                "PRAGMA threads = 0".to_owned(),
+            ]
+        );
+        assert_eq!(BuildSettings::for_store(false, false, 2).pragmas(), (vec![], vec![]));
+        assert!((1..=3).contains(&sort_threads()));
+    }
+
+    #[tokio::test]
+    async fn a_build_on_a_file_store_leaves_the_writer_as_every_connection_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).await.unwrap();
+        let orders = CollectionName::new("work_orders").unwrap();
+        ensure(&store, std::slice::from_ref(&orders), &[spec("work_orders", &["status"])]).await.unwrap();
+        let mut writer = store.write_conn().await.unwrap();
+        let temp: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut *writer).await.unwrap();
+        let threads: i64 = sqlx::query_scalar("PRAGMA threads").fetch_one(&mut *writer).await.unwrap();
+        let backstop: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&mut *writer).await.unwrap();
+        assert_eq!((temp, threads, backstop), (2, 0, i64::from(crate::checkpoint::BACKSTOP_PAGES)));
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'offsync_ix_%'")
+                .fetch_all(&mut *writer)
+                .await
+                .unwrap();
+        assert_eq!(names, [index_name(&spec("work_orders", &["status"]))]);
     }
 
     #[test]
