@@ -131,13 +131,19 @@ pub enum ErrorCode {
     MappingFailed,
     /// `http_error`: an error answer without a protocol body (a proxy's, say).
     HttpError,
+    /// `invalid_subscription`: a subscription of the wrong shape (a bad field path, a
+    /// value that is not a string or a number, a range without bounds).
+    InvalidSubscription,
+    /// `unindexed_subscription`: no index the server declares answers the
+    /// subscription's fields.
+    UnindexedSubscription,
     /// A code this version does not know, as sent (an action handler's own, a newer
     /// server's).
     Other(String),
 }
 
 impl ErrorCode {
-    const NAMED: [(ErrorCode, &'static str); 18] = [
+    const NAMED: [(ErrorCode, &'static str); 20] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::BatchTooLarge, "batch_too_large"),
         (ErrorCode::UnknownCollection, "unknown_collection"),
@@ -156,6 +162,8 @@ impl ErrorCode {
         (ErrorCode::Conflict, "conflict"),
         (ErrorCode::MappingFailed, "mapping_failed"),
         (ErrorCode::HttpError, "http_error"),
+        (ErrorCode::InvalidSubscription, "invalid_subscription"),
+        (ErrorCode::UnindexedSubscription, "unindexed_subscription"),
     ];
 
     /// The code as it is written on the wire.
@@ -270,9 +278,86 @@ pub struct PullRequest {
     pub client_id: ClientId,
     /// Each collection to pull, with its cursor (null: from the beginning).
     pub collections: BTreeMap<CollectionName, Option<Cursor>>,
-    /// The most changes wanted in this page (the server caps it).
+    /// The most changes wanted in this page (the server caps it), across the
+    /// collections and the subscriptions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// Subscriptions to pull, by the id the device gave each (servers before
+    /// subscriptions ignore the field, and answer none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscriptions: BTreeMap<String, SubscriptionPull>,
+}
+
+/// What a subscription asks of one collection: equality on some fields and at most one
+/// range, on top of the user's read rule. The server answers it from an index it
+/// declares, or refuses it (`unindexed_subscription`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionQuery {
+    /// The collection.
+    pub collection: CollectionName,
+    /// Fields (dotted paths) and the value each must equal: a string or a number.
+    #[serde(default, rename = "where", skip_serializing_if = "BTreeMap::is_empty")]
+    pub equals: BTreeMap<String, Value>,
+    /// A window on one more field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<RangeBounds>,
+}
+
+/// A window on one field: each bound optional, at least one given, values strings or
+/// numbers (strings compare byte by byte, so ISO 8601 dates compare as dates).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RangeBounds {
+    /// The field (a dotted path).
+    pub field: String,
+    /// Greater than.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt: Option<Value>,
+    /// Greater than or equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gte: Option<Value>,
+    /// Less than.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lt: Option<Value>,
+    /// Less than or equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lte: Option<Value>,
+}
+
+/// One subscription in a pull: what it asks, and its cursor (null: from the beginning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionPull {
+    /// What it asks.
+    #[serde(flatten)]
+    pub query: SubscriptionQuery,
+    /// Its cursor.
+    pub cursor: Option<Cursor>,
+}
+
+/// One subscription's part of a pull answer.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SubscriptionPage {
+    /// Its changes: records that match (with data), tombstones, and removals of records
+    /// that no longer match or left the user's scope.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    /// Its new cursor (absent with `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+    /// More pages follow for it.
+    #[serde(default)]
+    pub has_more: bool,
+    /// Its cursor could not go on: the full set follows, and the device drops what it
+    /// held only for this subscription and does not receive again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    /// On the first page of a download: how many records match, as the server counted
+    /// them when it began (an estimate: others write meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// The server refused the subscription (`unknown_collection`,
+    /// `invalid_subscription`, `unindexed_subscription`); nothing else is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// One change in a pull page.
@@ -314,6 +399,9 @@ pub struct PullResponse {
     /// Collections whose cursor was too old: drop what is clean and take the full set.
     #[serde(default)]
     pub reset: Vec<CollectionName>,
+    /// Each subscription asked for, by its id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscriptions: BTreeMap<String, SubscriptionPage>,
 }
 
 /// The `error` member of every error body.
@@ -530,6 +618,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 limit: Some(500),
+                subscriptions: Default::default(),
             },
         );
         check(
@@ -562,6 +651,7 @@ mod tests {
                 cursors: [(wo(), Cursor("e1:42".into()))].into_iter().collect(),
                 has_more: true,
                 reset: vec![wo()],
+                subscriptions: Default::default(),
             },
         );
     }

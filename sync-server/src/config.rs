@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sync_core::CollectionName;
+use sync_core::store::FieldPath;
 
 use crate::error::ServerError;
 use crate::rules::{CollectionRules, User};
@@ -90,6 +91,8 @@ struct RawCollection {
     write: Option<Vec<String>>,
     #[serde(default)]
     ids: Ids,
+    #[serde(default)]
+    subscription_indexes: Vec<Vec<String>>,
 }
 
 /// One configured collection.
@@ -100,6 +103,10 @@ pub struct CollectionConfig {
     pub rules: CollectionRules,
     /// Who chooses created records' ids (`ids = "server"`; the client by default).
     pub ids: Ids,
+    /// The indexes subscriptions may use, each a list of fields
+    /// (`subscription_indexes = [["assigned_to", "due"]]`): a subscription's equality
+    /// fields must lead one of them, its range field next. None by default.
+    pub subscription_indexes: Vec<Vec<FieldPath>>,
 }
 
 impl CollectionConfig {
@@ -109,7 +116,7 @@ impl CollectionConfig {
             Access::Owner => CollectionRules::owner(),
             Access::ReadOnly => CollectionRules::read_only(),
         };
-        Self { rules, ids: Ids::Client }
+        Self { rules, ids: Ids::Client, subscription_indexes: Vec::new() }
     }
 
     /// Checks one collection as written; `attributes` are the user attributes known.
@@ -130,7 +137,18 @@ impl CollectionConfig {
                 return Err(named("`read` and `write` come together (`write = []`: admins only)".into()));
             }
         };
-        Ok(Self { rules, ids: raw.ids })
+        let mut subscription_indexes = Vec::with_capacity(raw.subscription_indexes.len());
+        for fields in &raw.subscription_indexes {
+            if fields.is_empty() {
+                return Err(named("a subscription index names at least one field".into()));
+            }
+            let parsed = fields
+                .iter()
+                .map(|f| FieldPath::new(f).map_err(|_| named(format!("{f:?} is not a field path"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            subscription_indexes.push(parsed);
+        }
+        Ok(Self { rules, ids: raw.ids, subscription_indexes })
     }
 }
 

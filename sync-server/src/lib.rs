@@ -50,6 +50,8 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
+pub mod subscriptions;
+#[cfg(feature = "server")]
 pub mod tls;
 
 pub use error::ServerError;

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sync_core::protocol::{ErrorBody, ErrorCode, ErrorDetail};
+use sync_core::protocol::{ErrorBody, ErrorCode, ErrorDetail, SubscriptionPull};
 use sync_core::{CollectionName, Cursor};
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
@@ -24,7 +24,9 @@ use crate::error::ServerError;
 use crate::events::{ChangeHub, sse_for};
 use crate::logic::{User, WireResult, json_depth};
 use crate::metrics::Metrics;
-use crate::store::{ActionHandler, PullItem, PullJob, PullPage, PushJob, PushRules, ServerStore};
+use crate::rules::Rule;
+use crate::store::{ActionHandler, PullItem, PullJob, PullPage, PushJob, PushRules, ServerStore, SubscriptionItem};
+use crate::subscriptions::Subscription;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -350,12 +352,68 @@ impl AppState {
             };
             items.push(PullItem::new(collection, &config.rules.read, user, cursor));
         }
-        let page = self.store.pull(PullJob { user: user.clone(), items, limit }).await?;
+        let subscriptions = match obj.get("subscriptions") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(asked)) => self.subscription_items(user, asked)?,
+            Some(_) => {
+                return Err(ServerError::bad_request(
+                    ErrorCode::InvalidRequest,
+                    "subscriptions is an object of id: subscription",
+                ));
+            }
+        };
+        let page = self.store.pull(PullJob { user: user.clone(), items, subscriptions, limit }).await?;
         self.metrics.pulled(page.count);
         tracing::debug!(user = %user.name, records = page.count, has_more = page.has_more, "pull answered");
         Ok(page)
     }
 }
+
+impl AppState {
+    /// The subscriptions of a pull, each checked: a malformed one, one of a collection
+    /// not served here, or one no declared index answers is refused on its own (its part
+    /// of the answer says why), and the rest go on.
+    fn subscription_items(
+        &self,
+        user: &User,
+        asked: &serde_json::Map<String, Value>,
+    ) -> Result<Vec<SubscriptionItem>, ServerError> {
+        if asked.len() > MAX_SUBSCRIPTIONS {
+            return Err(ServerError::bad_request(
+                ErrorCode::InvalidRequest,
+                format!("at most {MAX_SUBSCRIPTIONS} subscriptions in one pull"),
+            ));
+        }
+        let mut items = Vec::with_capacity(asked.len());
+        for (id, raw) in asked {
+            if id.is_empty() || id.len() > 128 {
+                return Err(ServerError::bad_request(ErrorCode::InvalidRequest, "a subscription id is 1 to 128 bytes"));
+            }
+            let refused = |code, message: String| {
+                let error = ErrorDetail { code, message };
+                SubscriptionItem::new(id.clone(), Err(error), &Rule { grants: vec![] }, user, None)
+            };
+            let pull: SubscriptionPull = match serde_json::from_value(raw.clone()) {
+                Ok(pull) => pull,
+                Err(e) => {
+                    items.push(refused(ErrorCode::InvalidSubscription, format!("subscription {id}: {e}")));
+                    continue;
+                }
+            };
+            let Some(config) = self.rules.collections.get(&pull.query.collection) else {
+                let message = format!("collection {} is not served here", pull.query.collection);
+                items.push(refused(ErrorCode::UnknownCollection, message));
+                continue;
+            };
+            let query = Subscription::check(&pull.query, &config.subscription_indexes);
+            items.push(SubscriptionItem::new(id.clone(), query, &config.rules.read, user, pull.cursor));
+        }
+        Ok(items)
+    }
+}
+
+/// The most subscriptions one pull may carry.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 async fn push(
     State(state): State<Arc<AppState>>,

@@ -183,7 +183,8 @@ async fn purge_loop(store: Arc<dyn ServerStore>, retention: Duration) {
 
 /// A state and store from a configuration, with a fresh change hub; the store's
 /// audience keys are brought in line with the configured rules first
-/// ([`ServerStore::prepare_rules`]).
+/// ([`ServerStore::prepare_rules`]), and its subscription indexes with the declared
+/// ones ([`ServerStore::prepare_indexes`]).
 ///
 /// # Errors
 /// As [`open_store`]; [`ServerError::Database`] when the keys cannot be built.
@@ -193,6 +194,7 @@ pub async fn from_config(config: &ServerConfig) -> Result<(AppState, Arc<dyn Ser
     if keyed > 0 {
         tracing::info!(records = keyed, "sync rules changed: audience keys built again");
     }
+    store.prepare_indexes(&config.collections).await?;
     let hub = ChangeHub::with_max_streams(config.max_event_streams);
     Ok((AppState::new(config.clone(), store.clone(), hub), store))
 }

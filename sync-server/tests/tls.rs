@@ -80,6 +80,7 @@ async fn a_device_syncs_over_https_with_a_private_ca() {
             client_id: ClientId("phone".into()),
             collections: [(CollectionName::new("notes").unwrap(), None)].into(),
             limit: None,
+            subscriptions: Default::default(),
         })
         .await
         .unwrap();

@@ -413,7 +413,7 @@ impl Transport for MemoryServer {
             }
         }
         let cursors = cursors.into_iter().map(|(c, k)| (c, Cursor(k.max(reached).to_string()))).collect();
-        Ok(PullResponse { changes, cursors, has_more, reset: Vec::new() })
+        Ok(PullResponse { changes, cursors, has_more, reset: Vec::new(), subscriptions: Default::default() })
     }
 
     async fn probe(&self) -> Result<(), Error> {

@@ -127,6 +127,7 @@ async fn malformed_pages_are_refused_whole_and_lose_nothing() {
             cursors: Default::default(),
             has_more: false,
             reset: vec![],
+            subscriptions: Default::default(),
         },
         // A live record without data, and data that is not an object.
         PullResponse {
@@ -134,12 +135,14 @@ async fn malformed_pages_are_refused_whole_and_lose_nothing() {
             cursors: Default::default(),
             has_more: false,
             reset: vec![],
+            subscriptions: Default::default(),
         },
         PullResponse {
             changes: vec![change("work_orders", "synced", 5, Some(json!([1, 2])))],
             cursors: Default::default(),
             has_more: false,
             reset: vec![],
+            subscriptions: Default::default(),
         },
         // Version 0 does not exist.
         PullResponse {
@@ -147,15 +150,23 @@ async fn malformed_pages_are_refused_whole_and_lose_nothing() {
             cursors: Default::default(),
             has_more: false,
             reset: vec![],
+            subscriptions: Default::default(),
         },
         // has_more forever without moving.
-        PullResponse { changes: vec![], cursors: Default::default(), has_more: true, reset: vec![] },
+        PullResponse {
+            changes: vec![],
+            cursors: Default::default(),
+            has_more: true,
+            reset: vec![],
+            subscriptions: Default::default(),
+        },
         // A cursor for a collection that was not asked for.
         PullResponse {
             changes: vec![],
             cursors: [(CollectionName::new("products").unwrap(), sync_core::Cursor("1".into()))].into_iter().collect(),
             has_more: false,
             reset: vec![],
+            subscriptions: Default::default(),
         },
     ];
     for page in pages {

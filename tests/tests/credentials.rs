@@ -195,6 +195,7 @@ async fn a_burst_of_401s_is_answered_by_exactly_one_refresh() {
             client_id: sync_core::ClientId("reader".into()),
             collections: [(sync_core::CollectionName::new("work_orders").unwrap(), None)].into(),
             limit: Some(100),
+            subscriptions: Default::default(),
         })
         .await
         .unwrap();

@@ -569,6 +569,7 @@ async fn read_only_optimized_keeps_the_servers_cursor_and_never_the_device_clock
             client_id: sync_core::ClientId("probe".into()),
             collections: [(name.clone(), None)].into(),
             limit: Some(1000),
+            subscriptions: Default::default(),
         },
     )
     .await

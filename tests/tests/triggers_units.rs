@@ -180,6 +180,7 @@ async fn a_reset_drops_clean_records_keeps_pending_ones_and_takes_the_full_set()
         cursors: [(wo_name.clone(), sync_core::Cursor("100".into()))].into_iter().collect(),
         has_more: false,
         reset: vec![wo_name.clone()],
+        subscriptions: Default::default(),
     });
     engine.sync_unit("pull_orders", TriggerOptions::default()).await.unwrap();
     let ids: Vec<_> = orders.list().await.unwrap().into_iter().map(|w| w.id).collect();

@@ -521,6 +521,7 @@ fn pull_request(shared: &Shared, cursors: &BTreeMap<CollectionName, Option<Curso
         client_id: shared.client_id.clone(),
         collections: cursors.clone(),
         limit: Some(i64::from(shared.options.pull_limit)),
+        subscriptions: BTreeMap::new(),
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sqlx::pool::PoolOptions;
 use sqlx::{Connection, TransactionManager};
-use sync_core::protocol::{ErrorCode, ErrorDetail, MutationBody, MutationOutcome, PullResponse};
+use sync_core::protocol::{ErrorCode, ErrorDetail, MutationBody, MutationOutcome, PullResponse, SubscriptionPage};
 use sync_core::{CollectionName, Cursor, RecordId, Version};
 use uuid::Uuid;
 
@@ -25,6 +25,7 @@ use crate::error::ServerError;
 use crate::events::ChangeHub;
 use crate::logic::{self, Decision, StoredRecord, User, WireResult};
 use crate::rules::{Grant, ReadScope, Rule};
+use crate::subscriptions::Subscription;
 
 /// `POST /v1/pull`'s answer as the store builds it: the wire shape of
 /// [`PullResponse`], with the page's changes as one JSON array the database assembled
@@ -42,9 +43,48 @@ pub struct PullPage {
     pub has_more: bool,
     /// Collections whose cursor was too old.
     pub reset: Vec<CollectionName>,
-    /// How many changes `changes` holds (not on the wire).
+    /// How many changes `changes` holds, the subscriptions' too (not on the wire).
     #[serde(skip)]
     pub count: usize,
+    /// Each subscription pulled, by the device's id for it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscriptions: BTreeMap<String, SubscriptionPart>,
+}
+
+/// One subscription's part of a [`PullPage`]: the wire shape of
+/// [`SubscriptionPage`], with its changes as the JSON array the database assembled.
+#[derive(Debug, Serialize)]
+pub struct SubscriptionPart {
+    /// Its changes (see [`PullPage::changes`]).
+    pub changes: Box<RawValue>,
+    /// Its new cursor (None when refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+    /// More pages follow for it.
+    pub has_more: bool,
+    /// Its cursor could not go on: the full set follows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    /// How many records match, on a download's first page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Why the server refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+impl SubscriptionPart {
+    /// The part of a refused subscription.
+    pub(crate) fn refused(error: ErrorDetail) -> Result<Self, ServerError> {
+        Ok(Self {
+            changes: join_arrays(&[])?,
+            cursor: None,
+            has_more: false,
+            reset: false,
+            total: None,
+            error: Some(error),
+        })
+    }
 }
 
 impl PullPage {
@@ -56,8 +96,47 @@ impl PullPage {
     pub fn into_response(self) -> Result<PullResponse, ServerError> {
         let changes = serde_json::from_str(self.changes.get())
             .map_err(|e| ServerError::Database { message: format!("stored change: {e}"), retryable: false })?;
-        Ok(PullResponse { changes, cursors: self.cursors, has_more: self.has_more, reset: self.reset })
+        let mut subscriptions = BTreeMap::new();
+        for (id, part) in self.subscriptions {
+            let changes = serde_json::from_str(part.changes.get())
+                .map_err(|e| ServerError::Database { message: format!("stored change: {e}"), retryable: false })?;
+            let page = SubscriptionPage {
+                changes,
+                cursor: part.cursor,
+                has_more: part.has_more,
+                reset: part.reset,
+                total: part.total,
+                error: part.error,
+            };
+            subscriptions.insert(id, page);
+        }
+        Ok(PullResponse { changes, cursors: self.cursors, has_more: self.has_more, reset: self.reset, subscriptions })
     }
+}
+
+/// Joins JSON arrays (as text) into one, without parsing their elements.
+pub(crate) fn join_arrays(parts: &[String]) -> Result<Box<RawValue>, ServerError> {
+    let mut joined = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 2);
+    joined.push('[');
+    let mut first = true;
+    for part in parts {
+        let inner = part
+            .trim()
+            .strip_prefix('[')
+            .and_then(|p| p.strip_suffix(']'))
+            .ok_or_else(|| ServerError::Database { message: "page is not a JSON array".into(), retryable: false })?;
+        if inner.trim().is_empty() {
+            continue;
+        }
+        if !first {
+            joined.push(',');
+        }
+        first = false;
+        joined.push_str(inner);
+    }
+    joined.push(']');
+    RawValue::from_string(joined)
+        .map_err(|e| ServerError::Database { message: format!("page JSON: {e}"), retryable: false })
 }
 
 /// Collects the per-collection page parts of one pull into a [`PullPage`].
@@ -69,6 +148,7 @@ pub(crate) struct PageBuilder {
     pub(crate) cursors: BTreeMap<CollectionName, Cursor>,
     pub(crate) has_more: bool,
     pub(crate) reset: Vec<CollectionName>,
+    pub(crate) subscriptions: BTreeMap<String, SubscriptionPart>,
 }
 
 impl PageBuilder {
@@ -82,21 +162,15 @@ impl PageBuilder {
 
     /// Joins the collections' arrays into one.
     pub(crate) fn finish(self) -> Result<PullPage, ServerError> {
-        let mut joined = String::with_capacity(self.parts.iter().map(|p| p.len()).sum::<usize>() + 2);
-        joined.push('[');
-        for (i, part) in self.parts.iter().enumerate() {
-            let inner = part.trim().strip_prefix('[').and_then(|p| p.strip_suffix(']')).ok_or_else(|| {
-                ServerError::Database { message: "page is not a JSON array".into(), retryable: false }
-            })?;
-            if i > 0 {
-                joined.push(',');
-            }
-            joined.push_str(inner);
-        }
-        joined.push(']');
-        let changes = RawValue::from_string(joined)
-            .map_err(|e| ServerError::Database { message: format!("page JSON: {e}"), retryable: false })?;
-        Ok(PullPage { changes, cursors: self.cursors, has_more: self.has_more, reset: self.reset, count: self.count })
+        let changes = join_arrays(&self.parts)?;
+        Ok(PullPage {
+            changes,
+            cursors: self.cursors,
+            has_more: self.has_more,
+            reset: self.reset,
+            count: self.count,
+            subscriptions: self.subscriptions,
+        })
     }
 }
 
@@ -174,8 +248,41 @@ pub struct PullJob {
     pub user: User,
     /// The collections, with their access and the client's cursors.
     pub items: Vec<PullItem>,
-    /// The most changes in the page.
+    /// The subscriptions, after the collections.
+    pub subscriptions: Vec<SubscriptionItem>,
+    /// The most changes in the page, the subscriptions' included.
     pub limit: usize,
+}
+
+/// One subscription to pull: the query as checked (or why it was refused), which rows
+/// the user reads of its collection, and the device's cursor.
+#[derive(Debug, Clone)]
+pub struct SubscriptionItem {
+    /// The device's id for it.
+    pub id: String,
+    /// The checked query, or the refusal to answer.
+    pub query: Result<Subscription, ErrorDetail>,
+    /// The rows this user reads ([`Rule::scope`]).
+    pub scope: ReadScope,
+    /// Names the read rule and the scope (as [`PullItem::tag`]).
+    pub tag: String,
+    /// The device's cursor.
+    pub cursor: Option<Cursor>,
+}
+
+impl SubscriptionItem {
+    /// The item for `user`'s pull of a subscription `query` under `read`, from `cursor`.
+    pub fn new(
+        id: String,
+        query: Result<Subscription, ErrorDetail>,
+        read: &Rule,
+        user: &User,
+        cursor: Option<Cursor>,
+    ) -> Self {
+        let scope = read.scope(user);
+        let tag = scope_tag(read, &scope);
+        Self { id, query, scope, tag, cursor }
+    }
 }
 
 /// Everything a push is checked against, borrowed.
@@ -480,6 +587,17 @@ pub trait ServerStore: Send + Sync + 'static {
     /// [`ServerError::Database`].
     async fn prepare_rules(&self, collections: &BTreeMap<CollectionName, CollectionConfig>)
     -> Result<u64, ServerError>;
+
+    /// Makes the database's subscription indexes exactly those the collections declare
+    /// (`subscription_indexes`): missing ones are built, undeclared ones dropped. At
+    /// start, before serving. Every node of a shared database must declare the same.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`].
+    async fn prepare_indexes(
+        &self,
+        collections: &BTreeMap<CollectionName, CollectionConfig>,
+    ) -> Result<(), ServerError>;
 
     /// Deletes tombstones last changed before `older_than`; returns how many.
     ///

@@ -15,8 +15,8 @@ use sync_core::{CollectionName, RecordId};
 use uuid::Uuid;
 
 use super::{
-    PageBuilder, PullItem, PullPage, PushContext, PushPlan, RecordWrite, Touched, next_position, plan_push,
-    prefetch_keys, start_position, touched, version_floors,
+    PageBuilder, PullItem, PullPage, PushContext, PushPlan, RecordWrite, SubscriptionItem, SubscriptionPart, Touched,
+    join_arrays, next_position, plan_push, prefetch_keys, start_position, touched, version_floors,
 };
 use crate::cursor;
 use crate::error::ServerError;
@@ -24,6 +24,8 @@ use crate::error::ServerError;
 use crate::logic::User;
 use crate::logic::{StoredRecord, WireResult};
 use crate::rules::ReadScope;
+use crate::subscriptions::{self, Key, SubPosition, Subscription, SubscriptionIndex};
+use sync_core::store::FieldPath;
 
 pub(crate) fn corrupt(message: impl Into<String>) -> ServerError {
     ServerError::Database { message: message.into(), retryable: false }
@@ -177,6 +179,137 @@ pub(crate) struct FeedPage {
     pub(crate) json: String,
 }
 
+/// A page of a subscription's first phase as the database assembled it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MatchPage {
+    /// How many records.
+    pub(crate) count: i64,
+    /// The last record in it (None when empty).
+    pub(crate) last: Option<Key>,
+    /// The records as a JSON array of changes.
+    pub(crate) json: String,
+}
+
+/// What a first-phase statement answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MatchShape {
+    /// `n`, `last` and `page`, for `LIMIT` (the last parameter).
+    Page,
+    /// Whether any row matches.
+    Exists,
+    /// How many rows match.
+    Count,
+}
+
+/// How a backend writes the parts of a subscription's SQL that differ; the statements'
+/// shape (which conditions, in which parameter order) is [`matching_sql`]'s and
+/// [`filter_sql`]'s, once.
+pub(crate) struct Dialect {
+    /// The `n`th parameter (`?n`, `$n`).
+    pub(crate) parameter: fn(usize) -> String,
+    /// A field's value in a record's JSON text column, as the subscription indexes
+    /// hold it.
+    pub(crate) field: fn(&str, &FieldPath) -> String,
+    /// A parameter holding a value a field is compared with.
+    pub(crate) value: fn(String) -> String,
+    /// The condition that `r` is a live record.
+    pub(crate) live: &'static str,
+    /// The condition that `a.key` is one of the keys in a list parameter.
+    pub(crate) key_in: fn(String) -> String,
+    /// The `FROM` of the first phase, through the subscription's index when it has one.
+    pub(crate) from: fn(Option<&SubscriptionIndex>) -> String,
+    /// The page statement over `page`, a common table of `id, version, data,
+    /// mutation_id, k` (the range field's value), as `n`, `last` (`[k, id]` of the
+    /// last row) and `page` (the JSON array of changes of `collection`).
+    pub(crate) page: fn(&str) -> String,
+}
+
+/// A subscription's first phase: its collection's live records matching its terms,
+/// after the keyset position when `after`, in the user's scope, in the order of its
+/// index. Parameters: the terms' values, the position (range value and id, or id), the
+/// scope's, then the limit.
+pub(crate) fn matching_sql(
+    dialect: &Dialect,
+    subscription: &Subscription,
+    scope: &ReadScope,
+    after: bool,
+    shape: MatchShape,
+) -> String {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        (dialect.parameter)(n)
+    };
+    let mut filter = vec![format!("r.collection = '{}'", subscription.collection), dialect.live.to_owned()];
+    for (field, op, _) in subscription.terms() {
+        filter.push(format!("{} {op} {}", (dialect.field)("r.data", field), (dialect.value)(next())));
+    }
+    let key = subscription.key_field().map(|f| (dialect.field)("r.data", f));
+    if after {
+        filter.push(match &key {
+            Some(key) => format!("({key}, r.id) > ({}, {})", (dialect.value)(next()), next()),
+            None => format!("r.id > {}", next()),
+        });
+    }
+    let access =
+        "EXISTS (SELECT 1 FROM sync_access a WHERE a.collection = r.collection AND a.id = r.id AND a.present AND";
+    match scope {
+        ReadScope::Everything => {}
+        ReadScope::Owned(_) => filter.push(format!("r.owner = {}", next())),
+        ReadScope::Keys(keys) if keys.len() == 1 => filter.push(format!("{access} a.key = {})", next())),
+        ReadScope::Keys(_) => filter.push(format!("{access} {})", (dialect.key_in)(next()))),
+    }
+    let from = (dialect.from)(subscription.index.as_ref());
+    let filter = filter.join(" AND ");
+    match shape {
+        MatchShape::Exists => format!("SELECT EXISTS (SELECT 1 FROM {from} WHERE {filter})"),
+        MatchShape::Count => format!("SELECT count(*) FROM {from} WHERE {filter}"),
+        MatchShape::Page => {
+            let order = key.as_ref().map_or_else(|| "r.id".to_owned(), |key| format!("{key}, r.id"));
+            let k = key.unwrap_or_else(|| "NULL".to_owned());
+            format!(
+                "WITH page AS MATERIALIZED (SELECT r.id, r.version, r.data, r.mutation_id, {k} AS k \
+                   FROM {from} WHERE {filter} ORDER BY {order} LIMIT {}) {}",
+                next(),
+                (dialect.page)(subscription.collection.as_str())
+            )
+        }
+    }
+}
+
+/// For a subscription's changes phase: the condition on a feed row (`present`,
+/// `deleted`, `data`) under which it is sent as the record rather than a removal, with
+/// the terms' parameters numbered after `first - 1`.
+pub(crate) fn filter_sql(dialect: &Dialect, filter: Option<&Subscription>, first: usize) -> String {
+    let terms: Vec<String> = filter
+        .map(Subscription::terms)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (field, op, _))| {
+            format!("{} {op} {}", (dialect.field)("data", field), (dialect.value)((dialect.parameter)(first + i)))
+        })
+        .collect();
+    match terms.is_empty() {
+        true => "present".to_owned(),
+        false => format!("(present AND (deleted OR ({})))", terms.join(" AND ")),
+    }
+}
+
+/// A first-phase position as the database gave it: `[value, id]`.
+pub(crate) fn parse_key(text: &str) -> Result<Key, ServerError> {
+    match serde_json::from_str::<Value>(text).map_err(|_| corrupt("bad subscription key"))? {
+        Value::Array(pair) => match pair.as_slice() {
+            [Value::Null, Value::String(id)] => Ok(Key { value: None, id: id.clone() }),
+            [value @ (Value::String(_) | Value::Number(_)), Value::String(id)] => {
+                Ok(Key { value: Some(value.clone()), id: id.clone() })
+            }
+            _ => Err(corrupt("bad subscription key")),
+        },
+        _ => Err(corrupt("bad subscription key")),
+    }
+}
+
 /// The statements of a pull, inside one read snapshot.
 #[async_trait]
 pub(crate) trait PullStatements: Send {
@@ -186,7 +319,8 @@ pub(crate) trait PullStatements: Send {
     async fn purged_through(&mut self, collection: &str) -> Result<i64, ServerError>;
     /// Up to `limit` changes of `collection` after `after` in `scope`, in feed order.
     /// A record of a [`ReadScope::Keys`] scope whose keys all left the scope after
-    /// `after` is sent as a removal (`"deleted": true, "removed": true`, no data).
+    /// `after` is sent as a removal (`"deleted": true, "removed": true`, no data), and
+    /// so is a live record that does not match `filter` (a subscription's changes).
     /// Never called with an empty key set.
     async fn page(
         &mut self,
@@ -194,9 +328,28 @@ pub(crate) trait PullStatements: Send {
         after: i64,
         limit: i64,
         scope: &ReadScope,
+        filter: Option<&Subscription>,
     ) -> Result<FeedPage, ServerError>;
     /// Whether `collection` has changes after `after` in `scope`.
     async fn more_after(&mut self, collection: &str, after: i64, scope: &ReadScope) -> Result<bool, ServerError>;
+    /// Up to `limit` live records in `scope` that match `subscription`, after `after`
+    /// in the order of its index (range field, then id), through that index only.
+    async fn matching(
+        &mut self,
+        subscription: &Subscription,
+        scope: &ReadScope,
+        after: Option<&Key>,
+        limit: i64,
+    ) -> Result<MatchPage, ServerError>;
+    /// Whether more live records in `scope` match `subscription` after `after`.
+    async fn more_matching(
+        &mut self,
+        subscription: &Subscription,
+        scope: &ReadScope,
+        after: &Key,
+    ) -> Result<bool, ServerError>;
+    /// How many live records in `scope` match `subscription`.
+    async fn count_matching(&mut self, subscription: &Subscription, scope: &ReadScope) -> Result<i64, ServerError>;
 }
 
 /// A pull inside the caller's read snapshot: per collection, where to start (or reset),
@@ -205,6 +358,7 @@ pub(crate) async fn pull_in(
     tx: &mut impl PullStatements,
     epoch: &str,
     items: &[PullItem],
+    subscriptions: &[SubscriptionItem],
     limit: usize,
 ) -> Result<PullPage, ServerError> {
     let head = tx.head().await?;
@@ -243,7 +397,7 @@ pub(crate) async fn pull_in(
             continue;
         }
         let page_limit = i64::try_from(remaining).unwrap_or(i64::MAX);
-        let page = tx.page(item.collection.as_str(), start.seq, page_limit, &item.scope).await?;
+        let page = tx.page(item.collection.as_str(), start.seq, page_limit, &item.scope, None).await?;
         let n = usize::try_from(page.count).map_err(|_| corrupt("negative count"))?;
         let more = n >= remaining && tx.more_after(item.collection.as_str(), page.last, &item.scope).await?;
         response.add(page.json, n);
@@ -251,7 +405,91 @@ pub(crate) async fn pull_in(
         let position = next_position(start, page.last, more, head);
         response.cursors.insert(item.collection.clone(), cursor::format(epoch, position));
     }
+    for item in subscriptions {
+        let remaining = limit.saturating_sub(response.count);
+        let (part, n) = match &item.query {
+            Err(refusal) => (SubscriptionPart::refused(refusal.clone())?, 0),
+            Ok(query) => pull_subscription(tx, epoch, head, item, query, remaining).await?,
+        };
+        response.count += n;
+        response.has_more |= part.has_more;
+        response.subscriptions.insert(item.id.clone(), part);
+    }
     response.finish()
+}
+
+/// One subscription's part of a pull, within `remaining` changes: the rest of its first
+/// phase (records that match now, in index order), then its changes from the head the
+/// first phase began at. Returns the part and how many changes it holds.
+async fn pull_subscription(
+    tx: &mut impl PullStatements,
+    epoch: &str,
+    head: i64,
+    item: &SubscriptionItem,
+    query: &Subscription,
+    remaining: usize,
+) -> Result<(SubscriptionPart, usize), ServerError> {
+    let epoch = subscriptions::epoch(&format!("{epoch}.{}", item.tag), query);
+    let parsed = subscriptions::parse_cursor(item.cursor.as_ref(), &epoch)?;
+    let collection = query.collection.as_str();
+    let purged = tx.purged_through(collection).await?;
+    let (mut position, reset) = subscriptions::start(parsed, purged, head);
+    let nothing = matches!(&item.scope, ReadScope::Keys(keys) if keys.is_empty());
+    let beginning = matches!(position, SubPosition::Initial { after: None, .. });
+    let total = match (beginning, nothing) {
+        (false, _) => None,
+        (true, true) => Some(0),
+        (true, false) => Some(u64::try_from(tx.count_matching(query, &item.scope).await?).unwrap_or(0)),
+    };
+    let mut part =
+        SubscriptionPart { changes: join_arrays(&[])?, cursor: None, has_more: false, reset, total, error: None };
+    if nothing {
+        // A rule that grants this user nothing: no query, and nothing to wait for.
+        part.cursor = Some(subscriptions::format_cursor(&epoch, &SubPosition::Changes(head)));
+        return Ok((part, 0));
+    }
+    let (mut parts, mut sent) = (Vec::new(), 0usize);
+    if let SubPosition::Initial { head: began, after } = &position {
+        if remaining == 0 {
+            part.has_more = true;
+            part.cursor = Some(subscriptions::format_cursor(&epoch, &position));
+            return Ok((part, 0));
+        }
+        let limit = i64::try_from(remaining).unwrap_or(i64::MAX);
+        let page = tx.matching(query, &item.scope, after.as_ref(), limit).await?;
+        sent = usize::try_from(page.count).map_err(|_| corrupt("negative count"))?;
+        parts.push(page.json);
+        let last = page.last.or_else(|| after.clone());
+        if sent >= remaining
+            && let Some(last) = last
+            && tx.more_matching(query, &item.scope, &last).await?
+        {
+            part.changes = join_arrays(&parts)?;
+            part.has_more = true;
+            part.cursor =
+                Some(subscriptions::format_cursor(&epoch, &SubPosition::Initial { head: *began, after: Some(last) }));
+            return Ok((part, sent));
+        }
+        position = SubPosition::Changes(*began);
+    }
+    let SubPosition::Changes(seq) = position else { return Err(corrupt("subscription position")) };
+    let left = remaining - sent;
+    let next = if left == 0 {
+        part.has_more = tx.more_after(collection, seq, &item.scope).await?;
+        seq
+    } else {
+        let limit = i64::try_from(left).unwrap_or(i64::MAX);
+        let page = tx.page(collection, seq, limit, &item.scope, Some(query)).await?;
+        let n = usize::try_from(page.count).map_err(|_| corrupt("negative count"))?;
+        sent += n;
+        parts.push(page.json);
+        let more = n >= left && tx.more_after(collection, page.last, &item.scope).await?;
+        part.has_more = more;
+        next_position(cursor::Position { seq, full: false }, page.last, more, head).seq
+    };
+    part.changes = join_arrays(&parts)?;
+    part.cursor = Some(subscriptions::format_cursor(&epoch, &SubPosition::Changes(next)));
+    Ok((part, sent))
 }
 
 /// The statements that rebuild a collection's audience keys, inside the backend's
@@ -462,7 +700,11 @@ mod tests {
             after: i64,
             limit: i64,
             scope: &ReadScope,
+            filter: Option<&Subscription>,
         ) -> Result<FeedPage, ServerError> {
+            if filter.is_some() {
+                return Err(corrupt("the memory feed does not model subscriptions (the stores' tests do)"));
+            }
             // (position, id, present) of each record in the scope changed after `after`.
             let mut rows: Vec<(i64, String, bool)> = match scope {
                 ReadScope::Keys(keys) => {
@@ -508,7 +750,25 @@ mod tests {
             Ok(FeedPage { count: rows.len() as i64, last, json: Value::from(changes).to_string() })
         }
         async fn more_after(&mut self, collection: &str, after: i64, scope: &ReadScope) -> Result<bool, ServerError> {
-            Ok(self.page(collection, after, 1, scope).await?.count > 0)
+            Ok(self.page(collection, after, 1, scope, None).await?.count > 0)
+        }
+
+        async fn matching(
+            &mut self,
+            _: &Subscription,
+            _: &ReadScope,
+            _: Option<&Key>,
+            _: i64,
+        ) -> Result<MatchPage, ServerError> {
+            Err(corrupt("the memory feed does not model subscriptions (the stores' tests do)"))
+        }
+
+        async fn more_matching(&mut self, _: &Subscription, _: &ReadScope, _: &Key) -> Result<bool, ServerError> {
+            Err(corrupt("the memory feed does not model subscriptions (the stores' tests do)"))
+        }
+
+        async fn count_matching(&mut self, _: &Subscription, _: &ReadScope) -> Result<i64, ServerError> {
+            Err(corrupt("the memory feed does not model subscriptions (the stores' tests do)"))
         }
     }
 
@@ -570,7 +830,7 @@ mod tests {
         async fn pull(&mut self, cursor: Option<sync_core::Cursor>) -> PullPage {
             let notes = CollectionName::new("notes").unwrap();
             let item = PullItem::new(notes.clone(), &self.collections[&notes].rules.read, &self.alice, cursor);
-            pull_in(&mut self.feed, "epoch1", &[item], 100).await.unwrap()
+            pull_in(&mut self.feed, "epoch1", &[item], &[], 100).await.unwrap()
         }
     }
 
@@ -646,7 +906,7 @@ mod tests {
         let notes = CollectionName::new("notes").unwrap();
         let rule = crate::rules::Rule::parse(&["assigned_to = user".into()], &Default::default()).unwrap();
         let item = PullItem::new(notes.clone(), &rule, &User::new("alice", false), Some(legacy));
-        let keyed = pull_in(&mut world.feed, "epoch1", &[item], 100).await.unwrap();
+        let keyed = pull_in(&mut world.feed, "epoch1", &[item], &[], 100).await.unwrap();
         assert_eq!(keyed.reset, [notes]);
     }
 

@@ -13,11 +13,12 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::skeleton::{
-    self, AudienceStatements, FeedPage, PositionedWrite, PullStatements, PurgeStatements, PushStatements, corrupt,
+    self, AudienceStatements, Dialect, FeedPage, MatchPage, MatchShape, PositionedWrite, PullStatements,
+    PurgeStatements, PushStatements, corrupt,
 };
 use super::{
-    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, Touched, detached,
-    rolling_back_on_release,
+    Asker, PoolUse, PullItem, PullJob, PullPage, PushContext, PushJob, ServerStore, SubscriptionItem, Touched,
+    detached, rolling_back_on_release,
 };
 use std::collections::BTreeMap;
 
@@ -27,6 +28,7 @@ use crate::config::CollectionConfig;
 use crate::error::ServerError;
 use crate::logic::{StoredRecord, WireResult};
 use crate::rules::ReadScope;
+use crate::subscriptions::{self, Key, Subscription, SubscriptionIndex};
 
 /// The SQLite server store.
 #[derive(Debug, Clone)]
@@ -114,7 +116,7 @@ impl ServerStore for SqliteServerStore {
 
     async fn pull(&self, job: PullJob) -> Result<PullPage, ServerError> {
         let store = self.clone();
-        detached(|asker| async move { store.pull_now(&asker, &job.items, job.limit).await }).await
+        detached(|asker| async move { store.pull_now(&asker, &job.items, &job.subscriptions, job.limit).await }).await
     }
 
     async fn prepare_rules(
@@ -134,6 +136,29 @@ impl ServerStore for SqliteServerStore {
         let store = self.clone();
         detached(|_| async move { store.purge_now(older_than).await }).await
     }
+
+    async fn prepare_indexes(
+        &self,
+        collections: &BTreeMap<CollectionName, CollectionConfig>,
+    ) -> Result<(), ServerError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let existing: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sync_records' \
+              AND name LIKE 'sync\\_sub\\_%' ESCAPE '\\'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let wanted = subscriptions::declared(collections);
+        let (stale, missing) = subscriptions::plan_indexes(&existing, &wanted);
+        for name in stale {
+            sqlx::query(&format!("DROP INDEX IF EXISTS \"{name}\"")).execute(&mut *tx).await?;
+        }
+        for index in missing {
+            sqlx::query(&sub_index_sql(index)).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 impl SqliteServerStore {
@@ -151,13 +176,19 @@ impl SqliteServerStore {
         Ok(answer)
     }
 
-    async fn pull_now(&self, asker: &Asker, items: &[PullItem], limit: usize) -> Result<PullPage, ServerError> {
+    async fn pull_now(
+        &self,
+        asker: &Asker,
+        items: &[PullItem],
+        subscriptions: &[SubscriptionItem],
+        limit: usize,
+    ) -> Result<PullPage, ServerError> {
         // One read transaction: every query sees the same snapshot, so the feed's end
         // read first is exactly what the pages can see.
         let mut conn = self.readers.acquire().await?;
         asker.still_waiting()?;
         let mut tx = conn.begin().await?;
-        let page = skeleton::pull_in(&mut *tx, &self.epoch, items, limit).await?;
+        let page = skeleton::pull_in(&mut *tx, &self.epoch, items, subscriptions, limit).await?;
         tx.commit().await?;
         Ok(page)
     }
@@ -313,10 +344,12 @@ impl PullStatements for SqliteConnection {
         after: i64,
         limit: i64,
         scope: &ReadScope,
+        filter: Option<&Subscription>,
     ) -> Result<FeedPage, ServerError> {
-        let sql = page_sql(scope);
-        let row =
-            bind_scope(sqlx::query(&sql).bind(collection).bind(after).bind(limit), scope)?.fetch_one(self).await?;
+        let sql = page_sql(scope, filter);
+        let query = bind_scope(sqlx::query(&sql).bind(collection).bind(after).bind(limit), scope)?;
+        let terms = filter.map(Subscription::terms).unwrap_or_default();
+        let row = bind_values(query, terms.iter().map(|t| t.2)).fetch_one(self).await?;
         Ok(FeedPage { count: row.try_get("n")?, last: row.try_get("last")?, json: row.try_get("page")? })
     }
 
@@ -326,6 +359,115 @@ impl PullStatements for SqliteConnection {
         let row = bind_scope(query, scope)?.fetch_one(self).await?;
         Ok(row.try_get::<bool, _>(0)?)
     }
+
+    async fn matching(
+        &mut self,
+        subscription: &Subscription,
+        scope: &ReadScope,
+        after: Option<&Key>,
+        limit: i64,
+    ) -> Result<MatchPage, ServerError> {
+        let sql = skeleton::matching_sql(&SQLITE, subscription, scope, after.is_some(), MatchShape::Page);
+        let row = bind_matching(sqlx::query(&sql), subscription, scope, after)?.bind(limit).fetch_one(self).await?;
+        let last: Option<String> = row.try_get("last")?;
+        Ok(MatchPage {
+            count: row.try_get("n")?,
+            last: last.as_deref().map(skeleton::parse_key).transpose()?,
+            json: row.try_get("page")?,
+        })
+    }
+
+    async fn more_matching(
+        &mut self,
+        subscription: &Subscription,
+        scope: &ReadScope,
+        after: &Key,
+    ) -> Result<bool, ServerError> {
+        let sql = skeleton::matching_sql(&SQLITE, subscription, scope, true, MatchShape::Exists);
+        let row = bind_matching(sqlx::query(&sql), subscription, scope, Some(after))?.fetch_one(self).await?;
+        Ok(row.try_get::<bool, _>(0)?)
+    }
+
+    async fn count_matching(&mut self, subscription: &Subscription, scope: &ReadScope) -> Result<i64, ServerError> {
+        let sql = skeleton::matching_sql(&SQLITE, subscription, scope, false, MatchShape::Count);
+        let row = bind_matching(sqlx::query(&sql), subscription, scope, None)?.fetch_one(self).await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds JSON scalars (strings and numbers, as subscriptions hold) as SQLite values, so
+/// that they compare with `json_extract`'s results as the stored JSON would.
+fn bind_values<'q, 'v>(mut query: SqliteQuery<'q>, values: impl Iterator<Item = &'v Value>) -> SqliteQuery<'q> {
+    for value in values {
+        query = match value {
+            Value::String(s) => query.bind(s.clone()),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => query.bind(i),
+                None => query.bind(n.as_f64()),
+            },
+            Value::Bool(b) => query.bind(i64::from(*b)),
+            Value::Null | Value::Array(_) | Value::Object(_) => query.bind(None::<i64>),
+        };
+    }
+    query
+}
+
+/// Binds a first-phase query's parameters in [`matching_sql`]'s order: the terms, the
+/// keyset position (range value and id, or id), the scope's.
+fn bind_matching<'q>(
+    query: SqliteQuery<'q>,
+    subscription: &Subscription,
+    scope: &ReadScope,
+    after: Option<&Key>,
+) -> Result<SqliteQuery<'q>, ServerError> {
+    let terms = subscription.terms();
+    let mut query = bind_values(query, terms.iter().map(|t| t.2));
+    if let Some(key) = after {
+        if subscription.key_field().is_some() {
+            query = bind_values(query, std::iter::once(key.value.as_ref().unwrap_or(&Value::Null)));
+        }
+        query = query.bind(key.id.clone());
+    }
+    bind_scope(query, scope)
+}
+
+/// SQLite's words for a subscription's SQL: `json_extract` values, numbered `?`
+/// parameters, `INDEXED BY` (the statement fails rather than walk the collection).
+const SQLITE: Dialect = Dialect {
+    parameter: |n| format!("?{n}"),
+    field: |column, field| format!("json_extract({column}, '$.{}')", field.as_str()),
+    value: |parameter| parameter,
+    live: "r.deleted = 0",
+    key_in: |parameter| format!("a.key IN (SELECT value FROM json_each({parameter}))"),
+    from: |index| match index {
+        Some(index) => format!("sync_records r INDEXED BY \"{}\"", index.name()),
+        None => "sync_records r".to_owned(),
+    },
+    page: |collection| {
+        format!(
+            "SELECT (SELECT count(*) FROM page) AS n, \
+               (SELECT json_array(k, id) FROM page ORDER BY k DESC, id DESC LIMIT 1) AS last, \
+               (SELECT json_group_array(json_object('collection', '{collection}', 'record_id', id, 'version', version, \
+                  'deleted', json('false'), 'data', json(data), 'mutation_id', mutation_id) ORDER BY k, id) \
+                FROM page) AS page"
+        )
+    },
+};
+
+/// `CREATE INDEX` for a declared subscription index: the collection, the fields, the id,
+/// over the collection's live records. The names are validated (collection
+/// `[a-z][a-z0-9_]*`, paths of letters, digits, `_` and `.`), and must be literals for
+/// SQLite to use a partial index.
+fn sub_index_sql(index: &SubscriptionIndex) -> String {
+    let columns: Vec<String> = index.fields.iter().map(|f| (SQLITE.field)("data", f)).collect();
+    format!(
+        "CREATE INDEX IF NOT EXISTS \"{}\" ON sync_records (collection, {}, id) WHERE collection = '{}' AND deleted = 0",
+        index.name(),
+        columns.join(", "),
+        index.collection
+    )
 }
 
 /// Binds a scope's parameter (the next one): the owner, the key, or the keys as a JSON
@@ -438,7 +580,7 @@ impl PurgeStatements for SqliteConnection {
 /// on the feed index: every pull of an owner collection read every other user's
 /// changes after its cursor, and 500 devices got about half the requests/s of 100;
 /// BENCHMARKS.md, `server_load`.)
-fn page_sql(scope: &ReadScope) -> String {
+fn page_sql(scope: &ReadScope, filter: Option<&Subscription>) -> String {
     let records = match scope {
         ReadScope::Everything | ReadScope::Owned(_) => format!(
             "SELECT id, version, deleted, data, seq, mutation_id, 1 AS present FROM sync_records \
@@ -464,9 +606,12 @@ fn page_sql(scope: &ReadScope) -> String {
              LEFT JOIN sync_records r ON r.collection = ?1 AND r.id = a.id"
             .to_owned(),
     };
+    // A subscription's changes: a live record that no longer matches is a removal.
+    // Its terms' parameters follow the scope's.
+    let present = skeleton::filter_sql(&SQLITE, filter, if matches!(scope, ReadScope::Everything) { 4 } else { 5 });
     format!(
         "SELECT count(*) AS n, coalesce(max(seq), ?2) AS last, \
-           json_group_array(iif(present, \
+           json_group_array(iif({present}, \
              json_object('collection', ?1, 'record_id', id, 'version', version, \
                'deleted', json(iif(deleted, 'true', 'false')), 'data', json(data), 'mutation_id', mutation_id), \
              json_object('collection', ?1, 'record_id', id, 'version', coalesce(version, 1), \
@@ -549,6 +694,58 @@ mod tests {
     /// (collection, owner, seq) index; one under a rule of fields, groups or attributes
     /// only the reader's keys through the audience index; one of a collection everyone
     /// reads, the feed index. None scans the collection.
+    /// A subscription's download reads its index's range only (`SEARCH`, never `SCAN`),
+    /// for its page, its `has_more` and its count, under every kind of scope; one with
+    /// no fields reads a range of its collection (the primary key's, or a partial index's
+    /// of its live records).
+    #[tokio::test]
+    async fn subscriptions_read_through_their_index_only() {
+        use sync_core::protocol::{RangeBounds, SubscriptionQuery};
+        use sync_core::store::FieldPath;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_in(&dir).await;
+        let jobs = CollectionName::new("jobs").unwrap();
+        let mut config = CollectionConfig::new(crate::config::Access::ReadOnly);
+        config.subscription_indexes =
+            vec![vec![FieldPath::new("assigned_to").unwrap(), FieldPath::new("due").unwrap()]];
+        store.prepare_indexes(&BTreeMap::from([(jobs.clone(), config.clone())])).await.unwrap();
+        let window = SubscriptionQuery {
+            collection: jobs.clone(),
+            equals: BTreeMap::from([("assigned_to".to_owned(), json!("tom"))]),
+            range: Some(RangeBounds { field: "due".into(), gte: Some(json!("2026-12-01")), ..RangeBounds::default() }),
+        };
+        let whole = SubscriptionQuery { collection: jobs, equals: BTreeMap::new(), range: None };
+        let after = Key { value: Some(json!("2026-12-02")), id: "r9".into() };
+        let scopes = [
+            ReadScope::Everything,
+            ReadScope::Owned("tom".into()),
+            ReadScope::Keys(["u:tom".to_owned()].into()),
+            ReadScope::Keys(["u:tom".to_owned(), "g:north".to_owned()].into()),
+        ];
+        for (query, wanted) in [(&window, "USING INDEX sync_sub_jobs_"), (&whole, "USING")] {
+            let subscription = Subscription::check(query, &config.subscription_indexes).unwrap();
+            for scope in &scopes {
+                for (shape, position) in [
+                    (MatchShape::Page, None),
+                    (MatchShape::Page, Some(&after)),
+                    (MatchShape::Exists, Some(&after)),
+                    (MatchShape::Count, None),
+                ] {
+                    let sql = skeleton::matching_sql(&SQLITE, &subscription, scope, position.is_some(), shape);
+                    let explain = format!("EXPLAIN QUERY PLAN {sql}");
+                    let mut q = bind_matching(sqlx::query(&explain), &subscription, scope, position).unwrap();
+                    if shape == MatchShape::Page {
+                        q = q.bind(10i64);
+                    }
+                    let rows = q.fetch_all(&store.readers).await.unwrap();
+                    let plan = rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ");
+                    assert!(plan.contains(&format!("SEARCH r {wanted}")), "{sql}\n  {plan}");
+                    assert!(!plan.contains("SCAN r"), "{sql}\n  {plan}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn pulls_read_through_the_index_of_what_the_reader_may_see() {
         let dir = tempfile::tempdir().unwrap();
@@ -557,13 +754,17 @@ mod tests {
         let keys = ReadScope::Keys(["u:alice".to_owned(), "g:north".to_owned()].into());
         let one = ReadScope::Keys(["u:alice".to_owned()].into());
         for (sql, scope, index) in [
-            (page_sql(&owned), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
+            (page_sql(&owned, None), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
             (more_sql(&owned), &owned, "sync_records_owner_feed (collection=? AND owner=? AND seq>?)"),
-            (page_sql(&keys), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
+            (page_sql(&keys, None), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
             (more_sql(&keys), &keys, "sync_access_feed (collection=? AND key=? AND seq>?)"),
-            (page_sql(&one), &one, "sync_access_feed (collection=? AND key=? AND seq>?)"),
+            (page_sql(&one, None), &one, "sync_access_feed (collection=? AND key=? AND seq>?)"),
             (more_sql(&one), &one, "sync_access_feed (collection=? AND key=? AND seq>?)"),
-            (page_sql(&ReadScope::Everything), &ReadScope::Everything, "sync_records_feed (collection=? AND seq>?)"),
+            (
+                page_sql(&ReadScope::Everything, None),
+                &ReadScope::Everything,
+                "sync_records_feed (collection=? AND seq>?)",
+            ),
         ] {
             let explain = format!("EXPLAIN QUERY PLAN {sql}");
             let mut query = sqlx::query(&explain).bind("c").bind(0i64);

@@ -218,6 +218,7 @@ impl World {
                 client_id: sync_core::ClientId("probe".into()),
                 collections: [(sync_core::CollectionName::new(collection).unwrap(), cursor.clone())].into(),
                 limit: Some(1000),
+                subscriptions: Default::default(),
             };
             let page = probe.pull(&request).await.unwrap();
             for c in page.changes {
