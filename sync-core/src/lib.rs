@@ -64,6 +64,7 @@ pub mod query;
 mod split_store;
 pub mod status;
 pub mod store;
+pub mod subscription;
 pub mod transport;
 
 pub use auth::{TOKEN_ATTEMPTS, TokenProvider};
@@ -71,7 +72,7 @@ pub use backoff::Backoff;
 pub use device::{AccountSummary, DeviceStores};
 pub use engine::{
     ALL_UNIT, ChangeNotifier, Collection, CollectionSpec, Direction, Engine, EngineBuilder, EngineOptions,
-    QueryBuilder, SignOut, SignOutReport, SyncUnit, Tracked, TriggerOptions, WatchStream,
+    QueryBuilder, SignOut, SignOutReport, SubscriptionHandle, SyncUnit, Tracked, TriggerOptions, WatchStream,
 };
 pub use entity::{IdAssignment, IdentityMapping, LocalEntity, MappingError, ServerMapping};
 pub use error::{Error, StorageErrorKind};
@@ -81,4 +82,5 @@ pub use persistence::Residence;
 pub use query::{Cmp, Filter, Order};
 pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
 pub use store::{Conflict, FieldPath, LocalStore, PendingChange, RecordState, StoredRecord};
+pub use subscription::{Bound, Subscribe, SubscriptionId, SubscriptionState, SubscriptionStatus};
 pub use transport::{Credentials, Transport};

@@ -18,6 +18,7 @@ use crate::store::{
     CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
     PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
 };
+use crate::subscription::{SubscriptionId, SubscriptionRow};
 
 pub(crate) struct SplitStore {
     pub(crate) disk: Arc<dyn LocalStore>,
@@ -247,6 +248,23 @@ impl LocalStore for SplitStore {
         at: DateTime<Utc>,
     ) -> Result<PageApplied, Error> {
         self.of(collection).finish_replacement(collection, cursor, decide, at).await
+    }
+
+    async fn save_subscription(&self, row: &SubscriptionRow) -> Result<(), Error> {
+        self.of(&row.query.collection).save_subscription(row).await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionRow>, Error> {
+        let mut all = self.disk.subscriptions().await?;
+        all.extend(self.memory.subscriptions().await?);
+        Ok(all)
+    }
+
+    async fn drop_subscriptions(&self, ids: &[SubscriptionId]) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        // Each store forgets the ones it holds and ignores the others.
+        let mut dropped = self.disk.drop_subscriptions(ids).await?;
+        dropped.extend(self.memory.drop_subscriptions(ids).await?);
+        Ok(dropped)
     }
 
     async fn counts(&self) -> Result<Counts, Error> {

@@ -12,6 +12,7 @@ use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, Record
 use crate::pattern::{LocalRecordState, PullAction};
 use crate::protocol::{Change, MutationOutcome, Op, ServerRecord};
 pub use crate::query::{After, Cmp, Filter, IndexSpec, Order, Query, Scalar};
+use crate::subscription::{SubscriptionId, SubscriptionRow};
 
 /// The JSON text of a record's data, checked once to be an object. Writes carry text,
 /// not a `serde_json::Value`, so an entity is serialized exactly once on its way to disk.
@@ -262,6 +263,21 @@ pub struct CollectionPage {
     pub changes: Vec<Change>,
     /// The cursor to store with them.
     pub cursor: Option<Cursor>,
+    /// The changes are a subscription's (never staged): `reset` then marks its records
+    /// for a new download, the cursor is the subscription's, and a removal lets go of a
+    /// record only for this subscription.
+    pub subscription: Option<SubscriptionPart>,
+}
+
+/// A subscription's page, as [`CollectionPage::subscription`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionPart {
+    /// The subscription.
+    pub id: SubscriptionId,
+    /// Its download ends with this page: the records a reset marked and the server did
+    /// not send again are let go of, and the subscription counts as synced at the
+    /// page's time.
+    pub finished: bool,
 }
 
 /// What applying a pull page did.
@@ -640,6 +656,36 @@ pub trait LocalStore: Send + Sync + 'static {
         decide: PullDecider<'_>,
         at: DateTime<Utc>,
     ) -> Result<PageApplied, Error>;
+
+    /// Saves a subscription the app made or changed: its query, time to live,
+    /// keep-synced, held and released marks. A stored one keeps its cursor and its
+    /// synced time. The default refuses: a store that keeps no subscriptions serves no
+    /// collection on demand.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn save_subscription(&self, row: &SubscriptionRow) -> Result<(), Error> {
+        Err(Error::Config { message: format!("this store keeps no subscriptions ({})", row.id) })
+    }
+
+    /// Every stored subscription.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionRow>, Error> {
+        Ok(Vec::new())
+    }
+
+    /// Forgets subscriptions: their rows, their hold on records, and the records no
+    /// other subscription holds that have no pending write or open conflict. Returns
+    /// the records dropped.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; nothing changes then.
+    async fn drop_subscriptions(&self, ids: &[SubscriptionId]) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        let _ = ids;
+        Ok(Vec::new())
+    }
 
     /// Pending, conflict and failed counts.
     ///

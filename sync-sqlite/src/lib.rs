@@ -42,6 +42,7 @@ mod query_sql;
 mod reads;
 mod renames;
 mod store_impl;
+mod subscriptions;
 mod writes;
 
 use std::ops::{Deref, DerefMut};

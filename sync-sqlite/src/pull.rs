@@ -35,7 +35,18 @@ pub(crate) async fn apply_page(
                 .await
                 .map_err(storage)?;
         }
-        if page.stage {
+        if let Some(part) = &page.subscription {
+            // A subscription's page: its hold on records, then the changes that still
+            // apply, its cursor, and at its end what a reset left behind.
+            if page.reset {
+                crate::subscriptions::mark_stale(&mut tx, &part.id).await?;
+            }
+            let changes = crate::subscriptions::hold(&mut tx, &part.id, &page.collection, &page.changes).await?;
+            apply_changes(&mut tx, &page.collection, &changes, decide, now, &mut result).await?;
+            let dropped =
+                crate::subscriptions::finish_page(&mut tx, &part.id, page.cursor.as_ref(), part.finished, now).await?;
+            result.changed.extend(dropped);
+        } else if page.stage {
             stage_changes(&mut tx, &page.collection, &page.changes).await?;
         } else {
             apply_changes(&mut tx, &page.collection, &page.changes, decide, now, &mut result).await?;

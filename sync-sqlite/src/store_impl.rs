@@ -7,6 +7,7 @@ use sync_core::store::{
     CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
     PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
 };
+use sync_core::subscription::{SubscriptionId, SubscriptionRow};
 use sync_core::{AccountId, ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
 
 use crate::{SqliteStore, accounts, conflicts, external, indexes, lease, pull, push, reads, renames, writes};
@@ -153,6 +154,18 @@ impl LocalStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<PageApplied, Error> {
         pull::finish_replacement(self, collection, cursor.as_ref(), decide, at).await
+    }
+
+    async fn save_subscription(&self, row: &SubscriptionRow) -> Result<(), Error> {
+        crate::subscriptions::save(self, row).await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionRow>, Error> {
+        crate::subscriptions::all(self).await
+    }
+
+    async fn drop_subscriptions(&self, ids: &[SubscriptionId]) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        crate::subscriptions::drop_all(self, ids).await
     }
 
     async fn counts(&self) -> Result<Counts, Error> {

@@ -178,6 +178,7 @@ fn page(collection: &str, changes: Vec<Change>, cursor: &str) -> CollectionPage 
         reset: false,
         changes,
         cursor: Some(Cursor(cursor.to_owned())),
+        subscription: None,
     }
 }
 

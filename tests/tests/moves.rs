@@ -20,15 +20,7 @@ use sync_sqlite::SqliteStore;
 /// The title names the technician a work order is assigned to (a field rule); the
 /// dispatchers' group reads and writes every one.
 async fn servers(dir: &tempfile::TempDir) -> Vec<RunningServer> {
-    let mut urls = vec![format!("sqlite://{}", dir.path().join("server.db").display())];
-    if let Ok(base) = std::env::var("SYNC_TEST_POSTGRES_URL") {
-        use sqlx::Connection;
-        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| panic!("{base} unreachable: {e}"));
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        urls.push(format!("{base}{sep}options[search_path]={schema}"));
-    }
+    let urls = common::server_databases(dir).await;
     let mut out = Vec::new();
     for database in urls {
         let mut text = format!("database = \"{database}\"\n");

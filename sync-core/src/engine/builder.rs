@@ -42,6 +42,7 @@ pub struct CollectionSpec {
     pub(crate) validate: Validator,
     pub(crate) in_memory: bool,
     pub(crate) indexes: Vec<Vec<String>>,
+    pub(crate) on_demand: bool,
 }
 
 impl CollectionSpec {
@@ -54,7 +55,19 @@ impl CollectionSpec {
             validate: validate_as::<E>,
             in_memory: false,
             indexes: Vec::new(),
+            on_demand: false,
         }
+    }
+
+    /// Syncs this collection by subscriptions only ([`Engine::subscribe`]): the engine
+    /// pulls what the app's subscriptions cover instead of the whole collection (local
+    /// writes are pushed as always). The server must declare indexes for the fields
+    /// subscriptions use. Not for patterns that pull a collection whole each time.
+    ///
+    /// [`Engine::subscribe`]: crate::Engine::subscribe
+    pub fn on_demand(mut self) -> Self {
+        self.on_demand = true;
+        self
     }
 
     /// Declares an index on `fields` (dotted paths, most selective first: equality
@@ -92,6 +105,8 @@ pub(crate) struct CollectionEntry {
     pub(crate) ids: IdAssignment,
     /// Its declared indexes.
     pub(crate) indexes: Vec<IndexSpec>,
+    /// Synced by subscriptions only.
+    pub(crate) on_demand: bool,
 }
 
 impl CollectionEntry {
@@ -367,6 +382,13 @@ impl EngineBuilder {
                 indexes.push(IndexSpec { collection: name.clone(), fields });
             }
             let ids = spec.mapping.id_assignment();
+            if spec.on_demand && spec.pattern.pull_mode() == crate::pattern::PullMode::Replace {
+                return Err(Error::Config {
+                    message: format!(
+                        "collection {name} is pulled whole each time by its pattern; it cannot be on_demand"
+                    ),
+                });
+            }
             let entry = CollectionEntry {
                 name: name.clone(),
                 pattern: spec.pattern,
@@ -374,6 +396,7 @@ impl EngineBuilder {
                 validate: spec.validate,
                 ids,
                 indexes: indexes.iter().filter(|i| i.collection == name).cloned().collect(),
+                on_demand: spec.on_demand,
             };
             if collections.insert(name.clone(), Arc::new(entry)).is_some() {
                 return Err(Error::Config { message: format!("collection {name} is registered twice") });
@@ -457,6 +480,7 @@ impl EngineBuilder {
             ));
         }
         let client_id = store.client_id().await?;
+        super::subscriptions::release_held(&*store, chrono::Utc::now()).await?;
         // The first status already tells the truth about what waits on disk, here and
         // in the other accounts' stores.
         let counts = store.counts().await?;

@@ -18,11 +18,12 @@ use crate::ids::{CollectionName, Cursor, RecordId};
 use crate::lease::LeaseOutcome;
 use crate::pattern::{LocalRecordState, PullAction, PullMode};
 use crate::protocol::{
-    Change, ErrorCode, MutationBody, MutationOutcome, Op, PullRequest, PullResponse, PushRequest, ServerRecord,
-    WireMutation,
+    Change, ErrorCode, ErrorDetail, MutationBody, MutationOutcome, Op, PullRequest, PullResponse, PushRequest,
+    ServerRecord, SubscriptionPage, SubscriptionPull, WireMutation,
 };
 use crate::status::{Origin, Phase, SyncEvent, SyncReport};
-use crate::store::{CollectionPage, OutboxEntry};
+use crate::store::{CollectionPage, OutboxEntry, SubscriptionPart};
+use crate::subscription::{SubscriptionId, SubscriptionState, SubscriptionStatus};
 
 /// Runs one cycle and keeps the status and events true whatever the outcome.
 ///
@@ -339,6 +340,10 @@ impl Cycle<'_> {
         let mut replacing = BTreeSet::new();
         for c in &self.unit.collections {
             let entry = self.shared.collection(c.as_str())?;
+            if entry.on_demand {
+                // Pulled through its subscriptions only.
+                continue;
+            }
             if entry.pattern.pull_mode() == PullMode::Replace {
                 // The whole collection, every time: no cursor, staged, swapped at the end.
                 cursors.insert(c.clone(), None);
@@ -367,7 +372,11 @@ impl Cycle<'_> {
         for c in &bulk {
             self.shared.store.suspend_indexes(c).await?;
         }
-        let pulled = self.pull_pages(cursors, replacing).await;
+        let subscriptions = self.live_subscriptions().await?;
+        if cursors.is_empty() && subscriptions.is_empty() {
+            return Ok(());
+        }
+        let pulled = self.pull_pages(cursors, replacing, subscriptions).await;
         for c in &bulk {
             let declared = self.shared.collections.get(c).map(|e| e.indexes.clone()).unwrap_or_default();
             let restored = self.shared.store.ensure_indexes(std::slice::from_ref(c), &declared).await;
@@ -380,14 +389,48 @@ impl Cycle<'_> {
         pulled
     }
 
+    /// The subscriptions of this unit's collections to pull, after forgetting those
+    /// whose time to live has ended (no handle, not kept synced) and letting go of the
+    /// records only they held.
+    async fn live_subscriptions(&mut self) -> Result<BTreeMap<SubscriptionId, SubscriptionPull>, Error> {
+        let now = Utc::now();
+        let stored = self.shared.store.subscriptions().await?;
+        let (live, expired): (Vec<_>, Vec<_>) =
+            stored.into_iter().partition(|row| row.live_at(now) || self.shared.subscriptions.handles(&row.id) > 0);
+        let expired: Vec<SubscriptionId> = expired.into_iter().map(|row| row.id).collect();
+        for (collection, id) in self.shared.store.drop_subscriptions(&expired).await? {
+            self.shared.record_changed(&collection, &id, Origin::Remote);
+        }
+        let mut pulls = BTreeMap::new();
+        for row in live {
+            let ours = self.unit.collections.contains(&row.query.collection)
+                && self.shared.collections.get(&row.query.collection).is_some_and(|e| e.on_demand);
+            if ours {
+                let synced_at = row.synced_at;
+                let status = self.shared.subscriptions.status(&row.id, synced_at);
+                if row.cursor.is_none() {
+                    // A download begins: counted from nothing.
+                    status.send_modify(|s| {
+                        s.state = SubscriptionState::Syncing;
+                        s.received = 0;
+                        s.total = None;
+                    });
+                }
+                pulls.insert(row.id, SubscriptionPull { query: row.query, cursor: row.cursor });
+            }
+        }
+        Ok(pulls)
+    }
+
     /// The page loop of [`Cycle::pull`].
     async fn pull_pages(
         &mut self,
         cursors: BTreeMap<CollectionName, Option<Cursor>>,
         replacing: BTreeSet<CollectionName>,
+        subscriptions: BTreeMap<SubscriptionId, SubscriptionPull>,
     ) -> Result<(), Error> {
         let (pages_tx, mut pages_rx) = mpsc::channel(1);
-        let fetch = fetch_pages(Arc::clone(self.shared), cursors, replacing, pages_tx);
+        let fetch = fetch_pages(Arc::clone(self.shared), cursors, replacing, subscriptions, pages_tx);
         let fetcher = AbortOnDrop(tokio::spawn(fetch.instrument(tracing::Span::current())));
         while let Some(fetched) = pages_rx.recv().await {
             let collections = &self.shared.collections;
@@ -397,9 +440,11 @@ impl Cycle<'_> {
                     None => PullAction::Skip,
                 };
             let applied = match fetched? {
-                Fetched::Page(pages) => {
+                Fetched::Page(pages, progress) => {
                     self.report.pages += 1;
-                    self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?
+                    let applied = self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?;
+                    self.subscriptions_progressed(progress);
+                    applied
                 }
                 Fetched::Replaced(collection, cursor) => {
                     self.shared.store.finish_replacement(&collection, cursor, &decide, Utc::now()).await?
@@ -417,10 +462,45 @@ impl Cycle<'_> {
     }
 }
 
+impl Cycle<'_> {
+    /// Shows the subscriptions' progress once their page is stored.
+    fn subscriptions_progressed(&self, progress: Vec<SubscriptionProgress>) {
+        let known = &self.shared.subscriptions;
+        for p in progress {
+            match p {
+                SubscriptionProgress::Page { id, received, total, finished } => {
+                    known.status(&id, None).send_modify(|s| {
+                        if matches!(s.state, SubscriptionState::Syncing) {
+                            s.received += received;
+                            s.total = total.or(s.total);
+                        }
+                        if finished {
+                            s.state = SubscriptionState::Synced { at: Utc::now() };
+                        }
+                    });
+                }
+                SubscriptionProgress::Refused { id, error } => {
+                    known.status(&id, None).send_modify(|s| s.state = SubscriptionStatus::refused(&error));
+                }
+            }
+        }
+    }
+}
+
+/// What a page did for one subscription.
+enum SubscriptionProgress {
+    /// A page of it: `received` records with data, the server's total on a first page,
+    /// and whether its download ended.
+    Page { id: SubscriptionId, received: u64, total: Option<u64>, finished: bool },
+    /// The server refused it (or does not serve subscriptions).
+    Refused { id: SubscriptionId, error: ErrorDetail },
+}
+
 /// What the fetcher hands to the page writer.
 enum Fetched {
-    /// A pulled page, checked and mapped to the local shape, ready for the store.
-    Page(Vec<CollectionPage>),
+    /// A pulled page, checked and mapped to the local shape, ready for the store, and
+    /// what it did for each subscription in it.
+    Page(Vec<CollectionPage>, Vec<SubscriptionProgress>),
     /// The pull is complete: swap in this collection's staged replacement, with its cursor.
     Replaced(CollectionName, Option<Cursor>),
 }
@@ -445,13 +525,14 @@ async fn fetch_pages(
     shared: Arc<Shared>,
     mut cursors: BTreeMap<CollectionName, Option<Cursor>>,
     mut replacing: BTreeSet<CollectionName>,
+    mut subscriptions: BTreeMap<SubscriptionId, SubscriptionPull>,
     pages: mpsc::Sender<Result<Fetched, Error>>,
 ) {
     let requested: BTreeSet<CollectionName> = cursors.keys().cloned().collect();
     // Collections whose staging area the next page must empty first.
     let mut fresh = replacing.clone();
     loop {
-        let request = pull_request(&shared, &cursors);
+        let request = pull_request(&shared, &cursors, &subscriptions);
         let span = tracing::debug_span!(
             "pull",
             collections = request.collections.len(),
@@ -470,11 +551,25 @@ async fn fetch_pages(
             span.record("has_more", response.has_more);
         }
         let page = match answer {
-            Ok(response) => check_page(&shared, &requested, &mut cursors, &mut replacing, &mut fresh, response),
+            Ok(mut response) => {
+                let parts = std::mem::take(&mut response.subscriptions);
+                let mut progressed = false;
+                let subs = check_subscriptions(&shared, &mut subscriptions, parts, &mut progressed);
+                match subs {
+                    Ok((sub_pages, progress)) => {
+                        check_page(&shared, &requested, &mut cursors, &mut replacing, &mut fresh, response, progressed)
+                            .map(|(mut page, more)| {
+                                page.extend(sub_pages);
+                                (page, progress, more)
+                            })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         };
         let (page, more) = match page {
-            Ok((page, more)) => (Ok(Fetched::Page(page)), more),
+            Ok((page, progress, more)) => (Ok(Fetched::Page(page, progress)), more),
             Err(e) => (Err(e), false),
         };
         let failed = page.is_err();
@@ -516,13 +611,80 @@ fn millis(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-fn pull_request(shared: &Shared, cursors: &BTreeMap<CollectionName, Option<Cursor>>) -> PullRequest {
+fn pull_request(
+    shared: &Shared,
+    cursors: &BTreeMap<CollectionName, Option<Cursor>>,
+    subscriptions: &BTreeMap<SubscriptionId, SubscriptionPull>,
+) -> PullRequest {
     PullRequest {
         client_id: shared.client_id.clone(),
         collections: cursors.clone(),
         limit: Some(i64::from(shared.options.pull_limit)),
-        subscriptions: BTreeMap::new(),
+        subscriptions: subscriptions.iter().map(|(id, pull)| (id.as_str().to_owned(), pull.clone())).collect(),
     }
+}
+
+/// Checks the subscriptions' parts of a pull answer: each asked-for subscription's
+/// changes mapped to the local shape as a page of its own, its cursor advanced, and
+/// those that ended (caught up, or refused) taken off the next request. A subscription
+/// the answer does not mention was asked of a server that does not serve them.
+fn check_subscriptions(
+    shared: &Shared,
+    asked: &mut BTreeMap<SubscriptionId, SubscriptionPull>,
+    mut parts: BTreeMap<String, SubscriptionPage>,
+    progressed: &mut bool,
+) -> Result<(Vec<CollectionPage>, Vec<SubscriptionProgress>), Error> {
+    for id in parts.keys() {
+        if !asked.keys().any(|a| a.as_str() == id) {
+            return Err(Error::malformed(format!("pull answered for subscription {id}, which was not asked for")));
+        }
+    }
+    let (mut pages, mut progress, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, pull) in asked.iter_mut() {
+        let Some(part) = parts.remove(id.as_str()) else {
+            let error = ErrorDetail {
+                code: ErrorCode::UnknownCollection,
+                message: "the server answered no part for this subscription: it does not serve subscriptions".into(),
+            };
+            progress.push(SubscriptionProgress::Refused { id: id.clone(), error });
+            ended.push(id.clone());
+            continue;
+        };
+        if let Some(error) = part.error {
+            progress.push(SubscriptionProgress::Refused { id: id.clone(), error });
+            ended.push(id.clone());
+            continue;
+        }
+        let collection = pull.query.collection.clone();
+        let only: BTreeSet<CollectionName> = BTreeSet::from([collection.clone()]);
+        let mut changes = Vec::with_capacity(part.changes.len());
+        for change in part.changes {
+            changes.push(localize_change(shared, &only, change)?);
+        }
+        let Some(cursor) = part.cursor else {
+            return Err(Error::malformed(format!("subscription {id} answered without a cursor")));
+        };
+        *progressed |= !changes.is_empty() || part.reset || pull.cursor.as_ref() != Some(&cursor);
+        let received = changes.iter().filter(|c| !c.deleted).count() as u64;
+        let finished = !part.has_more;
+        progress.push(SubscriptionProgress::Page { id: id.clone(), received, total: part.total, finished });
+        pages.push(CollectionPage {
+            collection,
+            stage: false,
+            reset: part.reset,
+            changes,
+            cursor: Some(cursor.clone()),
+            subscription: Some(SubscriptionPart { id: id.clone(), finished }),
+        });
+        pull.cursor = Some(cursor);
+        if finished {
+            ended.push(id.clone());
+        }
+    }
+    for id in ended {
+        asked.remove(&id);
+    }
+    Ok((pages, progress))
 }
 
 /// Checks one pull answer, maps its changes to the local shape and advances `cursors`.
@@ -534,6 +696,7 @@ fn check_page(
     replacing: &mut BTreeSet<CollectionName>,
     fresh: &mut BTreeSet<CollectionName>,
     response: PullResponse,
+    subscriptions_moved: bool,
 ) -> Result<(Vec<CollectionPage>, bool), Error> {
     for c in response.cursors.keys().chain(&response.reset) {
         if !requested.contains(c) {
@@ -541,7 +704,7 @@ fn check_page(
         }
     }
     let mut pages: BTreeMap<CollectionName, CollectionPage> = BTreeMap::new();
-    let mut progressed = !response.changes.is_empty() || !response.reset.is_empty();
+    let mut progressed = subscriptions_moved || !response.changes.is_empty() || !response.reset.is_empty();
     for change in response.changes {
         let change = localize_change(shared, requested, change)?;
         page_of(&mut pages, &change.collection).changes.push(change);
@@ -627,6 +790,7 @@ fn page_of<'p>(pages: &'p mut BTreeMap<CollectionName, CollectionPage>, c: &Coll
         reset: false,
         changes: Vec::new(),
         cursor: None,
+        subscription: None,
     })
 }
 

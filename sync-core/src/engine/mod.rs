@@ -6,6 +6,7 @@ mod collection;
 mod cycle;
 mod driver;
 mod schedule;
+mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 
 pub use builder::{ALL_UNIT, CollectionSpec, Direction, EngineBuilder, EngineOptions, SyncUnit};
 pub use collection::{Collection, QueryBuilder, Tracked, WatchStream};
+pub use subscriptions::SubscriptionHandle;
 
 use crate::auth::TokenProvider;
 use crate::device::DeviceStores;
@@ -127,6 +129,8 @@ pub(crate) struct Shared {
     pub(crate) lease_holder: String,
     /// The live queries' change checks, gathered into one store call per moment.
     pub(crate) checks: Arc<checks::Checks>,
+    /// The subscriptions' handles and statuses.
+    pub(crate) subscriptions: subscriptions::Subscriptions,
 }
 
 impl Shared {
@@ -378,6 +382,7 @@ impl Engine {
             net: Mutex::new(net),
             lease_holder: uuid::Uuid::now_v7().to_string(),
             checks: Arc::default(),
+            subscriptions: subscriptions::Subscriptions::default(),
         });
         let driver = driver::spawn(shared.clone(), command_rx, shutdown_rx);
         Self { shared, lifetime: Arc::new(Lifetime { shutdown, driver: Mutex::new(Some(driver)) }) }

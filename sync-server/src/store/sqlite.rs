@@ -90,6 +90,30 @@ impl SqliteServerStore {
         };
         Ok(Self { writer, readers, epoch })
     }
+
+    /// SQLite's plan (`EXPLAIN QUERY PLAN`, one step a line) for a page of the first
+    /// phase of `subscription` under `scope`: an operator's check that a subscription
+    /// reads its index's range, not the collection.
+    ///
+    /// # Errors
+    /// [`ServerError::Database`], also when the subscription's index does not exist
+    /// (`INDEXED BY` fails rather than scan).
+    pub async fn explain_subscription(
+        &self,
+        subscription: &Subscription,
+        scope: &ReadScope,
+    ) -> Result<String, ServerError> {
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            skeleton::matching_sql(&SQLITE, subscription, scope, false, MatchShape::Page)
+        );
+        let rows =
+            bind_matching(sqlx::query(&sql), subscription, scope, None)?.bind(1000i64).fetch_all(&self.readers).await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("detail")?))
+            .collect::<Result<Vec<_>, ServerError>>()
+            .map(|l| l.join("\n"))
+    }
 }
 
 fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, ServerError> {

@@ -114,3 +114,22 @@ pub async fn sent<F: std::future::Future>(request: F) -> std::pin::Pin<Box<F>> {
     assert!(futures::poll!(request.as_mut()).is_pending(), "the request was answered before it was queued");
     request
 }
+
+/// The reference server's databases under test: a SQLite file in `dir`, and a fresh
+/// PostgreSQL schema when `SYNC_TEST_POSTGRES_URL` is set (said on stderr when not).
+pub async fn server_databases(dir: &tempfile::TempDir) -> Vec<String> {
+    let mut urls = vec![format!("sqlite://{}", dir.path().join("server.db").display())];
+    match std::env::var("SYNC_TEST_POSTGRES_URL") {
+        Ok(base) => {
+            use sqlx::Connection;
+            let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+            let mut conn =
+                sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| panic!("{base} unreachable: {e}"));
+            sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            urls.push(format!("{base}{sep}options[search_path]={schema}"));
+        }
+        Err(_) => eprintln!("SYNC_TEST_POSTGRES_URL is not set: the PostgreSQL server is skipped here"),
+    }
+    urls
+}

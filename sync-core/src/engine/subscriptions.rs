@@ -1,0 +1,239 @@
+//! The app's side of subscriptions: [`Engine::subscribe`], the handles that hold a
+//! subscription while the app shows its data, and the statuses the cycle updates.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{ALL_UNIT, Command, Engine, Shared, request};
+use crate::error::Error;
+use crate::subscription::{Subscribe, SubscriptionId, SubscriptionRow, SubscriptionState, SubscriptionStatus};
+
+/// The subscriptions this engine knows of: how many handles hold each, and its status.
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    entries: Mutex<BTreeMap<SubscriptionId, Entry>>,
+    /// Taken to save a subscription's held or released mark: a release saved by a
+    /// dropped handle's task checks, under it, that no new handle came meanwhile.
+    saving: tokio::sync::Mutex<()>,
+}
+
+struct Entry {
+    handles: usize,
+    status: watch::Sender<SubscriptionStatus>,
+}
+
+impl Subscriptions {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<SubscriptionId, Entry>) -> T) -> T {
+        // The map holds counts and channels, whole at every point: a panic elsewhere
+        // leaves it usable.
+        f(&mut self.entries.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The status channel of `id`, made from its stored row when first asked.
+    pub(crate) fn status(
+        &self,
+        id: &SubscriptionId,
+        synced_at: Option<DateTime<Utc>>,
+    ) -> watch::Sender<SubscriptionStatus> {
+        self.with(|entries| {
+            entries
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    let state = match synced_at {
+                        Some(at) => SubscriptionState::Synced { at },
+                        None => SubscriptionState::Pending,
+                    };
+                    Entry { handles: 0, status: watch::channel(SubscriptionStatus::new(id.clone(), state)).0 }
+                })
+                .status
+                .clone()
+        })
+    }
+
+    /// One more handle on `id`; returns how many hold it now.
+    fn hold(&self, id: &SubscriptionId) -> usize {
+        self.with(|entries| {
+            entries.get_mut(id).map_or(0, |e| {
+                e.handles += 1;
+                e.handles
+            })
+        })
+    }
+
+    /// How many handles hold `id`.
+    pub(crate) fn handles(&self, id: &SubscriptionId) -> usize {
+        self.with(|entries| entries.get(id).map_or(0, |e| e.handles))
+    }
+
+    /// One handle fewer on `id`; returns how many still hold it.
+    fn let_go(&self, id: &SubscriptionId) -> usize {
+        self.with(|entries| {
+            entries.get_mut(id).map_or(0, |e| {
+                e.handles = e.handles.saturating_sub(1);
+                e.handles
+            })
+        })
+    }
+}
+
+/// Holds a subscription while the app shows its data. Dropping the last handle of a
+/// subscription releases it: its data stays for the subscription's time to live (unless
+/// kept synced), then goes at the next sync. It does not keep the engine alive.
+pub struct SubscriptionHandle {
+    shared: Arc<Shared>,
+    subscription: Subscribe,
+    status: watch::Receiver<SubscriptionStatus>,
+}
+
+impl std::fmt::Debug for SubscriptionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionHandle").field("id", &self.subscription.id()).finish_non_exhaustive()
+    }
+}
+
+impl SubscriptionHandle {
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.subscription.id()
+    }
+
+    /// The subscription's status, as it changes.
+    pub fn status(&self) -> watch::Receiver<SubscriptionStatus> {
+        self.status.clone()
+    }
+
+    /// Keeps the subscription synced, and its records, even after its last handle goes
+    /// (`false` gives it back its time to live from then).
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    pub async fn keep_synced(&mut self, keep: bool) -> Result<(), Error> {
+        self.subscription.keep_synced = keep;
+        let _saving = self.shared.subscriptions.saving.lock().await;
+        self.shared.store.save_subscription(&row(&self.subscription, true, None)).await
+    }
+
+    /// Waits until the subscription has caught up with the server (or failed).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when the server refused it or its sync failed;
+    /// [`Error::Shutdown`] when the engine stopped first.
+    pub async fn synced(&mut self) -> Result<DateTime<Utc>, Error> {
+        let state = self
+            .status
+            .wait_for(|s| matches!(s.state, SubscriptionState::Synced { .. } | SubscriptionState::Error { .. }))
+            .await
+            .map_err(|_| Error::Shutdown)?
+            .state
+            .clone();
+        match state {
+            SubscriptionState::Synced { at } => Ok(at),
+            SubscriptionState::Error { code, message } => Err(Error::Rejected {
+                // The server refused the subscription within a pull it answered.
+                status: 400,
+                code: code.unwrap_or(crate::protocol::ErrorCode::Internal),
+                message,
+            }),
+            SubscriptionState::Pending | SubscriptionState::Syncing => Err(Error::Shutdown),
+        }
+    }
+}
+
+impl Drop for SubscriptionHandle {
+    fn drop(&mut self) {
+        let id = self.subscription.id();
+        if self.shared.subscriptions.let_go(&id) > 0 {
+            return;
+        }
+        // The last handle: the subscription is released now; its time to live runs
+        // from here. Without a runtime (the app is exiting) the next start releases it.
+        let released = row(&self.subscription, false, Some(Utc::now()));
+        let shared = self.shared.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _saving = shared.subscriptions.saving.lock().await;
+                if shared.subscriptions.handles(&released.id) > 0 {
+                    return; // held again meanwhile
+                }
+                if let Err(e) = shared.store.save_subscription(&released).await {
+                    tracing::warn!(subscription = %released.id, error = %e, "a released subscription was not saved");
+                }
+            });
+        }
+    }
+}
+
+/// The row of `subscription` as the app holds it now (the store keeps its cursor).
+fn row(subscription: &Subscribe, active: bool, released_at: Option<DateTime<Utc>>) -> SubscriptionRow {
+    SubscriptionRow {
+        id: subscription.id(),
+        query: subscription.query.clone(),
+        cursor: None,
+        ttl: subscription.ttl,
+        keep_synced: subscription.keep_synced,
+        active,
+        released_at,
+        synced_at: None,
+    }
+}
+
+impl Engine {
+    /// Subscribes to part of a collection declared
+    /// [`on_demand`](crate::CollectionSpec::on_demand): the engine syncs what the
+    /// subscription covers, from now on and at once. The same subscription made twice
+    /// is one (handles share it); a record several cover is stored once. Queries and
+    /// watches read the local store as always.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCollection`]; [`Error::Config`] for a collection that is not on
+    /// demand; [`Error::Storage`].
+    pub async fn subscribe(&self, subscription: Subscribe) -> Result<SubscriptionHandle, Error> {
+        let entry = self.shared.collection(subscription.collection().as_str())?;
+        if !entry.on_demand {
+            return Err(Error::Config {
+                message: format!(
+                    "collection {} is synced whole; declare it on_demand() to sync it by subscriptions",
+                    entry.name
+                ),
+            });
+        }
+        let id = subscription.id();
+        let status = {
+            let _saving = self.shared.subscriptions.saving.lock().await;
+            self.shared.store.save_subscription(&row(&subscription, true, None)).await?;
+            let stored = self.shared.store.subscriptions().await?;
+            let synced_at = stored.iter().find(|r| r.id == id).and_then(|r| r.synced_at);
+            let status = self.shared.subscriptions.status(&id, synced_at).subscribe();
+            self.shared.subscriptions.hold(&id);
+            status
+        };
+        let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
+        request(&self.shared.commands, &self.shared.overflow, command);
+        Ok(SubscriptionHandle { shared: self.shared.clone(), subscription, status })
+    }
+
+    /// Every subscription the store keeps, held or released (until its time to live
+    /// ends), with its cursor and synced time.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    pub async fn subscriptions(&self) -> Result<Vec<SubscriptionRow>, Error> {
+        self.shared.store.subscriptions().await
+    }
+}
+
+/// At start: no handle exists yet, so every stored subscription still marked held was
+/// held by a run that ended; it is released now (its time to live runs from here).
+pub(crate) async fn release_held(store: &dyn crate::store::LocalStore, now: DateTime<Utc>) -> Result<(), Error> {
+    for mut stored in store.subscriptions().await? {
+        if stored.active {
+            stored.active = false;
+            stored.released_at = Some(now);
+            store.save_subscription(&stored).await?;
+        }
+    }
+    Ok(())
+}
