@@ -105,7 +105,7 @@ pub struct CollectionConfig {
     pub ids: Ids,
     /// The indexes subscriptions may use, each a list of fields
     /// (`subscription_indexes = [["assigned_to", "due"]]`): a subscription's equality
-    /// fields must lead one of them, its range field next. None by default.
+    /// fields then its range field must be exactly one of them. None by default.
     pub subscription_indexes: Vec<Vec<FieldPath>>,
 }
 

@@ -24,7 +24,7 @@ fn config(database: &str) -> String {
         r#"[collections.jobs]
 read = ["assigned_to = user", "user in dispatchers"]
 write = ["user in dispatchers"]
-subscription_indexes = [["assigned_to", "due"], ["status"]]
+subscription_indexes = [["assigned_to", "due"], ["status"], ["assigned_to"]]
 
 [collections.parts]
 access = "read_only"

@@ -136,7 +136,7 @@ async fn main() {
         "database = \"{database}\"\nmax_batch = 1000\nmax_body_bytes = 16777216\n\
          [[users]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n\
          [[users]]\nname = \"root\"\ntoken_sha256 = \"{}\"\nrole = \"admin\"\n\
-         [collections.jobs]\naccess = \"read_only\"\nsubscription_indexes = [[\"region\", \"due\"]]\n\
+         [collections.jobs]\naccess = \"read_only\"\nsubscription_indexes = [[\"region\", \"due\"], [\"region\"]]\n\
          [collections.parts]\naccess = \"read_only\"\n",
         token_sha256(TOKEN),
         token_sha256("root-token")

@@ -730,9 +730,16 @@ mod tests {
         let (store, _) = store_in(&dir).await;
         let jobs = CollectionName::new("jobs").unwrap();
         let mut config = CollectionConfig::new(crate::config::Access::ReadOnly);
-        config.subscription_indexes =
-            vec![vec![FieldPath::new("assigned_to").unwrap(), FieldPath::new("due").unwrap()]];
+        config.subscription_indexes = vec![
+            vec![FieldPath::new("assigned_to").unwrap(), FieldPath::new("due").unwrap()],
+            vec![FieldPath::new("region").unwrap()],
+        ];
         store.prepare_indexes(&BTreeMap::from([(jobs.clone(), config.clone())])).await.unwrap();
+        let region = SubscriptionQuery {
+            collection: jobs.clone(),
+            equals: BTreeMap::from([("region".to_owned(), json!("north"))]),
+            range: None,
+        };
         let window = SubscriptionQuery {
             collection: jobs.clone(),
             equals: BTreeMap::from([("assigned_to".to_owned(), json!("tom"))]),
@@ -746,7 +753,9 @@ mod tests {
             ReadScope::Keys(["u:tom".to_owned()].into()),
             ReadScope::Keys(["u:tom".to_owned(), "g:north".to_owned()].into()),
         ];
-        for (query, wanted) in [(&window, "USING INDEX sync_sub_jobs_"), (&whole, "USING")] {
+        for (query, wanted) in
+            [(&window, "USING INDEX sync_sub_jobs_"), (&region, "USING INDEX sync_sub_jobs_"), (&whole, "USING")]
+        {
             let subscription = Subscription::check(query, &config.subscription_indexes).unwrap();
             for scope in &scopes {
                 for (shape, position) in [
@@ -765,6 +774,11 @@ mod tests {
                     let plan = rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ");
                     assert!(plan.contains(&format!("SEARCH r {wanted}")), "{sql}\n  {plan}");
                     assert!(!plan.contains("SCAN r"), "{sql}\n  {plan}");
+                    // The page is read in index order: no sort of every match per page.
+                    let steps: Vec<&str> = plan.split("; ").collect();
+                    let search = steps.iter().position(|s| s.starts_with("SEARCH r")).unwrap();
+                    let next = steps.get(search + 1).copied().unwrap_or_default();
+                    assert_ne!(next, "USE TEMP B-TREE FOR ORDER BY", "{sql}\n  {plan}");
                 }
             }
         }
