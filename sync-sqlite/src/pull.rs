@@ -27,7 +27,7 @@ pub(crate) async fn apply_page(
     let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
     for page in &pages {
-        if page.reset {
+        if page.reset && page.subscription.is_none() {
             // A replacement starts: whatever an interrupted one staged is stale.
             sqlx::query("DELETE FROM offsync_stage WHERE collection = ?")
                 .bind(page.collection.as_str())

@@ -13,7 +13,11 @@
 //! - a pull page applies, skips or makes conflicts record by record (a conflict holds
 //!   its record only) and stores its cursor with the changes;
 //! - a replacement sweeps the clean records the server no longer has and never one with
-//!   a pending write.
+//!   a pending write;
+//! - a subscription keeps its cursor and synced time when the app saves it again; a
+//!   record two subscriptions hold is stored once and goes only when neither holds it
+//!   (a removal lets go for its own subscription only), never while it has a pending
+//!   write, and a reset's download drops what it did not send again.
 //!
 //! A case reports a broken rule, or an error from the store, by panicking, as `assert!`
 //! does (the helpers' `expect`s are such reports, or name constants that always parse).
@@ -41,10 +45,12 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sync_core::pattern::{LocalRecordState, PullAction};
 use sync_core::protocol::{Change, ErrorCode, ErrorDetail, MutationOutcome, Op};
+use sync_core::store::SubscriptionPart;
 use sync_core::store::{
     CollectionPage, FieldPath, Filter, ForeignKey, JsonObject, LocalWrite, Order, PendingChange, Query, RecordState,
     Relations, WriteKind,
 };
+use sync_core::subscription::{Subscribe, SubscriptionRow};
 use sync_core::{CollectionName, Cursor, Error, LocalStore, MutationId, RecordId, Version};
 
 /// A case's check on a store: panics, saying why, when the store breaks the rule.
@@ -85,6 +91,8 @@ cases!(
     a_replacement_sweeps_clean_records_the_server_no_longer_has_and_keeps_pending_ones,
     data_only_reads_return_what_full_reads_return,
     gathered_checks_answer_each_ask_as_it_alone_would_be,
+    a_subscription_keeps_its_cursor_and_synced_time_across_saves,
+    a_record_goes_only_when_no_subscription_holds_it_and_never_while_pending,
 );
 
 /// Runs every case, each on a fresh store from `make`, and returns the failures: the
@@ -452,4 +460,80 @@ async fn gathered_checks_answer_each_ask_as_it_alone_would_be(store: Arc<dyn Loc
     }
     assert_eq!(gathered[0].len(), 2, "the deleted record and an unknown id do not match");
     assert_eq!(gathered[2], vec![id("a")], "each ask keeps its own collection");
+}
+
+/// A subscription of `notes` whose `k` equals `value`, and its row as the app saves it.
+fn subscription(value: &str) -> SubscriptionRow {
+    let s = Subscribe::to("notes").expect("a collection").eq("k", value).expect("a field");
+    SubscriptionRow {
+        id: s.id(),
+        query: s.query().clone(),
+        cursor: None,
+        ttl: std::time::Duration::from_secs(60),
+        keep_synced: false,
+        active: true,
+        released_at: None,
+        synced_at: None,
+    }
+}
+
+/// A page of a subscription's changes.
+fn sub_page(sub: &SubscriptionRow, changes: Vec<Change>, cursor: &str, finished: bool) -> CollectionPage {
+    CollectionPage {
+        subscription: Some(SubscriptionPart { id: sub.id.clone(), finished }),
+        ..page("notes", changes, cursor)
+    }
+}
+
+fn removal(record: &str, version: u64) -> Change {
+    Change { removed: true, ..change("notes", record, version, None) }
+}
+
+async fn a_subscription_keeps_its_cursor_and_synced_time_across_saves(store: Arc<dyn LocalStore>) {
+    let sub = subscription("a");
+    store.save_subscription(&sub).await.expect("save");
+    let page = sub_page(&sub, vec![change("notes", "n1", 1, Some(json!({"k": "a"})))], "s1", true);
+    store.apply_pull_page(vec![page], &decide, Utc::now()).await.expect("a subscription page");
+    let released = SubscriptionRow { active: false, released_at: Some(Utc::now()), ..sub.clone() };
+    store.save_subscription(&released).await.expect("save");
+    let rows = store.subscriptions().await.expect("subscriptions");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].cursor, Some(Cursor("s1".into())), "the cursor stays");
+    assert!(rows[0].synced_at.is_some(), "a finished download is a synced time");
+    assert!(!rows[0].active && rows[0].released_at.is_some(), "the release is saved");
+    assert_eq!(rows[0].query, sub.query);
+    assert_eq!(store.cursor(&name("notes")).await.expect("cursor"), None, "not the collection's cursor");
+}
+
+async fn a_record_goes_only_when_no_subscription_holds_it_and_never_while_pending(store: Arc<dyn LocalStore>) {
+    let (a, b) = (subscription("a"), subscription("b"));
+    for sub in [&a, &b] {
+        store.save_subscription(sub).await.expect("save");
+    }
+    let v = |n: u64, record: &str| change("notes", record, n, Some(json!({"r": record})));
+    let pages = vec![
+        sub_page(&a, vec![v(1, "both"), v(1, "only_a"), v(1, "mine"), v(1, "moves")], "a1", true),
+        sub_page(&b, vec![v(1, "both"), v(1, "moves")], "b1", true),
+    ];
+    store.apply_pull_page(pages, &decide, Utc::now()).await.expect("subscription pages");
+    // A removal from `a` of a record `b` still holds keeps it.
+    let page = sub_page(&a, vec![removal("moves", 2)], "a2", true);
+    store.apply_pull_page(vec![page], &decide, Utc::now()).await.expect("a removal");
+    assert!(data_of(&*store, "notes", "moves").await.is_some(), "b still holds it");
+    // `mine` gets a pending write; then `a` is dropped.
+    must(&*store, update("notes", "mine", json!({"r": "edited"}))).await;
+    let dropped = store.drop_subscriptions(std::slice::from_ref(&a.id)).await.expect("drop");
+    assert_eq!(dropped, [(name("notes"), id("only_a"))], "only what a alone held and nothing pending");
+    assert_eq!(data_of(&*store, "notes", "mine").await, Some(json!({"r": "edited"})), "a pending write stays");
+    assert!(data_of(&*store, "notes", "both").await.is_some());
+    assert_eq!(store.subscriptions().await.expect("subscriptions").len(), 1);
+    // `b` starts over and its download sends `both` only: `moves` goes when it ends.
+    let mut restart = sub_page(&b, vec![v(1, "both")], "b2", false);
+    restart.reset = true;
+    store.apply_pull_page(vec![restart], &decide, Utc::now()).await.expect("a reset page");
+    assert!(data_of(&*store, "notes", "moves").await.is_some(), "kept until the download ends");
+    let last = sub_page(&b, vec![], "b3", true);
+    store.apply_pull_page(vec![last], &decide, Utc::now()).await.expect("the last page");
+    assert_eq!(data_of(&*store, "notes", "moves").await, None, "not sent again: let go");
+    assert!(data_of(&*store, "notes", "both").await.is_some());
 }
