@@ -26,6 +26,7 @@ pub(crate) async fn apply_page(
     let now = micros(at);
     let mut writer = store.write_conn().await?;
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let mut ends = Vec::new();
     for page in &pages {
         if page.reset && page.subscription.is_none() {
             // A replacement starts: whatever an interrupted one staged is stale.
@@ -43,9 +44,11 @@ pub(crate) async fn apply_page(
             }
             let changes = crate::subscriptions::hold(&mut tx, &part.id, &page.collection, &page.changes).await?;
             apply_changes(&mut tx, &page.collection, &changes, decide, now, &mut result).await?;
-            let dropped =
-                crate::subscriptions::finish_page(&mut tx, &part.id, page.cursor.as_ref(), part.finished, now).await?;
-            result.changed.extend(dropped);
+            ends.push(crate::subscriptions::PageEnd {
+                subscription: &part.id,
+                cursor: page.cursor.as_ref(),
+                finished: part.finished,
+            });
         } else if page.stage {
             stage_changes(&mut tx, &page.collection, &page.changes).await?;
         } else {
@@ -55,6 +58,7 @@ pub(crate) async fn apply_page(
             }
         }
     }
+    result.changed.extend(crate::subscriptions::finish_pages(&mut tx, &ends, now).await?);
     tx.commit().await.map_err(storage)?;
     Ok(result)
 }

@@ -179,35 +179,55 @@ pub(crate) async fn mark_stale(tx: &mut Tx<'_>, subscription: &SubscriptionId) -
     Ok(())
 }
 
-/// A subscription's download ended: it stores its cursor and synced time, lets go of
-/// what a reset marked and the server did not send again.
-pub(crate) async fn finish_page(
+/// Where a subscription's page left it: its cursor, and whether its download ended.
+pub(crate) struct PageEnd<'a> {
+    pub(crate) subscription: &'a SubscriptionId,
+    pub(crate) cursor: Option<&'a Cursor>,
+    pub(crate) finished: bool,
+}
+
+/// Stores the subscriptions' cursors (and, for those whose download ended, the synced
+/// time), and lets go of what a reset marked and the server did not send again: two
+/// statements for all the subscriptions of a pull page, however many there are.
+pub(crate) async fn finish_pages(
     tx: &mut Tx<'_>,
-    subscription: &SubscriptionId,
-    cursor: Option<&Cursor>,
-    finished: bool,
+    ends: &[PageEnd<'_>],
     now: i64,
 ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Value> = ends
+        .iter()
+        .map(|e| serde_json::json!([e.subscription.as_str(), e.cursor.map(|c| c.0.as_str()), e.finished]))
+        .collect();
     sqlx::query(
-        "UPDATE offsync_subscriptions SET cursor = coalesce(?, cursor), \
-           synced_at = CASE WHEN ? THEN ? ELSE synced_at END WHERE id = ?",
+        "UPDATE offsync_subscriptions SET cursor = coalesce(p.cursor, offsync_subscriptions.cursor), \
+           synced_at = CASE WHEN p.finished THEN ? ELSE offsync_subscriptions.synced_at END \
+           FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS cursor, \
+                        json_extract(value, '$[2]') AS finished FROM json_each(?)) AS p \
+          WHERE offsync_subscriptions.id = p.id",
     )
-    .bind(cursor.map(|c| c.0.as_str()))
-    .bind(finished)
     .bind(now)
-    .bind(subscription.as_str())
+    .bind(Value::from(rows).to_string())
     .execute(&mut **tx)
     .await
     .map_err(storage)?;
-    if !finished {
+    let finished: Vec<&str> = ends.iter().filter(|e| e.finished).map(|e| e.subscription.as_str()).collect();
+    if finished.is_empty() {
         return Ok(Vec::new());
     }
-    let stale: Vec<(String, String)> =
-        sqlx::query_as("DELETE FROM offsync_members WHERE subscription = ? AND stale = 1 RETURNING collection, id")
-            .bind(subscription.as_str())
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(storage)?;
+    let stale: Vec<(String, String)> = sqlx::query_as(
+        "DELETE FROM offsync_members WHERE stale = 1 AND subscription IN (SELECT value FROM json_each(?)) \
+         RETURNING collection, id",
+    )
+    .bind(Value::from(finished).to_string())
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(storage)?;
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
     let_go(tx, &stale).await
 }
 

@@ -238,6 +238,37 @@ async fn main() {
     }
     none.sort();
     ten.sort();
+    // The server's share: the same no-op pulls sent raw over HTTP, without an engine.
+    let rows = busy.subscriptions().await.unwrap();
+    let subs: serde_json::Map<String, Value> = rows
+        .iter()
+        .map(|r| {
+            let mut pull = serde_json::to_value(&r.query).unwrap();
+            pull["cursor"] = json!(r.cursor.as_ref().map(|c| c.0.clone()));
+            (r.id.to_string(), pull)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let (mut raw_none, mut raw_ten) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (body, out) in [
+            (json!({"client_id": "raw", "collections": {}}), &mut raw_none),
+            (json!({"client_id": "raw", "collections": {}, "subscriptions": subs}), &mut raw_ten),
+        ] {
+            let start = Instant::now();
+            let answer = http.post(format!("{url}/v1/pull")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+            assert!(answer.status().is_success());
+            answer.bytes().await.unwrap();
+            out.push(start.elapsed());
+        }
+    }
+    raw_none.sort();
+    raw_ten.sort();
+    println!(
+        "the server's share (raw HTTP pull, no engine): no subscription p50 {:.2} ms | 10 subscriptions p50 {:.2} ms",
+        ms(percentile(&raw_none, 0.5)),
+        ms(percentile(&raw_ten, 0.5))
+    );
     println!(
         "no-op sync, {runs} runs: no subscription p50 {:.2} ms p99 {:.2} ms | 10 subscriptions p50 {:.2} ms p99 {:.2} ms | p50 ratio {:.2}",
         ms(percentile(&none, 0.5)),

@@ -405,11 +405,24 @@ pub(crate) async fn pull_in(
         let position = next_position(start, page.last, more, head);
         response.cursors.insert(item.collection.clone(), cursor::format(epoch, position));
     }
+    // Subscriptions of one collection share its purge mark: read once per pull.
+    let mut purged: HashMap<String, i64> = HashMap::new();
     for item in subscriptions {
         let remaining = limit.saturating_sub(response.count);
         let (part, n) = match &item.query {
             Err(refusal) => (SubscriptionPart::refused(refusal.clone())?, 0),
-            Ok(query) => pull_subscription(tx, epoch, head, item, query, remaining).await?,
+            Ok(query) => {
+                let collection = query.collection.as_str();
+                let through = match purged.get(collection) {
+                    Some(through) => *through,
+                    None => {
+                        let through = tx.purged_through(collection).await?;
+                        purged.insert(collection.to_owned(), through);
+                        through
+                    }
+                };
+                pull_subscription(tx, epoch, head, through, item, query, remaining).await?
+            }
         };
         response.count += n;
         response.has_more |= part.has_more;
@@ -425,6 +438,7 @@ async fn pull_subscription(
     tx: &mut impl PullStatements,
     epoch: &str,
     head: i64,
+    purged: i64,
     item: &SubscriptionItem,
     query: &Subscription,
     remaining: usize,
@@ -432,7 +446,6 @@ async fn pull_subscription(
     let epoch = subscriptions::epoch(&format!("{epoch}.{}", item.tag), query);
     let parsed = subscriptions::parse_cursor(item.cursor.as_ref(), &epoch)?;
     let collection = query.collection.as_str();
-    let purged = tx.purged_through(collection).await?;
     let (mut position, reset) = subscriptions::start(parsed, purged, head);
     let nothing = matches!(&item.scope, ReadScope::Keys(keys) if keys.is_empty());
     let beginning = matches!(position, SubPosition::Initial { after: None, .. });
