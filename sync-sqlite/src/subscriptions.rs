@@ -1,6 +1,7 @@
 //! Subscriptions in the store (migration 0008): their rows, which records each holds
 //! (`offsync_members`), and letting go of records no subscription holds any more.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -111,8 +112,12 @@ pub(crate) async fn hold(
     collection: &CollectionName,
     changes: &[Change],
 ) -> Result<Vec<Change>, Error> {
-    let live: Vec<&str> = changes.iter().filter(|c| !c.deleted).map(|c| c.record_id.as_str()).collect();
-    if !live.is_empty() {
+    // A page names each record once, so each kind of change is one statement.
+    let ids = |pick: fn(&Change) -> bool| {
+        let ids: Vec<&str> = changes.iter().filter(|c| pick(c)).map(|c| c.record_id.as_str()).collect();
+        (!ids.is_empty()).then(|| Value::from(ids).to_string())
+    };
+    if let Some(live) = ids(|c| !c.deleted) {
         sqlx::query(
             "INSERT INTO offsync_members (collection, id, subscription, stale) \
              SELECT ?, value, ?, 0 FROM json_each(?) WHERE true \
@@ -120,53 +125,43 @@ pub(crate) async fn hold(
         )
         .bind(collection.as_str())
         .bind(subscription.as_str())
-        .bind(Value::from(live).to_string())
+        .bind(live)
         .execute(&mut **tx)
         .await
         .map_err(storage)?;
     }
-    let mut kept = Vec::with_capacity(changes.len());
-    for change in changes {
-        if change.deleted && !change.removed {
-            sqlx::query("DELETE FROM offsync_members WHERE collection = ? AND id = ?")
-                .bind(collection.as_str())
-                .bind(change.record_id.as_str())
-                .execute(&mut **tx)
-                .await
-                .map_err(storage)?;
-        } else if change.removed {
-            sqlx::query("DELETE FROM offsync_members WHERE collection = ? AND id = ? AND subscription = ?")
-                .bind(collection.as_str())
-                .bind(change.record_id.as_str())
-                .bind(subscription.as_str())
-                .execute(&mut **tx)
-                .await
-                .map_err(storage)?;
-            if holds_elsewhere(tx, subscription, collection, &change.record_id).await? {
-                continue;
-            }
-        }
-        kept.push(change.clone());
+    if let Some(gone) = ids(|c| c.deleted && !c.removed) {
+        sqlx::query("DELETE FROM offsync_members WHERE collection = ? AND id IN (SELECT value FROM json_each(?))")
+            .bind(collection.as_str())
+            .bind(gone)
+            .execute(&mut **tx)
+            .await
+            .map_err(storage)?;
     }
-    Ok(kept)
-}
-
-/// Whether a subscription other than `subscription` holds the record.
-async fn holds_elsewhere(
-    tx: &mut Tx<'_>,
-    subscription: &SubscriptionId,
-    collection: &CollectionName,
-    id: &RecordId,
-) -> Result<bool, Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM offsync_members WHERE collection = ? AND id = ? AND subscription <> ?)",
+    let Some(removed) = ids(|c| c.removed) else { return Ok(changes.to_vec()) };
+    sqlx::query(
+        "DELETE FROM offsync_members WHERE collection = ? AND subscription = ? \
+           AND id IN (SELECT value FROM json_each(?))",
     )
     .bind(collection.as_str())
-    .bind(id.as_str())
     .bind(subscription.as_str())
-    .fetch_one(&mut **tx)
+    .bind(&removed)
+    .execute(&mut **tx)
     .await
-    .map_err(storage)
+    .map_err(storage)?;
+    let held: HashSet<String> = sqlx::query_scalar(
+        "SELECT DISTINCT id FROM offsync_members WHERE collection = ? \
+           AND id IN (SELECT value FROM json_each(?)) AND subscription <> ?",
+    )
+    .bind(collection.as_str())
+    .bind(&removed)
+    .bind(subscription.as_str())
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(storage)?
+    .into_iter()
+    .collect();
+    Ok(changes.iter().filter(|c| !(c.removed && held.contains(c.record_id.as_str()))).cloned().collect())
 }
 
 /// A subscription's download starts over: its records are marked until sent again.
