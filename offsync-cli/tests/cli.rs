@@ -125,7 +125,7 @@ async fn the_read_commands_show_a_device_store_and_change_nothing() {
         (status["pending"].as_u64(), status["conflicts"].as_u64(), status["failed"].as_u64()),
         (Some(2), Some(1), Some(2))
     );
-    assert_eq!(status["schema_version"], 8);
+    assert_eq!(status["schema_version"], 9);
     assert!(status["client_id"].is_string());
     let collection = &status["collections"][0];
     assert_eq!((collection["name"].as_str(), collection["records"].as_u64()), (Some("work_orders"), Some(5)));

@@ -80,7 +80,7 @@ pub use ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId,
 pub use pattern::{ConflictDetector, ConflictResolver, Parent, PullAction, PullMode, Resolution, SyncPattern};
 pub use persistence::Residence;
 pub use query::{Cmp, Filter, Order};
-pub use status::{AuthState, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
+pub use status::{AuthState, CacheUsage, Network, Origin, Phase, SyncEvent, SyncReport, SyncStatus};
 pub use store::{Conflict, FieldPath, LocalStore, PendingChange, RecordState, StoredRecord};
 pub use subscription::{Bound, Subscribe, SubscriptionId, SubscriptionState, SubscriptionStatus};
 pub use transport::{Credentials, Transport};

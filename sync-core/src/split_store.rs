@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::ids::{AccountId, ClientId, CollectionName, Cursor, MutationId, RecordId};
 use crate::protocol::MutationOutcome;
 use crate::store::{
-    CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
-    PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
+    CollectionPage, Conflict, Counts, Evicted, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied,
+    PullDecider, PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
 };
 use crate::subscription::{SubscriptionId, SubscriptionRow};
 
@@ -265,6 +265,32 @@ impl LocalStore for SplitStore {
         let mut dropped = self.disk.drop_subscriptions(ids).await?;
         dropped.extend(self.memory.drop_subscriptions(ids).await?);
         Ok(dropped)
+    }
+
+    async fn touch(&self, used: &[(CollectionName, RecordId, DateTime<Utc>)]) -> Result<(), Error> {
+        let (memory, disk): (Vec<_>, Vec<_>) = used.iter().cloned().partition(|(c, _, _)| self.in_memory.contains(c));
+        self.disk.touch(&disk).await?;
+        self.memory.touch(&memory).await
+    }
+
+    async fn cache_size(&self) -> Result<u64, Error> {
+        Ok(self.disk.cache_size().await? + self.memory.cache_size().await?)
+    }
+
+    async fn evict(&self, excess: u64) -> Result<Evicted, Error> {
+        // One budget over both stores: the file's records go first (the memory store's
+        // are gone at exit anyway), then the memory store's for what is left.
+        let mut evicted = self.disk.evict(excess).await?;
+        if evicted.bytes < excess {
+            let more = self.memory.evict(excess - evicted.bytes).await?;
+            evicted.records.extend(more.records);
+            evicted.bytes += more.bytes;
+        }
+        Ok(evicted)
+    }
+
+    async fn fetch_again(&self, collection: &CollectionName, id: &RecordId) -> Result<bool, Error> {
+        self.of(collection).fetch_again(collection, id).await
     }
 
     async fn counts(&self) -> Result<Counts, Error> {

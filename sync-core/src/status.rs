@@ -68,6 +68,18 @@ pub struct SyncStatus {
     pub auth: AuthState,
     /// When each collection was last pulled to completion.
     pub last_pull: BTreeMap<CollectionName, DateTime<Utc>>,
+    /// What the cache budget counts, as last measured, and the budget.
+    pub cache: CacheUsage,
+}
+
+/// The cache budget's figures (see [`EngineOptions::cache_budget`](crate::EngineOptions::cache_budget)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// The bytes of evictable records subscriptions brought, as last measured (after
+    /// the last eviction); pending, conflicted and kept-synced records are not counted.
+    pub bytes: u64,
+    /// The budget, in bytes.
+    pub budget: u64,
 }
 
 impl SyncStatus {
@@ -83,6 +95,7 @@ impl SyncStatus {
             last_error: None,
             auth: AuthState::Ok,
             last_pull: BTreeMap::new(),
+            cache: CacheUsage::default(),
         }
     }
 }

@@ -246,6 +246,15 @@ pub enum StoreResolution {
     Merged(Value),
 }
 
+/// What [`LocalStore::evict`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// The records evicted.
+    pub records: Vec<(CollectionName, RecordId)>,
+    /// The bytes they freed, as [`LocalStore::cache_size`] counted them.
+    pub bytes: u64,
+}
+
 /// The changes of one collection in one pull page, in local shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectionPage {
@@ -685,6 +694,54 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn drop_subscriptions(&self, ids: &[SubscriptionId]) -> Result<Vec<(CollectionName, RecordId)>, Error> {
         let _ = ids;
         Ok(Vec::new())
+    }
+
+    /// Notes when the app last read records of collections synced on demand (the engine
+    /// gathers reads in memory and hands them over in batches): eviction goes by these
+    /// marks, least recently used first. A mark never moves back in time.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn touch(&self, used: &[(CollectionName, RecordId, DateTime<Utc>)]) -> Result<(), Error> {
+        let _ = used;
+        Ok(())
+    }
+
+    /// The size the cache budget counts, in bytes: the records subscriptions hold that
+    /// could be evicted (no pending write, no open conflict, held by no kept-synced
+    /// subscription), each counted once.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn cache_size(&self) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    /// Evicts records until at least `excess` bytes of the size [`LocalStore::cache_size`]
+    /// counts are freed (or nothing evictable is left): first those held only by
+    /// released subscriptions, then those of held ones, least recently used first. A
+    /// record with a pending write, an open conflict or a kept-synced subscription is
+    /// never evicted, even when it became so after the choice was made. The evicted
+    /// records' memberships stay, marked: holding such a subscription again downloads it
+    /// again. Local writes may run between the chunks an eviction works in.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; what was evicted before the error stays evicted.
+    async fn evict(&self, excess: u64) -> Result<Evicted, Error> {
+        let _ = excess;
+        Ok(Evicted::default())
+    }
+
+    /// The app asked for a record that is not stored: if the budget evicted it from a
+    /// held or kept-synced subscription, that subscription downloads again from the
+    /// start (as [`LocalStore::save_subscription`] does for one held again). Returns
+    /// whether any will.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    async fn fetch_again(&self, collection: &CollectionName, id: &RecordId) -> Result<bool, Error> {
+        let _ = (collection, id);
+        Ok(false)
     }
 
     /// Pending, conflict and failed counts.

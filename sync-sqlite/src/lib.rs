@@ -26,6 +26,7 @@
 //! ```
 
 mod accounts;
+mod cache;
 mod checkpoint;
 mod codec;
 mod conflicts;

@@ -42,8 +42,10 @@ pub(crate) async fn apply_page(
             if page.reset {
                 crate::subscriptions::mark_stale(&mut tx, &part.id).await?;
             }
-            let changes = crate::subscriptions::hold(&mut tx, &part.id, &page.collection, &page.changes).await?;
+            let changes =
+                crate::subscriptions::let_go_of_removed(&mut tx, &part.id, &page.collection, &page.changes).await?;
             apply_changes(&mut tx, &page.collection, &changes, decide, now, &mut result).await?;
+            crate::subscriptions::hold_live(&mut tx, &part.id, &page.collection, &changes, now).await?;
             ends.push(crate::subscriptions::PageEnd {
                 subscription: &part.id,
                 cursor: page.cursor.as_ref(),

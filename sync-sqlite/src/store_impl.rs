@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sync_core::protocol::MutationOutcome;
 use sync_core::store::{
-    CollectionPage, Conflict, Counts, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied, PullDecider,
-    PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
+    CollectionPage, Conflict, Counts, Evicted, IndexSpec, LocalStore, LocalWrite, OutboxEntry, PageApplied,
+    PullDecider, PushApplied, Query, RecordData, Relations, StoreResolution, StoredRecord,
 };
 use sync_core::subscription::{SubscriptionId, SubscriptionRow};
 use sync_core::{AccountId, ClientId, CollectionName, Cursor, Error, MutationId, RecordId};
@@ -166,6 +166,22 @@ impl LocalStore for SqliteStore {
 
     async fn drop_subscriptions(&self, ids: &[SubscriptionId]) -> Result<Vec<(CollectionName, RecordId)>, Error> {
         crate::subscriptions::drop_all(self, ids).await
+    }
+
+    async fn touch(&self, used: &[(CollectionName, RecordId, DateTime<Utc>)]) -> Result<(), Error> {
+        crate::cache::touch(self, used).await
+    }
+
+    async fn cache_size(&self) -> Result<u64, Error> {
+        crate::cache::size(self).await
+    }
+
+    async fn evict(&self, excess: u64) -> Result<Evicted, Error> {
+        crate::cache::evict(self, excess).await
+    }
+
+    async fn fetch_again(&self, collection: &CollectionName, id: &RecordId) -> Result<bool, Error> {
+        crate::subscriptions::fetch_again(self, collection, id).await
     }
 
     async fn counts(&self) -> Result<Counts, Error> {

@@ -40,6 +40,61 @@ pub(crate) async fn save(store: &SqliteStore, row: &SubscriptionRow) -> Result<(
     .execute(&mut *writer)
     .await
     .map_err(storage)?;
+    if row.active {
+        restart_if_evicted(&mut writer, &row.id).await?;
+    }
+    Ok(())
+}
+
+/// A subscription held again after the budget evicted some of its records downloads
+/// again from the start, which brings them back.
+async fn restart_if_evicted(writer: &mut sqlx::SqliteConnection, id: &SubscriptionId) -> Result<(), Error> {
+    let mut tx = sqlx::Connection::begin_with(&mut *writer, "BEGIN IMMEDIATE").await.map_err(storage)?;
+    let evicted: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offsync_members WHERE subscription = ? AND evicted = 1)")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(storage)?;
+    if evicted {
+        restart(&mut tx, id).await?;
+    }
+    tx.commit().await.map_err(storage)
+}
+
+/// The held or kept-synced subscriptions that cover `id`, evicted, download again.
+pub(crate) async fn fetch_again(
+    store: &SqliteStore,
+    collection: &CollectionName,
+    id: &RecordId,
+) -> Result<bool, Error> {
+    let mut writer = store.write_conn().await?;
+    let mut tx = sqlx::Connection::begin_with(&mut *writer, "BEGIN IMMEDIATE").await.map_err(storage)?;
+    let holders: Vec<String> = sqlx::query_scalar(
+        "SELECT m.subscription FROM offsync_members m JOIN offsync_subscriptions s ON s.id = m.subscription \
+          WHERE m.collection = ? AND m.id = ? AND m.evicted = 1 AND (s.active OR s.keep_synced)",
+    )
+    .bind(collection.as_str())
+    .bind(id.as_str())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(storage)?;
+    for holder in &holders {
+        restart(&mut tx, &SubscriptionId::from_stored(holder.clone())).await?;
+    }
+    tx.commit().await.map_err(storage)?;
+    Ok(!holders.is_empty())
+}
+
+/// A subscription downloads again from the start. Like a reset, its records are marked
+/// until sent again, so what left it meanwhile goes when that download ends.
+async fn restart(tx: &mut Tx<'_>, id: &SubscriptionId) -> Result<(), Error> {
+    mark_stale(tx, id).await?;
+    sqlx::query("UPDATE offsync_subscriptions SET cursor = NULL, synced_at = NULL WHERE id = ?")
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(storage)?;
     Ok(())
 }
 
@@ -101,36 +156,19 @@ pub(crate) async fn drop_all(
     Ok(dropped)
 }
 
-/// Keeps a subscription page's hold on records and returns the changes the page still
-/// applies. A record sent with data is held by the subscription; a tombstone is gone for
-/// every subscription; a removal lets go of the record for this subscription only, and
-/// applies (dropping the record as any removal would) only when no other subscription
-/// holds it.
-pub(crate) async fn hold(
+/// Lets go of what a subscription page takes away, and returns the changes the page
+/// still applies. A tombstone is gone for every subscription; a removal lets go of the
+/// record for this subscription only, and applies (dropping the record as any removal
+/// would) only when no other subscription holds it. The records the page sends with data
+/// are held by [`hold_live`], once they are stored.
+pub(crate) async fn let_go_of_removed(
     tx: &mut Tx<'_>,
     subscription: &SubscriptionId,
     collection: &CollectionName,
     changes: &[Change],
 ) -> Result<Vec<Change>, Error> {
     // A page names each record once, so each kind of change is one statement.
-    let ids = |pick: fn(&Change) -> bool| {
-        let ids: Vec<&str> = changes.iter().filter(|c| pick(c)).map(|c| c.record_id.as_str()).collect();
-        (!ids.is_empty()).then(|| Value::from(ids).to_string())
-    };
-    if let Some(live) = ids(|c| !c.deleted) {
-        sqlx::query(
-            "INSERT INTO offsync_members (collection, id, subscription, stale) \
-             SELECT ?, value, ?, 0 FROM json_each(?) WHERE true \
-             ON CONFLICT (collection, id, subscription) DO UPDATE SET stale = 0",
-        )
-        .bind(collection.as_str())
-        .bind(subscription.as_str())
-        .bind(live)
-        .execute(&mut **tx)
-        .await
-        .map_err(storage)?;
-    }
-    if let Some(gone) = ids(|c| c.deleted && !c.removed) {
+    if let Some(gone) = ids_of(changes, |c| c.deleted && !c.removed) {
         sqlx::query("DELETE FROM offsync_members WHERE collection = ? AND id IN (SELECT value FROM json_each(?))")
             .bind(collection.as_str())
             .bind(gone)
@@ -138,7 +176,7 @@ pub(crate) async fn hold(
             .await
             .map_err(storage)?;
     }
-    let Some(removed) = ids(|c| c.removed) else { return Ok(changes.to_vec()) };
+    let Some(removed) = ids_of(changes, |c| c.removed) else { return Ok(changes.to_vec()) };
     sqlx::query(
         "DELETE FROM offsync_members WHERE collection = ? AND subscription = ? \
            AND id IN (SELECT value FROM json_each(?))",
@@ -151,7 +189,7 @@ pub(crate) async fn hold(
     .map_err(storage)?;
     let held: HashSet<String> = sqlx::query_scalar(
         "SELECT DISTINCT id FROM offsync_members WHERE collection = ? \
-           AND id IN (SELECT value FROM json_each(?)) AND subscription <> ?",
+           AND id IN (SELECT value FROM json_each(?)) AND subscription <> ? AND evicted = 0",
     )
     .bind(collection.as_str())
     .bind(&removed)
@@ -162,6 +200,44 @@ pub(crate) async fn hold(
     .into_iter()
     .collect();
     Ok(changes.iter().filter(|c| !(c.removed && held.contains(c.record_id.as_str()))).cloned().collect())
+}
+
+/// The subscription holds the records its page sent with data, now stored: each
+/// membership notes the record's stored size. A record new to the subscription counts
+/// as just used; one fetched again after an eviction keeps its last use (so the same
+/// records do not push each other out again), which a read of the missing record moved
+/// to when the app asked for it.
+pub(crate) async fn hold_live(
+    tx: &mut Tx<'_>,
+    subscription: &SubscriptionId,
+    collection: &CollectionName,
+    changes: &[Change],
+    now: i64,
+) -> Result<(), Error> {
+    let Some(live) = ids_of(changes, |c| !c.deleted) else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO offsync_members (collection, id, subscription, stale, bytes, used_at, evicted) \
+         SELECT ?1, j.value, ?2, 0, \
+                coalesce((SELECT octet_length(r.id) + coalesce(octet_length(r.data), 0) + coalesce(octet_length(r.base), 0) \
+                            FROM offsync_records r WHERE r.collection = ?1 AND r.id = j.value), 0), \
+                ?3, 0 \
+           FROM json_each(?4) AS j WHERE true \
+         ON CONFLICT (collection, id, subscription) DO UPDATE SET stale = 0, bytes = excluded.bytes, evicted = 0",
+    )
+    .bind(collection.as_str())
+    .bind(subscription.as_str())
+    .bind(now)
+    .bind(live)
+    .execute(&mut **tx)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// The ids of the changes `pick` chooses, as a JSON array (None when there are none).
+fn ids_of(changes: &[Change], pick: fn(&Change) -> bool) -> Option<String> {
+    let ids: Vec<&str> = changes.iter().filter(|c| pick(c)).map(|c| c.record_id.as_str()).collect();
+    (!ids.is_empty()).then(|| Value::from(ids).to_string())
 }
 
 /// A subscription's download starts over: its records are marked until sent again.

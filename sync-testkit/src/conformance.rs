@@ -17,7 +17,11 @@
 //! - a subscription keeps its cursor and synced time when the app saves it again; a
 //!   record two subscriptions hold is stored once and goes only when neither holds it
 //!   (a removal lets go for its own subscription only), never while it has a pending
-//!   write, and a reset's download drops what it did not send again.
+//!   write, and a reset's download drops what it did not send again;
+//! - eviction takes released subscriptions' records before held ones', least recently
+//!   read first, counts what it frees in the cache size, never takes a record with a
+//!   pending write or one a kept-synced subscription holds, and a held subscription
+//!   asked for an evicted record downloads again.
 //!
 //! A case reports a broken rule, or an error from the store, by panicking, as `assert!`
 //! does (the helpers' `expect`s are such reports, or name constants that always parse).
@@ -93,6 +97,7 @@ cases!(
     gathered_checks_answer_each_ask_as_it_alone_would_be,
     a_subscription_keeps_its_cursor_and_synced_time_across_saves,
     a_record_goes_only_when_no_subscription_holds_it_and_never_while_pending,
+    eviction_takes_the_least_recently_used_clean_records_and_never_pending_or_kept_ones,
 );
 
 /// Runs every case, each on a fresh store from `make`, and returns the failures: the
@@ -536,4 +541,59 @@ async fn a_record_goes_only_when_no_subscription_holds_it_and_never_while_pendin
     store.apply_pull_page(vec![last], &decide, Utc::now()).await.expect("the last page");
     assert_eq!(data_of(&*store, "notes", "moves").await, None, "not sent again: let go");
     assert!(data_of(&*store, "notes", "both").await.is_some());
+}
+
+async fn eviction_takes_the_least_recently_used_clean_records_and_never_pending_or_kept_ones(
+    store: Arc<dyn LocalStore>,
+) {
+    let released = SubscriptionRow { active: false, released_at: Some(Utc::now()), ..subscription("a") };
+    let held = subscription("b");
+    let kept = SubscriptionRow { keep_synced: true, active: false, ..subscription("k") };
+    for sub in [&released, &held, &kept] {
+        store.save_subscription(sub).await.expect("save");
+    }
+    let v = |record: &str| change("notes", record, 1, Some(json!({"r": record, "pad": "x".repeat(100)})));
+    let pages = vec![
+        sub_page(&released, vec![v("r1"), v("r2")], "a1", true),
+        sub_page(&held, vec![v("r3"), v("r4"), v("r5")], "b1", true),
+        sub_page(&kept, vec![v("r6")], "k1", true),
+    ];
+    store.apply_pull_page(pages, &decide, Utc::now()).await.expect("subscription pages");
+    // r1 gets a pending write; r3 is read after r5, r4 after both.
+    must(&*store, update("notes", "r1", json!({"r": "edited"}))).await;
+    let later = |s: i64| Utc::now() + chrono::Duration::seconds(s);
+    store.touch(&[(name("notes"), id("r3"), later(10)), (name("notes"), id("r4"), later(20))]).await.expect("touch");
+    let size = store.cache_size().await.expect("cache size");
+    assert!(size > 0, "clean records held by subscriptions are counted");
+
+    let order =
+        [("r2", "a released subscription's record goes first"), ("r5", "then the held one's least recently read")];
+    let mut left = size;
+    for (record, why) in order {
+        let evicted = store.evict(1).await.expect("evict");
+        assert_eq!(evicted.records, [(name("notes"), id(record))], "{why}");
+        assert!(evicted.bytes > 0 && evicted.bytes <= left, "what it frees is counted");
+        left -= evicted.bytes;
+        assert_eq!(store.cache_size().await.expect("cache size"), left, "the size drops by what was freed");
+        assert_eq!(data_of(&*store, "notes", record).await, None, "{record} is gone");
+    }
+    let evicted = store.evict(u64::MAX).await.expect("evict");
+    let mut rest: Vec<_> = evicted.records.iter().map(|(_, i)| i.to_string()).collect();
+    rest.sort();
+    assert_eq!(rest, ["r3", "r4"], "everything evictable, and nothing else");
+    assert_eq!(store.cache_size().await.expect("cache size"), 0);
+    assert_eq!(data_of(&*store, "notes", "r1").await, Some(json!({"r": "edited"})), "a pending write stays");
+    assert!(data_of(&*store, "notes", "r6").await.is_some(), "a kept-synced record stays");
+
+    // Asked for while its subscription is held, an evicted record is fetched again: the
+    // subscription downloads from the start. A released one's record is not.
+    assert!(!store.fetch_again(&name("notes"), &id("r2")).await.expect("fetch again"), "released: not fetched");
+    assert!(store.fetch_again(&name("notes"), &id("r3")).await.expect("fetch again"), "held: fetched again");
+    let rows = store.subscriptions().await.expect("subscriptions");
+    let restarted = rows.iter().find(|r| r.id == held.id).expect("the held subscription");
+    assert_eq!((restarted.cursor.as_ref(), restarted.synced_at), (None, None), "it downloads again");
+    let page = sub_page(&held, vec![v("r3"), v("r4"), v("r5")], "b2", true);
+    store.apply_pull_page(vec![page], &decide, Utc::now()).await.expect("the download again");
+    assert!(data_of(&*store, "notes", "r3").await.is_some(), "back");
+    assert!(store.cache_size().await.expect("cache size") > 0, "and counted again");
 }

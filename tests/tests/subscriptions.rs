@@ -18,8 +18,7 @@ use serde_json::json;
 use sync_core::subscription::{Bound, Subscribe, SubscriptionState};
 use sync_core::{CollectionSpec, Direction, Engine, LocalEntity, SyncUnit};
 use sync_patterns::ConflictDetection;
-use sync_server::config::{ServerConfig, token_sha256};
-use sync_server::server::{RunningServer, from_config, start};
+use sync_server::server::RunningServer;
 use sync_sqlite::SqliteStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,31 +42,6 @@ fn day(d: u32) -> String {
 
 fn job(id: &str, assigned_to: &str, d: u32) -> Job {
     Job { id: id.into(), assigned_to: assigned_to.into(), due: day(d), note: String::new() }
-}
-
-/// Jobs readable by their technician and by dispatchers, writable by both; devices may
-/// subscribe by technician and due date.
-async fn servers(dir: &tempfile::TempDir) -> Vec<RunningServer> {
-    let urls = common::server_databases(dir).await;
-    let mut out = Vec::new();
-    for database in urls {
-        let mut text = format!("database = \"{database}\"\n");
-        for (name, groups) in [("disp", "[\"dispatchers\"]"), ("tom", "[]")] {
-            text.push_str(&format!(
-                "[[users]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\ngroups = {groups}\n",
-                token_sha256(&format!("{name}-token"))
-            ));
-        }
-        text.push_str(
-            "[collections.jobs]\nread = [\"assigned_to = user\", \"user in dispatchers\"]\n\
-             write = [\"user in dispatchers\", \"assigned_to = user\"]\n\
-             subscription_indexes = [[\"assigned_to\", \"due\"]]\n",
-        );
-        let config = ServerConfig::from_toml(&text).unwrap();
-        let (state, store) = from_config(&config).await.unwrap();
-        out.push(start("127.0.0.1:0", state, store, config.tombstone_retention).await.unwrap());
-    }
-    out
 }
 
 /// A device of `user`; jobs synced whole, or on demand.
@@ -128,7 +102,7 @@ async fn seed(disp: &Engine) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_date_window_holds_exactly_its_records_and_drops_those_that_leave_it() {
     let dir = tempfile::tempdir().unwrap();
-    for server in servers(&dir).await {
+    for server in common::job_servers(&dir).await {
         let (_dir, disp, tom) = seeded(&dir, &server).await;
 
         // Nothing before subscribing: an on-demand collection is not pulled whole.
@@ -169,7 +143,7 @@ async fn a_date_window_holds_exactly_its_records_and_drops_those_that_leave_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_subscriptions_store_a_record_once_and_dropping_one_keeps_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    for server in servers(&dir).await {
+    for server in common::job_servers(&dir).await {
         let (_dir, disp, tom) = seeded(&dir, &server).await;
         let early = tom.subscribe(window(5, 15).ttl(Duration::ZERO)).await.unwrap();
         let late = tom.subscribe(window(10, 20)).await.unwrap();
@@ -209,7 +183,7 @@ async fn a_record_that_leaves_one_subscription_stays_for_another_that_holds_it()
         .find(|w| w.id() > staying.id())
         .expect("one of five windows has an id after the staying one's");
     let dir = tempfile::tempdir().unwrap();
-    for server in servers(&dir).await {
+    for server in common::job_servers(&dir).await {
         let (_dir, disp, tom) = seeded(&dir, &server).await;
         let _a = tom.subscribe(leaving.clone()).await.unwrap();
         let _b = tom.subscribe(staying.clone()).await.unwrap();
@@ -228,7 +202,7 @@ async fn a_record_that_leaves_one_subscription_stays_for_another_that_holds_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_subscription_keeps_its_data_for_its_ttl_unless_kept_synced() {
     let dir = tempfile::tempdir().unwrap();
-    for server in servers(&dir).await {
+    for server in common::job_servers(&dir).await {
         let (_dir, disp, tom) = seeded(&dir, &server).await;
         let ttl = Duration::from_millis(600);
         let sub = tom.subscribe(window(5, 10).ttl(ttl)).await.unwrap();
@@ -263,7 +237,7 @@ async fn a_released_subscription_keeps_its_data_for_its_ttl_unless_kept_synced()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_and_conflicted_records_outlive_their_subscription() {
     let dir = tempfile::tempdir().unwrap();
-    for server in servers(&dir).await {
+    for server in common::job_servers(&dir).await {
         let dir = tempfile::tempdir_in(dir.path()).unwrap();
         let disp = device(&dir, "disp", &server.url(), false).await;
         let store = SqliteStore::open(dir.path().join("tom.db")).await.unwrap();

@@ -195,6 +195,14 @@ pub struct EngineOptions {
     /// renewal (renewed every third of it while a cycle runs). A process that dies
     /// mid-cycle blocks the others' syncing for at most this long.
     pub sync_lease: Duration,
+    /// The cache budget in bytes, for the records subscriptions bring (collections
+    /// synced [`on_demand`](CollectionSpec::on_demand)): past it, the least recently
+    /// read clean records are evicted, those of released subscriptions first. Pending,
+    /// conflicted and kept-synced records are never evicted and not counted. From
+    /// [`MIN_CACHE_BUDGET`](crate::engine::MIN_CACHE_BUDGET) (1 MiB) to
+    /// [`MAX_CACHE_BUDGET`](crate::engine::MAX_CACHE_BUDGET) (1 GiB); the default is
+    /// [`DEFAULT_CACHE_BUDGET`](crate::engine::DEFAULT_CACHE_BUDGET) (10 MiB).
+    pub cache_budget: u64,
 }
 
 impl Default for EngineOptions {
@@ -209,6 +217,7 @@ impl Default for EngineOptions {
             backoff: Backoff::default(),
             event_capacity: 1024,
             sync_lease: Duration::from_secs(30),
+            cache_budget: super::cache::DEFAULT_CACHE_BUDGET,
         }
     }
 }
@@ -360,6 +369,9 @@ impl EngineBuilder {
         if self.options.push_batch == 0 || self.options.pull_limit == 0 || self.options.event_capacity == 0 {
             return Err(config("push_batch, pull_limit and event_capacity must be at least 1"));
         }
+        if !(super::cache::MIN_CACHE_BUDGET..=super::cache::MAX_CACHE_BUDGET).contains(&self.options.cache_budget) {
+            return Err(config("cache_budget must be from 1 MiB to 1 GiB"));
+        }
         let mut collections = BTreeMap::new();
         let mut placed = Vec::new();
         let mut indexes: Vec<IndexSpec> = Vec::new();
@@ -484,6 +496,8 @@ impl EngineBuilder {
         // The first status already tells the truth about what waits on disk, here and
         // in the other accounts' stores.
         let counts = store.counts().await?;
+        let cache_bytes =
+            if collections.values().any(|e| e.on_demand) { Some(store.cache_size().await?) } else { None };
         let held_for_other_accounts = match (&self.device, &account) {
             // A count for display: another account's unreadable store must not keep
             // this person from working.
@@ -510,6 +524,7 @@ impl EngineBuilder {
             options: self.options,
             client_id,
             counts,
+            cache_bytes,
             held_for_other_accounts,
         }))
     }

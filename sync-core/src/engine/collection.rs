@@ -217,12 +217,35 @@ impl<E: LocalEntity> Collection<E> {
     /// Safe: it only reads.
     pub async fn get_stored(&self, id: &str) -> Result<Option<StoredRecord>, Error> {
         let id = RecordId::new(id)?;
-        match self.shared.store.get(&self.entry.name, &id).await? {
-            Some(record) => Ok(Some(record)),
+        let found = match self.shared.store.get(&self.entry.name, &id).await? {
+            Some(record) => Some(record),
             None => match self.renamed(&id).await? {
-                Some((server_id, _)) => self.shared.store.get(&self.entry.name, &server_id).await,
-                None => Ok(None),
+                Some((server_id, _)) => self.shared.store.get(&self.entry.name, &server_id).await?,
+                None => None,
             },
+        };
+        if let Some(record) = &found {
+            self.read(std::iter::once(&record.id));
+        } else if self.entry.on_demand && self.online() && self.shared.store.fetch_again(&self.entry.name, &id).await? {
+            // Evicted by the cache budget: its subscription fetches it again, and watches
+            // see it arrive (the answer now is what the store holds). Read now, so the
+            // download that brings it back does not evict it first.
+            self.read(std::iter::once(&id));
+            self.shared.trigger_all();
+        }
+        Ok(found)
+    }
+
+    fn online(&self) -> bool {
+        let net = self.shared.net();
+        net.app_online && net.reachable
+    }
+
+    /// Notes a read for the cache budget's least-recently-used order (collections
+    /// synced on demand only; a map insert, no store write).
+    fn read<'a>(&self, ids: impl IntoIterator<Item = &'a RecordId>) {
+        if self.entry.on_demand {
+            self.shared.cache.read(&self.entry.name, ids);
         }
     }
 
@@ -507,6 +530,7 @@ impl<E: LocalEntity> Watcher<E> {
         self.next_run = Some(ended + (ended - started) * 2);
         Some(match result {
             Ok(records) => {
+                self.collection.read(records.iter().map(|r| &r.id));
                 self.shown = Some(records.iter().map(|r| r.id.clone()).collect());
                 self.boundary = page_boundary(&self.query, &records);
                 records.iter().map(|r| self.collection.decode_data(r)).collect()
@@ -607,11 +631,13 @@ fn with_id(data: JsonObject, path: Option<FieldPath>, id: &RecordId) -> Result<J
 
 async fn fetch<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<E>, Error> {
     let records = collection.shared.store.query_data(query).await?;
+    collection.read(records.iter().map(|r| &r.id));
     records.iter().map(|r| collection.decode_data(r)).collect()
 }
 
 async fn fetch_tracked<E: LocalEntity>(collection: &Collection<E>, query: &Query) -> Result<Vec<Tracked<E>>, Error> {
     let records = collection.shared.store.query(query).await?;
+    collection.read(records.iter().map(|r| &r.id));
     records
         .into_iter()
         .map(|r| {

@@ -77,6 +77,9 @@ pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncRep
         result = cycle.run().instrument(span.clone()) => result,
         never = renew_lease(&*shared.store, holder, ttl) => match never {},
     };
+    if let Err(e) = shared.cache.flush_reads(shared).await {
+        tracing::debug!(error = %e, "reads not noted for the cache budget; the next sync notes later ones");
+    }
     if let Err(e) = shared.store.release_sync_lease(holder).await {
         tracing::debug!(error = %e, "the sync lease could not be given back; it lapses by itself");
     }
@@ -389,9 +392,9 @@ impl Cycle<'_> {
         pulled
     }
 
-    /// The subscriptions of this unit's collections to pull, after forgetting those
-    /// whose time to live has ended (no handle, not kept synced) and letting go of the
-    /// records only they held.
+    /// The held and kept-synced subscriptions of this unit's collections, to pull, after
+    /// forgetting those whose time to live has ended (no handle, not kept synced) and
+    /// letting go of the records only they held.
     async fn live_subscriptions(&mut self) -> Result<BTreeMap<SubscriptionId, SubscriptionPull>, Error> {
         let now = Utc::now();
         let stored = self.shared.store.subscriptions().await?;
@@ -403,7 +406,12 @@ impl Cycle<'_> {
         }
         let mut pulls = BTreeMap::new();
         for row in live {
-            let ours = self.unit.collections.contains(&row.query.collection)
+            // A released subscription keeps its records (until its time to live ends or
+            // the budget evicts them) but is not pulled: held again, it catches up
+            // from its cursor. Held and kept-synced ones are pulled.
+            let pulled = row.active || row.keep_synced || self.shared.subscriptions.handles(&row.id) > 0;
+            let ours = pulled
+                && self.unit.collections.contains(&row.query.collection)
                 && self.shared.collections.get(&row.query.collection).is_some_and(|e| e.on_demand);
             if ours {
                 let synced_at = row.synced_at;
@@ -442,7 +450,13 @@ impl Cycle<'_> {
             let applied = match fetched? {
                 Fetched::Page(pages, progress) => {
                     self.report.pages += 1;
-                    let applied = self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?;
+                    let mut applied = self.shared.store.apply_pull_page(pages, &decide, Utc::now()).await?;
+                    if !progress.is_empty() {
+                        // What subscriptions bring counts against the cache budget; an
+                        // eviction after the page keeps the store within a page of it.
+                        self.shared.cache.received(progress.iter().map(SubscriptionProgress::bytes).sum());
+                        applied.changed.extend(self.shared.cache.keep_within(self.shared).await?);
+                    }
                     self.subscriptions_progressed(progress);
                     applied
                 }
@@ -468,7 +482,7 @@ impl Cycle<'_> {
         let known = &self.shared.subscriptions;
         for p in progress {
             match p {
-                SubscriptionProgress::Page { id, received, total, finished } => {
+                SubscriptionProgress::Page { id, received, total, finished, .. } => {
                     known.status(&id, None).send_modify(|s| {
                         if matches!(s.state, SubscriptionState::Syncing) {
                             s.received += received;
@@ -489,11 +503,20 @@ impl Cycle<'_> {
 
 /// What a page did for one subscription.
 enum SubscriptionProgress {
-    /// A page of it: `received` records with data, the server's total on a first page,
-    /// and whether its download ended.
-    Page { id: SubscriptionId, received: u64, total: Option<u64>, finished: bool },
+    /// A page of it: `received` records with data (estimated at `bytes` once stored),
+    /// the server's total on a first page, and whether its download ended.
+    Page { id: SubscriptionId, received: u64, bytes: u64, total: Option<u64>, finished: bool },
     /// The server refused it (or does not serve subscriptions).
     Refused { id: SubscriptionId, error: ErrorDetail },
+}
+
+impl SubscriptionProgress {
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::Page { bytes, .. } => *bytes,
+            Self::Refused { .. } => 0,
+        }
+    }
 }
 
 /// What the fetcher hands to the page writer.
@@ -666,8 +689,10 @@ fn check_subscriptions(
         };
         *progressed |= !changes.is_empty() || part.reset || pull.cursor.as_ref() != Some(&cursor);
         let received = changes.iter().filter(|c| !c.deleted).count() as u64;
+        let bytes =
+            changes.iter().filter_map(|c| Some(super::cache::estimated_size(&c.record_id, c.data.as_ref()?))).sum();
         let finished = !part.has_more;
-        progress.push(SubscriptionProgress::Page { id: id.clone(), received, total: part.total, finished });
+        progress.push(SubscriptionProgress::Page { id: id.clone(), received, bytes, total: part.total, finished });
         pages.push(CollectionPage {
             collection,
             stage: false,

@@ -1,6 +1,7 @@
 //! The engine: the handle apps hold, its shared state and its public API.
 
 mod builder;
+mod cache;
 mod checks;
 mod collection;
 mod cycle;
@@ -16,6 +17,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use builder::{ALL_UNIT, CollectionSpec, Direction, EngineBuilder, EngineOptions, SyncUnit};
+pub use cache::{DEFAULT_CACHE_BUDGET, MAX_CACHE_BUDGET, MIN_CACHE_BUDGET};
 pub use collection::{Collection, QueryBuilder, Tracked, WatchStream};
 pub use subscriptions::SubscriptionHandle;
 
@@ -89,6 +91,8 @@ pub(crate) struct Parts {
     pub(crate) client_id: ClientId,
     pub(crate) counts: Counts,
     pub(crate) held_for_other_accounts: u64,
+    /// The cache's size at start (None without collections synced on demand).
+    pub(crate) cache_bytes: Option<u64>,
 }
 
 /// State shared by the handle and the background tasks.
@@ -131,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) checks: Arc<checks::Checks>,
     /// The subscriptions' handles and statuses.
     pub(crate) subscriptions: subscriptions::Subscriptions,
+    /// The cache budget's meter and the reads not yet handed to the store.
+    pub(crate) cache: cache::Cache,
 }
 
 impl Shared {
@@ -179,6 +185,12 @@ impl Shared {
     /// When the last local write committed.
     pub(crate) fn last_local_write(&self) -> Option<tokio::time::Instant> {
         *self.last_local_write.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the driver for a sync of everything (as soon as it can; commands never block).
+    pub(crate) fn trigger_all(&self) {
+        let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
+        request(&self.commands, &self.overflow, command);
     }
 
     pub(crate) fn record_changed(&self, collection: &CollectionName, id: &RecordId, origin: Origin) {
@@ -347,6 +359,7 @@ impl Engine {
             client_id,
             counts,
             held_for_other_accounts,
+            cache_bytes,
         } = parts;
         if let Some(credentials) = &credentials {
             transport.set_credentials(Some(credentials.clone()));
@@ -355,6 +368,8 @@ impl Engine {
         let mut initial = SyncStatus::initial(net.network());
         (initial.pending, initial.conflicts, initial.failed) = (counts.pending, counts.conflicts, counts.failed);
         initial.held_for_other_accounts = held_for_other_accounts;
+        initial.cache = crate::status::CacheUsage { bytes: cache_bytes.unwrap_or(0), budget: options.cache_budget };
+        let cache = cache::Cache::new(options.cache_budget, cache_bytes);
         let (status, _) = watch::channel(initial);
         let (events, _) = broadcast::channel(options.event_capacity);
         let (commands, command_rx) = mpsc::channel(64);
@@ -383,6 +398,7 @@ impl Engine {
             lease_holder: uuid::Uuid::now_v7().to_string(),
             checks: Arc::default(),
             subscriptions: subscriptions::Subscriptions::default(),
+            cache,
         });
         let driver = driver::spawn(shared.clone(), command_rx, shutdown_rx);
         Self { shared, lifetime: Arc::new(Lifetime { shutdown, driver: Mutex::new(Some(driver)) }) }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{ALL_UNIT, Command, Engine, Shared, request};
+use super::{Engine, Shared};
 use crate::error::Error;
 use crate::subscription::{Subscribe, SubscriptionId, SubscriptionRow, SubscriptionState, SubscriptionStatus};
 
@@ -205,13 +205,22 @@ impl Engine {
             let _saving = self.shared.subscriptions.saving.lock().await;
             self.shared.store.save_subscription(&row(&subscription, true, None)).await?;
             let stored = self.shared.store.subscriptions().await?;
-            let synced_at = stored.iter().find(|r| r.id == id).and_then(|r| r.synced_at);
-            let status = self.shared.subscriptions.status(&id, synced_at).subscribe();
+            let stored = stored.iter().find(|r| r.id == id);
+            let synced_at = stored.and_then(|r| r.synced_at);
+            let status = self.shared.subscriptions.status(&id, synced_at);
+            if stored.is_some_and(|r| r.cursor.is_none()) {
+                // It downloads (again: the budget evicted some of its records) from the start.
+                status.send_modify(|s| {
+                    if matches!(s.state, SubscriptionState::Synced { .. }) {
+                        s.state = SubscriptionState::Pending;
+                    }
+                });
+            }
+            let status = status.subscribe();
             self.shared.subscriptions.hold(&id);
             status
         };
-        let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
-        request(&self.shared.commands, &self.shared.overflow, command);
+        self.shared.trigger_all();
         Ok(SubscriptionHandle { shared: self.shared.clone(), subscription, status })
     }
 

@@ -133,3 +133,30 @@ pub async fn server_databases(dir: &tempfile::TempDir) -> Vec<String> {
     }
     urls
 }
+
+/// The reference server on each backend (SQLite, and PostgreSQL when configured) with
+/// one collection, `jobs`: readable by their technician (`assigned_to`) and by
+/// dispatchers, writable by both, subscribable by technician and due date. Users `disp`
+/// (a dispatcher) and `tom`, with tokens `<name>-token`.
+pub async fn job_servers(dir: &tempfile::TempDir) -> Vec<sync_server::server::RunningServer> {
+    use sync_server::config::{ServerConfig, token_sha256};
+    let mut out = Vec::new();
+    for database in server_databases(dir).await {
+        let mut text = format!("database = \"{database}\"\n");
+        for (name, groups) in [("disp", "[\"dispatchers\"]"), ("tom", "[]")] {
+            text.push_str(&format!(
+                "[[users]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\ngroups = {groups}\n",
+                token_sha256(&format!("{name}-token"))
+            ));
+        }
+        text.push_str(
+            "[collections.jobs]\nread = [\"assigned_to = user\", \"user in dispatchers\"]\n\
+             write = [\"user in dispatchers\", \"assigned_to = user\"]\n\
+             subscription_indexes = [[\"assigned_to\", \"due\"]]\n",
+        );
+        let config = ServerConfig::from_toml(&text).unwrap();
+        let (state, store) = sync_server::server::from_config(&config).await.unwrap();
+        out.push(sync_server::server::start("127.0.0.1:0", state, store, config.tombstone_retention).await.unwrap());
+    }
+    out
+}
