@@ -266,9 +266,14 @@ async fn read_overhead(n: u64, runs: usize) {
     let reads: Vec<_> = (0..10_000)
         .map(|i| (CollectionName::new("jobs").unwrap(), RecordId::new(id(i)).unwrap(), Utc::now()))
         .collect();
-    let started = Instant::now();
-    store.touch(&reads).await.unwrap();
-    println!("handing 10,000 noted reads to the store: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    for round in ["first", "second"] {
+        let started = Instant::now();
+        store.touch(&reads).await.unwrap();
+        println!(
+            "handing 10,000 noted reads to the store ({round} time): {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
