@@ -293,6 +293,16 @@ impl LocalStore for SplitStore {
         self.of(collection).fetch_again(collection, id).await
     }
 
+    async fn let_go_unheld(
+        &self,
+        records: &[(CollectionName, RecordId)],
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        let (memory, disk): (Vec<_>, Vec<_>) = records.iter().cloned().partition(|(c, _)| self.in_memory.contains(c));
+        let mut dropped = self.disk.let_go_unheld(&disk).await?;
+        dropped.extend(self.memory.let_go_unheld(&memory).await?);
+        Ok(dropped)
+    }
+
     async fn counts(&self) -> Result<Counts, Error> {
         let (a, b) = (self.disk.counts().await?, self.memory.counts().await?);
         Ok(Counts { pending: a.pending + b.pending, conflicts: a.conflicts + b.conflicts, failed: a.failed + b.failed })

@@ -744,6 +744,20 @@ pub trait LocalStore: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Drops those of `records` that no subscription holds and that have no pending
+    /// write and no open conflict (records of on-demand collections the device wrote,
+    /// once acknowledged and pulled after); returns them.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; nothing changes then.
+    async fn let_go_unheld(
+        &self,
+        records: &[(CollectionName, RecordId)],
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        let _ = records;
+        Ok(Vec::new())
+    }
+
     /// Pending, conflict and failed counts.
     ///
     /// # Errors

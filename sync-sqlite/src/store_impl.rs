@@ -180,6 +180,13 @@ impl LocalStore for SqliteStore {
         crate::cache::evict(self, excess).await
     }
 
+    async fn let_go_unheld(
+        &self,
+        records: &[(CollectionName, RecordId)],
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        crate::subscriptions::let_go_unheld(self, records).await
+    }
+
     async fn fetch_again(&self, collection: &CollectionName, id: &RecordId) -> Result<bool, Error> {
         crate::subscriptions::fetch_again(self, collection, id).await
     }

@@ -302,6 +302,22 @@ pub(crate) async fn finish_pages(
     let_go(tx, &stale).await
 }
 
+/// Lets go of `records` (see `LocalStore::let_go_unheld`), in one transaction.
+pub(crate) async fn let_go_unheld(
+    store: &SqliteStore,
+    records: &[(CollectionName, RecordId)],
+) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<(String, String)> = records.iter().map(|(c, i)| (c.to_string(), i.to_string())).collect();
+    let mut writer = store.write_conn().await?;
+    let mut tx = sqlx::Connection::begin_with(&mut *writer, "BEGIN IMMEDIATE").await.map_err(storage)?;
+    let dropped = let_go(&mut tx, &keys).await?;
+    tx.commit().await.map_err(storage)?;
+    Ok(dropped)
+}
+
 /// Drops those of `records` that no subscription holds and that have no pending write
 /// and no open conflict; returns them.
 async fn let_go(tx: &mut Tx<'_>, records: &[(String, String)]) -> Result<Vec<(CollectionName, RecordId)>, Error> {

@@ -272,13 +272,39 @@ async fn pending_and_conflicted_records_outlive_their_subscription() {
         tom.sync_unit("down", Default::default()).await.unwrap();
         assert_eq!(held(&tom).await, BTreeSet::from(["t6".to_owned(), "t7".to_owned()]), "{}", server.url());
         assert_eq!(jobs.get("t6").await.unwrap(), Some(t6.clone()), "a pending write is never dropped");
-        // Pushing: t6 goes out and, clean now, goes at the next release sweep; t7
-        // conflicts and stays with its conflict.
+        // Pushing: t6 goes out and, acknowledged and held by no subscription, goes
+        // after the pull that follows; t7 conflicts and stays with its conflict.
         tom.sync_now().await.unwrap();
+        assert_eq!(jobs.get("t6").await.unwrap(), None, "{}: sent, and no subscription holds it", server.url());
         assert_eq!(tom.conflicts().await.unwrap().len(), 1);
         assert_eq!(jobs.get("t7").await.unwrap(), Some(t7), "a conflicted record is never dropped");
         disp.sync_now().await.unwrap();
         assert_eq!(disp.collection::<Job>().unwrap().get("t6").await.unwrap(), Some(t6), "the edit reached the server");
+        tom.shutdown().await;
+        disp.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_written_here_stays_while_a_subscription_covers_it_and_goes_when_none_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for server in common::job_servers(&dir).await {
+        let (_dir, disp, tom) = seeded(&dir, &server).await;
+        let _week = tom.subscribe(window(5, 10)).await.unwrap();
+        tom.sync_now().await.unwrap();
+        let jobs = tom.collection::<Job>().unwrap();
+        // Two new jobs: one inside the window, one outside it.
+        jobs.insert(&job("t7b", "tom", 7)).await.unwrap();
+        jobs.insert(&job("t20b", "tom", 20)).await.unwrap();
+        tom.sync_now().await.unwrap();
+        let mut expected = ids(5..10);
+        expected.insert("t7b".into());
+        assert_eq!(held(&tom).await, expected, "{}: the window's, and only they", server.url());
+        disp.sync_now().await.unwrap();
+        let on_server = disp.collection::<Job>().unwrap();
+        for id in ["t7b", "t20b"] {
+            assert!(on_server.get(id).await.unwrap().is_some(), "{id} reached the server");
+        }
         tom.shutdown().await;
         disp.shutdown().await;
     }

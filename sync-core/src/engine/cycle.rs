@@ -224,6 +224,22 @@ impl Cycle<'_> {
                     outcomes.push((entry, outcome));
                 }
             }
+            // What this device wrote to on-demand collections: once acknowledged, the
+            // pull after it decides whether a subscription holds it (`sweep_unheld`).
+            let on_demand = |c: &CollectionName| self.shared.collections.get(c).is_some_and(|e| e.on_demand);
+            self.shared.subscriptions.note_written(
+                outcomes
+                    .iter()
+                    .filter(|(entry, _)| on_demand(&entry.collection))
+                    .filter_map(|(entry, outcome)| {
+                        let id = match outcome {
+                            MutationOutcome::Applied { record_id: Some(server_id), .. } => Some(server_id.clone()),
+                            _ => entry.record_id.clone(),
+                        };
+                        Some((entry.collection.clone(), id?))
+                    })
+                    .collect(),
+            );
             let answered = outcomes.len() as u64;
             let applied = self.shared.store.record_push_results(outcomes, &self.shared.relations, Utc::now()).await?;
             span.record("applied", applied.applied);
@@ -376,10 +392,11 @@ impl Cycle<'_> {
             self.shared.store.suspend_indexes(c).await?;
         }
         let subscriptions = self.live_subscriptions().await?;
-        if cursors.is_empty() && subscriptions.is_empty() {
-            return Ok(());
-        }
-        let pulled = self.pull_pages(cursors, replacing, subscriptions).await;
+        let pulled = if cursors.is_empty() && subscriptions.is_empty() {
+            Ok(())
+        } else {
+            self.pull_pages(cursors, replacing, subscriptions).await
+        };
         for c in &bulk {
             let declared = self.shared.collections.get(c).map(|e| e.indexes.clone()).unwrap_or_default();
             let restored = self.shared.store.ensure_indexes(std::slice::from_ref(c), &declared).await;
@@ -389,7 +406,31 @@ impl Cycle<'_> {
                 tracing::warn!(collection = %c, error = %e, "indexes not rebuilt after a failed download; the next start rebuilds them");
             }
         }
-        pulled
+        pulled?;
+        self.sweep_unheld().await
+    }
+
+    /// Lets go of the records of on-demand collections this device wrote and the server
+    /// has acknowledged, when the pull that followed put them in no subscription: the
+    /// device holds what its subscriptions cover, and such a record would otherwise
+    /// stay, never updated again.
+    async fn sweep_unheld(&mut self) -> Result<(), Error> {
+        let records = self.shared.subscriptions.take_written(&self.unit.collections);
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self.shared.store.let_go_unheld(&records).await {
+            Ok(dropped) => {
+                for (collection, id) in dropped {
+                    self.shared.record_changed(&collection, &id, Origin::Remote);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.subscriptions.note_written(records);
+                Err(e)
+            }
+        }
     }
 
     /// The held and kept-synced subscriptions of this unit's collections, to pull, after

@@ -1,7 +1,7 @@
 //! The app's side of subscriptions: [`Engine::subscribe`], the handles that hold a
 //! subscription while the app shows its data, and the statuses the cycle updates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::{Engine, Shared};
 use crate::error::Error;
+use crate::ids::{CollectionName, RecordId};
 use crate::subscription::{Subscribe, SubscriptionId, SubscriptionRow, SubscriptionState, SubscriptionStatus};
 
 /// The subscriptions this engine knows of: how many handles hold each, and its status.
@@ -18,6 +19,8 @@ pub(crate) struct Subscriptions {
     /// Taken to save a subscription's held or released mark: a release saved by a
     /// dropped handle's task checks, under it, that no new handle came meanwhile.
     saving: tokio::sync::Mutex<()>,
+    /// Records of on-demand collections pushed since the last pull of their collection.
+    written: Mutex<BTreeSet<(CollectionName, RecordId)>>,
 }
 
 struct Entry {
@@ -66,6 +69,22 @@ impl Subscriptions {
     /// How many handles hold `id`.
     pub(crate) fn handles(&self, id: &SubscriptionId) -> usize {
         self.with(|entries| entries.get(id).map_or(0, |e| e.handles))
+    }
+
+    /// Notes records of on-demand collections a push carried.
+    pub(crate) fn note_written(&self, records: Vec<(CollectionName, RecordId)>) {
+        if !records.is_empty() {
+            self.written.lock().unwrap_or_else(PoisonError::into_inner).extend(records);
+        }
+    }
+
+    /// Takes the noted records of `collections`.
+    pub(crate) fn take_written(&self, collections: &[CollectionName]) -> Vec<(CollectionName, RecordId)> {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let (taken, kept): (BTreeSet<_>, BTreeSet<_>) =
+            std::mem::take(&mut *written).into_iter().partition(|(c, _)| collections.contains(c));
+        *written = kept;
+        taken.into_iter().collect()
     }
 
     /// One handle fewer on `id`; returns how many still hold it.
