@@ -311,6 +311,31 @@ async fn a_record_written_here_stays_while_a_subscription_covers_it_and_goes_whe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_the_cache_keeps_pending_writes_and_a_read_brings_a_record_back() {
+    let dir = tempfile::tempdir().unwrap();
+    for server in common::job_servers(&dir).await {
+        let (_dir, disp, tom) = seeded(&dir, &server).await;
+        let _week = tom.subscribe(window(5, 10)).await.unwrap();
+        tom.sync_now().await.unwrap();
+        assert!(tom.status().borrow().cache.bytes > 0, "the status counts what the window brought");
+        let jobs = tom.collection::<Job>().unwrap();
+        let t7 = Job { note: "on my way".into(), ..job("t7", "tom", 7) };
+        jobs.update(&t7).await.unwrap(); // queued, not sent
+        assert_eq!(tom.trim_cache(0).await.unwrap(), 4, "{}: every clean record goes", server.url());
+        assert_eq!(held(&tom).await, BTreeSet::from(["t7".to_owned()]), "the pending write stays");
+        assert_eq!(tom.status().borrow().cache.bytes, 0);
+        // Asked for while its window is held: nothing now, then fetched again.
+        assert_eq!(jobs.get("t6").await.unwrap(), None);
+        tom.sync_now().await.unwrap();
+        assert_eq!(jobs.get("t6").await.unwrap(), Some(job("t6", "tom", 6)), "{}: fetched again", server.url());
+        assert_eq!(held(&tom).await, ids(5..10), "the window is whole again");
+        assert_eq!(jobs.get("t7").await.unwrap(), Some(t7), "with the local edit, now sent");
+        tom.shutdown().await;
+        disp.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_subscriptions_is_reported_on_the_subscription() {
     let server = Arc::new(sync_testkit::MemoryServer::new());
     let dir = tempfile::tempdir().unwrap();

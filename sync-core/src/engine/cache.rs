@@ -6,7 +6,8 @@
 //! measured. Measuring reads every membership, so the engine measures only when its
 //! running estimate (the last measure plus what pages brought since) passes the budget,
 //! and then evicts down to [`low_water`], a tenth below the budget, so the next measure
-//! waits for a tenth of the budget to arrive.
+//! waits for a tenth of the budget to arrive. A cycle that brought records ends with a
+//! measure, so the status shows the size between syncs (and the estimate during one).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -79,10 +80,27 @@ impl Cache {
         }
     }
 
-    /// Notes `bytes` more brought by a page.
-    pub(crate) fn received(&self, bytes: u64) {
-        let mut meter = self.meter.lock().unwrap_or_else(PoisonError::into_inner);
-        meter.since = meter.since.saturating_add(bytes);
+    /// Notes `bytes` more brought by a page (the status shows the estimate until the
+    /// next measure).
+    pub(crate) fn received(&self, shared: &Shared, bytes: u64) {
+        let estimate = {
+            let mut meter = self.meter.lock().unwrap_or_else(PoisonError::into_inner);
+            meter.since = meter.since.saturating_add(bytes);
+            meter.measured.unwrap_or(0).saturating_add(meter.since)
+        };
+        shared.status.send_modify(|s| s.cache = CacheUsage { bytes: estimate, budget: self.budget });
+    }
+
+    /// At the end of a cycle: hands the noted reads to the store and, when pages brought
+    /// records since the last measure, measures (and evicts past the budget), so the
+    /// status shows the size, not the estimate.
+    pub(crate) async fn settle(&self, shared: &Shared) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        let since = self.meter.lock().unwrap_or_else(PoisonError::into_inner).since;
+        if since == 0 {
+            self.flush_reads(shared).await?;
+            return Ok(Vec::new());
+        }
+        self.measure_and_evict(shared).await
     }
 
     /// Hands the noted reads to the store.
@@ -109,9 +127,18 @@ impl Cache {
 
     /// Measures the cache, evicts what passes the budget, and shows the size in the status.
     pub(crate) async fn measure_and_evict(&self, shared: &Shared) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        self.evict_down(shared, |size| excess(size, self.budget)).await
+    }
+
+    /// Measures the cache and evicts what `excess` says of its size.
+    pub(crate) async fn evict_down(
+        &self,
+        shared: &Shared,
+        excess: impl FnOnce(u64) -> u64,
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
         self.flush_reads(shared).await?;
         let size = shared.store.cache_size().await?;
-        let excess = excess(size, self.budget);
+        let excess = excess(size);
         let evicted = if excess > 0 { shared.store.evict(excess).await? } else { Default::default() };
         let size = size.saturating_sub(evicted.bytes);
         *self.meter.lock().unwrap_or_else(PoisonError::into_inner) = Meter { measured: Some(size), since: 0 };

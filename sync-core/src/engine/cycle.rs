@@ -77,8 +77,13 @@ pub(super) async fn run(shared: &Arc<Shared>, unit: &UnitSpec) -> Result<SyncRep
         result = cycle.run().instrument(span.clone()) => result,
         never = renew_lease(&*shared.store, holder, ttl) => match never {},
     };
-    if let Err(e) = shared.cache.flush_reads(shared).await {
-        tracing::debug!(error = %e, "reads not noted for the cache budget; the next sync notes later ones");
+    match shared.cache.settle(shared).await {
+        Ok(evicted) => {
+            for (collection, id) in evicted {
+                shared.record_changed(&collection, &id, Origin::Remote);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "the cache was not measured; the next sync measures it"),
     }
     if let Err(e) = shared.store.release_sync_lease(holder).await {
         tracing::debug!(error = %e, "the sync lease could not be given back; it lapses by itself");
@@ -495,7 +500,7 @@ impl Cycle<'_> {
                     if !progress.is_empty() {
                         // What subscriptions bring counts against the cache budget; an
                         // eviction after the page keeps the store within a page of it.
-                        self.shared.cache.received(progress.iter().map(SubscriptionProgress::bytes).sum());
+                        self.shared.cache.received(self.shared, progress.iter().map(SubscriptionProgress::bytes).sum());
                         applied.changed.extend(self.shared.cache.keep_within(self.shared).await?);
                     }
                     self.subscriptions_progressed(progress);

@@ -243,6 +243,23 @@ impl Engine {
         Ok(SubscriptionHandle { shared: self.shared.clone(), subscription, status })
     }
 
+    /// Evicts now, down to `target` bytes of what the cache budget counts (0: all of
+    /// it), least recently read first, released subscriptions' records before held
+    /// ones': for an app told that memory or storage is short. Records with pending
+    /// writes or conflicts and kept-synced ones stay, as in any eviction. Returns how
+    /// many records went; watches see them go, and a held subscription brings one back
+    /// when the app asks for it while online.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; what was evicted before the error stays evicted.
+    pub async fn trim_cache(&self, target: u64) -> Result<usize, Error> {
+        let evicted = self.shared.cache.evict_down(&self.shared, |size| size.saturating_sub(target)).await?;
+        for (collection, id) in &evicted {
+            self.shared.record_changed(collection, id, crate::status::Origin::Remote);
+        }
+        Ok(evicted.len())
+    }
+
     /// Every subscription the store keeps, held or released (until its time to live
     /// ends), with its cursor and synced time.
     ///
