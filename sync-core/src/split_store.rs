@@ -293,6 +293,16 @@ impl LocalStore for SplitStore {
         self.of(collection).fetch_again(collection, id).await
     }
 
+    async fn let_go_all_unheld(
+        &self,
+        collections: &[CollectionName],
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        let (memory, disk): (Vec<_>, Vec<_>) = collections.iter().cloned().partition(|c| self.in_memory.contains(c));
+        let mut dropped = self.disk.let_go_all_unheld(&disk).await?;
+        dropped.extend(self.memory.let_go_all_unheld(&memory).await?);
+        Ok(dropped)
+    }
+
     async fn let_go_unheld(
         &self,
         records: &[(CollectionName, RecordId)],

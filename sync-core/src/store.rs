@@ -744,6 +744,21 @@ pub trait LocalStore: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Drops every record of `collections` (synced on demand) that no subscription
+    /// holds and that has no pending write and no open conflict; returns them. The
+    /// engine calls it once at start, for what an earlier run left (a crash between a
+    /// write's acknowledgement and the pull after it).
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; nothing changes then.
+    async fn let_go_all_unheld(
+        &self,
+        collections: &[CollectionName],
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        let _ = collections;
+        Ok(Vec::new())
+    }
+
     /// Drops those of `records` that no subscription holds and that have no pending
     /// write and no open conflict (records of on-demand collections the device wrote,
     /// once acknowledged and pulled after); returns them.

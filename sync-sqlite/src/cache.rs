@@ -13,6 +13,7 @@ use sync_core::{CollectionName, Error, RecordId};
 use crate::SqliteStore;
 use crate::codec::{collection, micros, record_id};
 use crate::errors::storage;
+use crate::subscriptions::CLEAN;
 
 /// How many records one eviction transaction takes: small enough that a local write
 /// waiting for the writer waits for one chunk (about 3 ms), not the whole eviction.
@@ -91,18 +92,15 @@ pub(crate) async fn evict(store: &SqliteStore, excess: u64) -> Result<Evicted, E
         let mut tx = sqlx::Connection::begin_with(&mut *writer, "BEGIN IMMEDIATE").await.map_err(storage)?;
         // Checked again here: a write, a conflict or keep-synced may have come since
         // the choice, and any of them keeps the record.
-        let gone = sqlx::query(
+        let gone = sqlx::query(&format!(
             "DELETE FROM offsync_records \
               WHERE (collection, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)) \
-                AND NOT EXISTS (SELECT 1 FROM offsync_outbox o \
-                                 WHERE o.collection = offsync_records.collection AND o.record_id = offsync_records.id) \
-                AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c \
-                                 WHERE c.collection = offsync_records.collection AND c.record_id = offsync_records.id) \
+                AND {CLEAN} \
                 AND NOT EXISTS (SELECT 1 FROM offsync_members m JOIN offsync_subscriptions s ON s.id = m.subscription \
                                  WHERE m.collection = offsync_records.collection AND m.id = offsync_records.id \
                                    AND s.keep_synced) \
               RETURNING collection, id",
-        )
+        ))
         .bind(&keys)
         .fetch_all(&mut *tx)
         .await

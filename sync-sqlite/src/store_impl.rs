@@ -180,6 +180,13 @@ impl LocalStore for SqliteStore {
         crate::cache::evict(self, excess).await
     }
 
+    async fn let_go_all_unheld(
+        &self,
+        collections: &[CollectionName],
+    ) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+        crate::subscriptions::let_go_all_unheld(self, collections).await
+    }
+
     async fn let_go_unheld(
         &self,
         records: &[(CollectionName, RecordId)],

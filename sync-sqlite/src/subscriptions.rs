@@ -16,6 +16,18 @@ use crate::errors::storage;
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
+/// Over `offsync_records`: no subscription holds the record (an evicted membership
+/// still holds it: the subscription covers it).
+pub(crate) const UNHELD: &str = "NOT EXISTS (SELECT 1 FROM offsync_members m \
+     WHERE m.collection = offsync_records.collection AND m.id = offsync_records.id)";
+
+/// Over `offsync_records`: no pending or parked write and no open conflict names the
+/// record. Nothing is dropped or evicted without it.
+pub(crate) const CLEAN: &str = "NOT EXISTS (SELECT 1 FROM offsync_outbox o \
+     WHERE o.collection = offsync_records.collection AND o.record_id = offsync_records.id) \
+     AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c \
+     WHERE c.collection = offsync_records.collection AND c.record_id = offsync_records.id)";
+
 fn corrupt(message: String) -> Error {
     Error::Storage { kind: sync_core::StorageErrorKind::Corrupt, message }
 }
@@ -302,6 +314,28 @@ pub(crate) async fn finish_pages(
     let_go(tx, &stale).await
 }
 
+/// Lets go of every unheld clean record of `collections` (see
+/// `LocalStore::let_go_all_unheld`): one statement, a scan of those collections' records.
+pub(crate) async fn let_go_all_unheld(
+    store: &SqliteStore,
+    collections: &[CollectionName],
+) -> Result<Vec<(CollectionName, RecordId)>, Error> {
+    if collections.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names = Value::from(collections.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string();
+    let mut writer = store.write_conn().await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "DELETE FROM offsync_records WHERE collection IN (SELECT value FROM json_each(?)) \
+               AND {UNHELD} AND {CLEAN} RETURNING collection, id"
+    ))
+    .bind(names)
+    .fetch_all(&mut *writer)
+    .await
+    .map_err(storage)?;
+    rows.into_iter().map(|(c, i)| Ok((collection(c)?, record_id(i)?))).collect()
+}
+
 /// Lets go of `records` (see `LocalStore::let_go_unheld`), in one transaction.
 pub(crate) async fn let_go_unheld(
     store: &SqliteStore,
@@ -325,15 +359,11 @@ async fn let_go(tx: &mut Tx<'_>, records: &[(String, String)]) -> Result<Vec<(Co
     for chunk in records.chunks(500) {
         let keys = Value::from(chunk.iter().map(|(c, i)| serde_json::json!([c, i])).collect::<Vec<_>>()).to_string();
         let rows = sqlx::query(
-            "DELETE FROM offsync_records \
-              WHERE (collection, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)) \
-                AND NOT EXISTS (SELECT 1 FROM offsync_members m \
-                                 WHERE m.collection = offsync_records.collection AND m.id = offsync_records.id) \
-                AND NOT EXISTS (SELECT 1 FROM offsync_outbox o \
-                                 WHERE o.collection = offsync_records.collection AND o.record_id = offsync_records.id) \
-                AND NOT EXISTS (SELECT 1 FROM offsync_conflicts c \
-                                 WHERE c.collection = offsync_records.collection AND c.record_id = offsync_records.id) \
-              RETURNING collection, id",
+            &format!(
+                "DELETE FROM offsync_records \
+                  WHERE (collection, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)) \
+                    AND {UNHELD} AND {CLEAN} RETURNING collection, id"
+            ),
         )
         .bind(keys)
         .fetch_all(&mut **tx)

@@ -21,7 +21,8 @@
 //! - eviction takes released subscriptions' records before held ones', least recently
 //!   read first, counts what it frees in the cache size, never takes a record with a
 //!   pending write or one a kept-synced subscription holds, and a held subscription
-//!   asked for an evicted record downloads again.
+//!   asked for an evicted record downloads again; letting go of unheld records takes
+//!   only clean ones no subscription holds.
 //!
 //! A case reports a broken rule, or an error from the store, by panicking, as `assert!`
 //! does (the helpers' `expect`s are such reports, or name constants that always parse).
@@ -596,4 +597,14 @@ async fn eviction_takes_the_least_recently_used_clean_records_and_never_pending_
     store.apply_pull_page(vec![page], &decide, Utc::now()).await.expect("the download again");
     assert!(data_of(&*store, "notes", "r3").await.is_some(), "back");
     assert!(store.cache_size().await.expect("cache size") > 0, "and counted again");
+
+    // Letting go of what no subscription holds: a clean record goes, a pending one stays.
+    synced(&*store, "notes", &[("plain", json!({"r": "plain"}))]).await;
+    must(&*store, insert("notes", "mine", json!({"r": "mine"}))).await;
+    let pending = store.let_go_unheld(&[(name("notes"), id("mine"))]).await.expect("let go");
+    assert!(pending.is_empty(), "a pending record stays");
+    let dropped = store.let_go_all_unheld(&[name("notes")]).await.expect("let go of all");
+    assert_eq!(dropped, [(name("notes"), id("plain"))], "only the clean record no subscription holds");
+    assert!(data_of(&*store, "notes", "mine").await.is_some());
+    assert!(data_of(&*store, "notes", "r6").await.is_some(), "held by a subscription: stays");
 }

@@ -7,7 +7,7 @@
 
 mod sim_apps;
 
-use sim_apps::{ConflictApp, LwwApp, OneToManyApp, ReadOnlyApp, UserResolver, title_dropping_resolver};
+use sim_apps::{ConflictApp, LwwApp, OnDemandApp, OneToManyApp, ReadOnlyApp, UserResolver, title_dropping_resolver};
 use std::sync::Arc;
 
 use sync_patterns::resolvers::KeepServer;
@@ -42,6 +42,14 @@ fn conflict_detection_with_keep_server_loses_no_record_created_again() {
     let app = ConflictApp { resolver: UserResolver::Custom(Arc::new(KeepServer)) };
     let summary = check_app(app, &options).unwrap_or_else(|failure| panic!("{failure}"));
     println!("{summary}");
+}
+
+/// Subscribe, let go and evict among the writes, faults and crashes: no pending write
+/// is lost to an eviction or a release, and every client ends holding exactly the
+/// server's records its subscriptions cover.
+#[test]
+fn on_demand_with_subscriptions_and_eviction_keeps_every_invariant() {
+    check(OnDemandApp);
 }
 
 #[test]

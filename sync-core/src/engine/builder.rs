@@ -496,8 +496,12 @@ impl EngineBuilder {
         // The first status already tells the truth about what waits on disk, here and
         // in the other accounts' stores.
         let counts = store.counts().await?;
-        let cache_bytes =
-            if collections.values().any(|e| e.on_demand) { Some(store.cache_size().await?) } else { None };
+        let on_demand: Vec<CollectionName> =
+            collections.values().filter(|e| e.on_demand).map(|e| e.name.clone()).collect();
+        // What an earlier run wrote and had acknowledged but did not see pulled (a
+        // crash in between) goes now if no subscription holds it.
+        store.let_go_all_unheld(&on_demand).await?;
+        let cache_bytes = if on_demand.is_empty() { None } else { Some(store.cache_size().await?) };
         let held_for_other_accounts = match (&self.device, &account) {
             // A count for display: another account's unreadable store must not keep
             // this person from working.

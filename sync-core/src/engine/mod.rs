@@ -265,7 +265,17 @@ impl Shared {
         self.store.resolve_conflict(collection, id, store_resolution, MutationId::generate(), Utc::now()).await?;
         self.emit(SyncEvent::ConflictResolved { collection: collection.clone(), id: id.clone() });
         self.record_changed(collection, id, origin);
+        self.may_be_unheld(collection, id);
         Ok(true)
+    }
+
+    /// A record of an on-demand collection may have become clean with no subscription
+    /// holding it (its conflict settled, its parked write discarded): the next pull
+    /// decides whether it stays (see the cycle's `sweep_unheld`).
+    pub(crate) fn may_be_unheld(&self, collection: &CollectionName, id: &RecordId) {
+        if self.collections.get(collection).is_some_and(|e| e.on_demand) {
+            self.subscriptions.note_written(vec![(collection.clone(), id.clone())]);
+        }
     }
 }
 
@@ -677,6 +687,7 @@ impl Engine {
     pub async fn discard_failed(&self, id: MutationId) -> Result<(), Error> {
         if let Some((collection, record)) = self.shared.store.discard_failed(id).await? {
             self.shared.record_changed(&collection, &record, Origin::Remote);
+            self.shared.may_be_unheld(&collection, &record);
         }
         self.shared.refresh_counts().await;
         self.shared.local_write_happened();

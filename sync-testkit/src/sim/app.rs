@@ -72,6 +72,8 @@ pub(crate) struct ErasedOps {
     pub(crate) delete: for<'a> fn(&'a Engine, &'a str) -> Op<'a, ()>,
     pub(crate) get: for<'a> fn(&'a Engine, &'a str) -> Op<'a, Option<Value>>,
     pub(crate) list: for<'a> fn(&'a Engine) -> Op<'a, Records>,
+    /// The records that are not synced (a pending write, a conflict, a parked write).
+    pub(crate) unsynced: for<'a> fn(&'a Engine) -> Op<'a, Records>,
     pub(crate) action: for<'a> fn(&'a Engine, &'a str, &'a str, Value) -> Op<'a, ()>,
     pub(crate) normalize: fn(&Value) -> Result<Value, String>,
 }
@@ -103,6 +105,9 @@ pub struct Tracked {
     pub(crate) id_field: String,
     pub(crate) data: BoxedStrategy<Value>,
     pub(crate) ops: ErasedOps,
+    /// For a collection synced on demand: the field its subscriptions filter on, and
+    /// the values histories subscribe to.
+    pub(crate) subscribe_by: Option<(String, Vec<String>)>,
 }
 
 impl fmt::Debug for Tracked {
@@ -128,10 +133,22 @@ impl Tracked {
                 delete: delete::<E>,
                 get: get::<E>,
                 list: list::<E>,
+                unsynced: unsynced::<E>,
                 action: action::<E>,
                 normalize: normalize::<E>,
             },
+            subscribe_by: None,
         }
+    }
+
+    /// The collection is synced on demand (the app registers it with
+    /// `CollectionSpec::on_demand()` and the server declares `subscription_indexes =
+    /// [[field]]`): histories subscribe to the records whose `field` equals one of
+    /// `values`, let go of them and evict, and at the end each client must hold exactly
+    /// the server's records its held subscriptions cover.
+    pub fn on_demand(mut self, field: &str, values: &[&str]) -> Self {
+        self.subscribe_by = Some((field.to_owned(), values.iter().map(|v| (*v).to_owned()).collect()));
+        self
     }
 
     /// The records keep their id in `field` instead of `id`.
@@ -201,6 +218,18 @@ fn list<E: LocalEntity>(engine: &sync_core::Engine) -> BoxFuture<'_, Result<Vec<
         let mut out = Vec::new();
         for entity in engine.collection::<E>()?.list().await? {
             out.push((entity.id().to_owned(), encode(&entity)?));
+        }
+        Ok(out)
+    })
+}
+
+fn unsynced<E: LocalEntity>(engine: &sync_core::Engine) -> BoxFuture<'_, Result<Vec<(String, Value)>, Error>> {
+    Box::pin(async move {
+        let mut out = Vec::new();
+        for tracked in engine.collection::<E>()?.query().fetch_tracked().await? {
+            if tracked.state != sync_core::RecordState::Synced {
+                out.push((tracked.id.to_string(), encode(&tracked.entity)?));
+            }
         }
         Ok(out)
     })

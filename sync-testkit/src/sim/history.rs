@@ -96,6 +96,32 @@ pub enum Step {
     /// The server purges every tombstone (as it does once they are older than its
     /// retention): clients whose cursors are older get `reset` and resync.
     PurgeTombstones,
+    /// Holds a subscription of an on-demand collection (see [`Tracked::on_demand`](super::Tracked::on_demand)):
+    /// the records whose subscription field equals `value`. Held already: nothing happens.
+    Subscribe {
+        /// The client.
+        client: usize,
+        /// The collection.
+        collection: String,
+        /// The value of the collection's subscription field.
+        value: String,
+    },
+    /// Drops the handle of that subscription. The kit's subscriptions have no time to
+    /// live, so its records go at the next pull unless another holds them or they are
+    /// pending.
+    Unsubscribe {
+        /// The client.
+        client: usize,
+        /// The collection.
+        collection: String,
+        /// The value of the collection's subscription field.
+        value: String,
+    },
+    /// Evicts everything the cache budget may evict (`Engine::trim_cache(0)`).
+    Evict {
+        /// The client.
+        client: usize,
+    },
 }
 
 impl Step {
@@ -111,7 +137,10 @@ impl Step {
             | Step::Sync { client }
             | Step::Fault { client, .. }
             | Step::Crash { client, .. }
-            | Step::Resolve { client } => *client,
+            | Step::Resolve { client }
+            | Step::Subscribe { client, .. }
+            | Step::Unsubscribe { client, .. }
+            | Step::Evict { client } => *client,
             Step::PurgeTombstones => return None,
         })
     }
@@ -150,6 +179,9 @@ impl fmt::Display for Step {
             }
             Step::Resolve { .. } => write!(f, "{who} resolves its conflicts"),
             Step::PurgeTombstones => write!(f, "{who} purges its tombstones"),
+            Step::Subscribe { collection, value, .. } => write!(f, "{who} subscribes to {collection} = {value}"),
+            Step::Unsubscribe { collection, value, .. } => write!(f, "{who} lets go of {collection} = {value}"),
+            Step::Evict { .. } => write!(f, "{who} evicts its cache"),
         }
     }
 }

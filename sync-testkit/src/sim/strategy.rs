@@ -55,6 +55,11 @@ pub struct StepWeights {
     pub crash: u32,
     /// [`Step::PurgeTombstones`].
     pub purge: u32,
+    /// [`Step::Subscribe`] and, half as often, [`Step::Unsubscribe`] (on-demand
+    /// collections only).
+    pub subscribe: u32,
+    /// [`Step::Evict`] (when a collection is on demand).
+    pub evict: u32,
 }
 
 impl Default for StepWeights {
@@ -70,6 +75,8 @@ impl Default for StepWeights {
             fault: 3,
             crash: 1,
             purge: 1,
+            subscribe: 4,
+            evict: 2,
         }
     }
 }
@@ -126,6 +133,19 @@ fn step(clients: usize, tracked: &[Tracked], actions: &[String], options: &Histo
             },
         );
         choices.push((w.recreate, recreate.boxed()));
+        if let Some((_, values)) = &t.subscribe_by
+            && !values.is_empty()
+        {
+            let name = t.name.clone();
+            let subscribe = (client.clone(), proptest::sample::select(values.clone()))
+                .prop_map(move |(client, value)| Step::Subscribe { client, collection: name.clone(), value });
+            choices.push((w.subscribe, subscribe.boxed()));
+            let name = t.name.clone();
+            let unsubscribe = (client.clone(), proptest::sample::select(values.clone()))
+                .prop_map(move |(client, value)| Step::Unsubscribe { client, collection: name.clone(), value });
+            choices.push((w.subscribe / 2, unsubscribe.boxed()));
+            choices.push((w.evict, client.clone().prop_map(|client| Step::Evict { client }).boxed()));
+        }
         if !actions.is_empty() {
             let name = t.name.clone();
             let action = (client.clone(), record.clone(), proptest::sample::select(actions.to_vec())).prop_map(

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sync_core::protocol::Op;
 use sync_core::{
-    AccountId, Backoff, ClientId, Conflict, Credentials, Engine, EngineOptions, Error, Resolution, SyncEvent,
-    SyncReport,
+    AccountId, Backoff, ClientId, Conflict, Credentials, Engine, EngineOptions, Error, Resolution, Subscribe,
+    SubscriptionHandle, SyncEvent, SyncReport,
 };
 use sync_server::ServerError;
 use sync_sqlite::SqliteStore;
@@ -142,6 +142,8 @@ struct SimClient {
     /// The engine's events, drained into the log before every acknowledgement so that
     /// the log's order is the order things happened in.
     events: Option<broadcast::Receiver<SyncEvent>>,
+    /// The subscriptions the app holds, by (collection, value); a crash loses them.
+    handles: BTreeMap<(String, String), SubscriptionHandle>,
 }
 
 /// The server and the clients of one history. Drive it with [`Simulation::apply`], then
@@ -230,6 +232,7 @@ impl Simulation {
                 online: true,
                 client_ids: BTreeSet::new(),
                 events: None,
+                handles: BTreeMap::new(),
             });
             sim.boot(client).await.map_err(|error| SimError::Client { client, error })?;
         }
@@ -386,7 +389,61 @@ impl Simulation {
                 let step = Some(self.steps);
                 self.resolve_all(client, &engine, step, false).await;
             }
+            Step::Subscribe { collection, value, .. } => self.subscribe(client, &engine, collection, value).await,
+            Step::Unsubscribe { collection, value, .. } => {
+                self.clients[client].handles.remove(&(collection.clone(), value.clone()));
+            }
+            Step::Evict { .. } => self.evict(client, &engine).await,
             Step::PurgeTombstones => {}
+        }
+    }
+
+    /// Holds the subscription of `collection` whose field equals `value` (no time to
+    /// live: released, it lets go of its records at the next pull).
+    async fn subscribe(&mut self, client: usize, engine: &Engine, collection: &str, value: &str) {
+        let key = (collection.to_owned(), value.to_owned());
+        if self.clients[client].handles.contains_key(&key) {
+            return;
+        }
+        let Some((field, _)) = self.tracked(collection).and_then(|t| t.subscribe_by) else { return };
+        let subscription = Subscribe::to(collection).and_then(|s| s.eq(&field, value)).map(|s| s.ttl(Duration::ZERO));
+        match subscription {
+            Ok(subscription) => match engine.subscribe(subscription).await {
+                Ok(handle) => {
+                    self.clients[client].handles.insert(key, handle);
+                }
+                Err(e) => self.violations.push(Violation::Stuck { client, detail: format!("subscribe failed: {e}") }),
+            },
+            Err(e) => self.violations.push(Violation::Stuck { client, detail: format!("bad subscription: {e}") }),
+        }
+    }
+
+    /// Evicts everything evictable and checks that every record that was not synced (a
+    /// pending write, a conflict, a parked write) still reads as it did.
+    async fn evict(&mut self, client: usize, engine: &Engine) {
+        let mut before = Vec::new();
+        for tracked in self.tracked.iter().filter(|t| t.subscribe_by.is_some()) {
+            match (tracked.ops.unsynced)(engine).await {
+                Ok(records) => before.push((tracked.clone(), records)),
+                Err(e) => self.violations.push(Violation::Stuck { client, detail: format!("read failed: {e}") }),
+            }
+        }
+        if let Err(e) = engine.trim_cache(0).await {
+            self.violations.push(Violation::Stuck { client, detail: format!("trim_cache failed: {e}") });
+            return;
+        }
+        for (tracked, records) in before {
+            for (record, value) in records {
+                match (tracked.ops.get)(engine, &record).await {
+                    Ok(Some(now)) if now == value => {}
+                    other => self.local_first(
+                        client,
+                        &tracked.name,
+                        &record,
+                        format!("not synced ({value}), evicted: read back {other:?}"),
+                    ),
+                }
+            }
         }
     }
 
@@ -408,6 +465,8 @@ impl Simulation {
     /// same store file.
     async fn crash(&mut self, client: usize) {
         self.crashes += 1;
+        // The app's screens go with it; the restarted engine releases what they held.
+        self.clients[client].handles.clear();
         if let Some(engine) = self.clients[client].engine.take()
             && tokio::time::timeout(CYCLE_BOUND, engine.shutdown()).await.is_err()
         {
@@ -566,6 +625,7 @@ impl Simulation {
         if rounds == 0 {
             outcome.liveness = self.leftovers();
         } else {
+            self.fetch_evicted().await;
             self.check_convergence().await;
         }
         self.check_threads(rounds > 0).await;
@@ -656,12 +716,53 @@ impl Simulation {
         Some(records.into_iter().map(|(id, (_, data))| (id, self.normalize(collection, &data))).collect())
     }
 
+    /// Before convergence is checked: each held subscription is held once more, which
+    /// brings back what an eviction took (as the app's screen would on opening again),
+    /// and each client syncs.
+    async fn fetch_evicted(&mut self) {
+        for client in 0..self.clients.len() {
+            let Some(engine) = self.clients[client].engine.clone() else { continue };
+            let held: Vec<(String, String)> = self.clients[client].handles.keys().cloned().collect();
+            if held.is_empty() {
+                continue;
+            }
+            let mut again = Vec::new();
+            for (collection, value) in &held {
+                let Some((field, _)) = self.tracked(collection).and_then(|t| t.subscribe_by) else { continue };
+                let subscription = Subscribe::to(collection).and_then(|s| s.eq(&field, value.as_str()));
+                match subscription {
+                    Ok(s) => match engine.subscribe(s.ttl(Duration::ZERO)).await {
+                        Ok(handle) => again.push(handle),
+                        Err(e) => {
+                            self.violations.push(Violation::Stuck { client, detail: format!("subscribe failed: {e}") })
+                        }
+                    },
+                    Err(e) => {
+                        self.violations.push(Violation::Stuck { client, detail: format!("bad subscription: {e}") })
+                    }
+                }
+            }
+            self.sync(client, &engine).await;
+            drop(again);
+        }
+    }
+
     async fn check_convergence(&mut self) {
         let mut found = Vec::new();
         for (client, c) in self.clients.iter().enumerate() {
             let Some(engine) = &c.engine else { continue };
             for tracked in &self.tracked {
-                let Some(server) = self.server_records(&c.token, &tracked.name).await else { continue };
+                let Some(mut server) = self.server_records(&c.token, &tracked.name).await else { continue };
+                if let Some((field, _)) = &tracked.subscribe_by {
+                    // On demand: what the client's held subscriptions cover, and only that.
+                    let held: BTreeSet<&str> = c
+                        .handles
+                        .keys()
+                        .filter(|(collection, _)| *collection == tracked.name)
+                        .map(|(_, value)| value.as_str())
+                        .collect();
+                    server.retain(|_, data| data.get(field).and_then(Value::as_str).is_some_and(|v| held.contains(v)));
+                }
                 let local = match (tracked.ops.list)(engine).await {
                     Ok(list) => list.into_iter().collect(),
                     Err(e) => {
@@ -675,17 +776,21 @@ impl Simulation {
         self.violations.extend(found);
     }
 
-    /// Rule 6 for every conflict a user met: another client's write explains it.
+    /// Rule 6 for every conflict a user met: another client's write explains it. In a
+    /// collection synced on demand the client's own earlier write explains it too: the
+    /// device let go of the record once no subscription held it, so it no longer knows
+    /// the version its own write made.
     fn check_conflicts_explained(&mut self) {
         let applications = self.server.applications();
         let owner = |id: &ClientId| self.clients.iter().position(|c| c.client_ids.contains(&id.0));
         let mut found = Vec::new();
         for seen in &self.conflicts {
             let (collection, record) = (seen.conflict.collection.as_str(), seen.conflict.record_id.as_str());
+            let on_demand = self.tracked.iter().any(|t| t.name == collection && t.subscribe_by.is_some());
             let others: Vec<u64> = applications
                 .iter()
                 .filter(|a| {
-                    owner(&a.client_id) != Some(seen.client)
+                    (on_demand || owner(&a.client_id) != Some(seen.client))
                         && a.collection.as_str() == collection
                         && a.record_id.as_ref().is_some_and(|r| r.as_str() == record)
                         && a.body.op() != Op::Action

@@ -144,6 +144,29 @@ impl SimApp for ConflictApp {
     }
 }
 
+/// Read/write with conflict detection, synced on demand: each device holds the notes
+/// of the titles it subscribes to ("a", "b"), lets go of them and evicts its cache;
+/// the three-way merge settles conflicts.
+pub struct OnDemandApp;
+
+impl SimApp for OnDemandApp {
+    fn server_config(&self) -> String {
+        users(&["alice"]) + "[collections.notes]\naccess = \"owner\"\nsubscription_indexes = [[\"title\"]]\n"
+    }
+    fn token(&self, _: usize) -> String {
+        "alice".into()
+    }
+    fn register(&self, _: usize, builder: EngineBuilder) -> EngineBuilder {
+        builder.collection(CollectionSpec::of::<Note>(ConflictDetection::new()).on_demand())
+    }
+    fn tracked(&self) -> Vec<Tracked> {
+        vec![notes().on_demand("title", &["a", "b"])]
+    }
+    fn resolver(&self) -> Arc<dyn ConflictResolver> {
+        Arc::new(ThreeWayMerge::new())
+    }
+}
+
 /// Read/write, last write wins: no conflicts are ever reported. The same notes, users
 /// and actions as [`ConflictApp`]; only the pattern differs.
 pub struct LwwApp;
