@@ -87,6 +87,10 @@ async fn device(url: &str, dir: &std::path::Path, name: &str) -> Engine {
         sync_on_start: false,
         debounce: Duration::from_secs(3600),
         pull_limit: 1000,
+        // The download figure is the subscription's throughput: the whole region fits
+        // (at the 10 MiB default the device would keep a tenth of it; what eviction
+        // costs is the cache_budget benchmark's).
+        cache_budget: sync_core::engine::MAX_CACHE_BUDGET,
         ..EngineOptions::default()
     };
     Engine::builder()
