@@ -336,6 +336,41 @@ async fn trimming_the_cache_keeps_pending_writes_and_a_read_brings_a_record_back
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_synced_on_a_collection_keeps_all_its_subscriptions_until_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    for server in common::job_servers(&dir).await {
+        let (_dir, disp, tom) = seeded(&dir, &server).await;
+        // A whole collection is always kept: on is nothing new, off is refused.
+        disp.keep_synced("jobs", true).await.unwrap();
+        assert!(matches!(disp.keep_synced("jobs", false).await, Err(sync_core::Error::Config { .. })));
+
+        let early = tom.subscribe(window(1, 3).ttl(Duration::ZERO)).await.unwrap();
+        tom.sync_now().await.unwrap();
+        tom.keep_synced("jobs", true).await.unwrap();
+        let late = tom.subscribe(window(20, 22).ttl(Duration::ZERO)).await.unwrap();
+        tom.sync_now().await.unwrap();
+        drop((early, late));
+        tokio::time::sleep(Duration::from_millis(100)).await; // the release is saved by a task
+        // Released with no time to live, yet kept: both stay, keep syncing, and the
+        // budget leaves them alone.
+        disp.collection::<Job>().unwrap().insert(&job("t21b", "tom", 21)).await.unwrap();
+        disp.sync_now().await.unwrap();
+        tom.sync_now().await.unwrap();
+        let mut kept = ids(1..3);
+        kept.extend(ids(20..22));
+        kept.insert("t21b".into());
+        assert_eq!(held(&tom).await, kept, "{}: kept synced with no handle", server.url());
+        assert_eq!(tom.trim_cache(0).await.unwrap(), 0, "kept records are never evicted");
+        // Off: released subscriptions go at the next sync.
+        tom.keep_synced("jobs", false).await.unwrap();
+        tom.sync_now().await.unwrap();
+        assert!(held(&tom).await.is_empty(), "{}: no longer kept", server.url());
+        tom.shutdown().await;
+        disp.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_subscriptions_is_reported_on_the_subscription() {
     let server = Arc::new(sync_testkit::MemoryServer::new());
     let dir = tempfile::tempdir().unwrap();

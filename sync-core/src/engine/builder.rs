@@ -107,6 +107,9 @@ pub(crate) struct CollectionEntry {
     pub(crate) indexes: Vec<IndexSpec>,
     /// Synced by subscriptions only.
     pub(crate) on_demand: bool,
+    /// On demand: every subscription of the collection is kept synced (set at run time
+    /// by `Engine::keep_synced`).
+    pub(crate) kept: std::sync::atomic::AtomicBool,
 }
 
 impl CollectionEntry {
@@ -409,6 +412,7 @@ impl EngineBuilder {
                 ids,
                 indexes: indexes.iter().filter(|i| i.collection == name).cloned().collect(),
                 on_demand: spec.on_demand,
+                kept: std::sync::atomic::AtomicBool::new(false),
             };
             if collections.insert(name.clone(), Arc::new(entry)).is_some() {
                 return Err(Error::Config { message: format!("collection {name} is registered twice") });

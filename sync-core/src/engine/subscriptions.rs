@@ -132,7 +132,7 @@ impl SubscriptionHandle {
     pub async fn keep_synced(&mut self, keep: bool) -> Result<(), Error> {
         self.subscription.keep_synced = keep;
         let _saving = self.shared.subscriptions.saving.lock().await;
-        self.shared.store.save_subscription(&row(&self.subscription, true, None)).await
+        self.shared.store.save_subscription(&row(&self.shared, &self.subscription, true, None)).await
     }
 
     /// Waits until the subscription has caught up with the server (or failed).
@@ -169,7 +169,7 @@ impl Drop for SubscriptionHandle {
         }
         // The last handle: the subscription is released now; its time to live runs
         // from here. Without a runtime (the app is exiting) the next start releases it.
-        let released = row(&self.subscription, false, Some(Utc::now()));
+        let released = row(&self.shared, &self.subscription, false, Some(Utc::now()));
         let shared = self.shared.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -185,14 +185,19 @@ impl Drop for SubscriptionHandle {
     }
 }
 
-/// The row of `subscription` as the app holds it now (the store keeps its cursor).
-fn row(subscription: &Subscribe, active: bool, released_at: Option<DateTime<Utc>>) -> SubscriptionRow {
+/// The row of `subscription` as the app holds it now (the store keeps its cursor): kept
+/// synced when the app asked for it or its collection is kept synced.
+fn row(shared: &Shared, subscription: &Subscribe, active: bool, released_at: Option<DateTime<Utc>>) -> SubscriptionRow {
+    let collection_kept = shared
+        .collections
+        .get(&subscription.query.collection)
+        .is_some_and(|e| e.kept.load(std::sync::atomic::Ordering::Relaxed));
     SubscriptionRow {
         id: subscription.id(),
         query: subscription.query.clone(),
         cursor: None,
         ttl: subscription.ttl,
-        keep_synced: subscription.keep_synced,
+        keep_synced: subscription.keep_synced || collection_kept,
         active,
         released_at,
         synced_at: None,
@@ -222,7 +227,7 @@ impl Engine {
         let id = subscription.id();
         let status = {
             let _saving = self.shared.subscriptions.saving.lock().await;
-            self.shared.store.save_subscription(&row(&subscription, true, None)).await?;
+            self.shared.store.save_subscription(&row(&self.shared, &subscription, true, None)).await?;
             let stored = self.shared.store.subscriptions().await?;
             let stored = stored.iter().find(|r| r.id == id);
             let synced_at = stored.and_then(|r| r.synced_at);
@@ -241,6 +246,46 @@ impl Engine {
         };
         self.shared.trigger_all();
         Ok(SubscriptionHandle { shared: self.shared.clone(), subscription, status })
+    }
+
+    /// Keeps a whole collection's data synced, or stops, at run time. A collection
+    /// synced whole always is (it is pulled whole and never evicted), so `true` changes
+    /// nothing and `false` is refused. For a collection synced
+    /// [`on_demand`](crate::CollectionSpec::on_demand), `true` keeps every subscription
+    /// of it synced with no handle and out of the cache budget, those the store keeps now
+    /// and those made from now on (for this engine's run: set it again at start);
+    /// `false` takes keep-synced off all of them, those kept one by one too, so released
+    /// ones go when their time to live ends.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCollection`]; [`Error::Config`] for `false` on a collection synced
+    /// whole; [`Error::Storage`].
+    pub async fn keep_synced(&self, collection: &str, keep: bool) -> Result<(), Error> {
+        let entry = self.shared.collection(collection)?.clone();
+        if !entry.on_demand {
+            if keep {
+                return Ok(());
+            }
+            return Err(Error::Config {
+                message: format!(
+                    "collection {} is synced whole and always kept; declare it on_demand() to cache it by subscriptions",
+                    entry.name
+                ),
+            });
+        }
+        entry.kept.store(keep, std::sync::atomic::Ordering::Relaxed);
+        let _saving = self.shared.subscriptions.saving.lock().await;
+        for mut row in self.shared.store.subscriptions().await? {
+            if row.query.collection == entry.name && row.keep_synced != keep {
+                row.keep_synced = keep;
+                if !keep && !row.active && row.released_at.is_none() {
+                    // Kept with no handle since it was released: its time to live runs from now.
+                    row.released_at = Some(Utc::now());
+                }
+                self.shared.store.save_subscription(&row).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Evicts now, down to `target` bytes of what the cache budget counts (0: all of
