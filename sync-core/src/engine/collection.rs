@@ -231,7 +231,7 @@ impl<E: LocalEntity> Collection<E> {
             // see it arrive (the answer now is what the store holds). Read now, so the
             // download that brings it back does not evict it first.
             self.read(std::iter::once(&id));
-            self.shared.trigger_all();
+            self.shared.sync_soon();
         }
         Ok(found)
     }

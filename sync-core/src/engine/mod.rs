@@ -187,10 +187,11 @@ impl Shared {
         *self.last_local_write.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the driver for a sync of everything (as soon as it can; commands never block).
-    pub(crate) fn trigger_all(&self) {
-        let command = Command::Trigger { unit: ALL_UNIT.to_owned(), discard_queued: false, reply: None };
-        request(&self.commands, &self.overflow, command);
+    /// Asks for a sync of everything the way a local write does: after the debounce
+    /// quiet time (none by default, so at once). An app that turned automatic syncs off
+    /// with a long debounce (as the simulator does) gets no cycle it did not ask for.
+    pub(crate) fn sync_soon(&self) {
+        self.local_write_happened();
     }
 
     pub(crate) fn record_changed(&self, collection: &CollectionName, id: &RecordId, origin: Origin) {

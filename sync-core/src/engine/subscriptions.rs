@@ -207,7 +207,8 @@ fn row(shared: &Shared, subscription: &Subscribe, active: bool, released_at: Opt
 impl Engine {
     /// Subscribes to part of a collection declared
     /// [`on_demand`](crate::CollectionSpec::on_demand): the engine syncs what the
-    /// subscription covers, from now on and at once. The same subscription made twice
+    /// subscription covers, from now on, starting with a sync asked for as a local write
+    /// asks (after the debounce quiet time, none by default). The same subscription made twice
     /// is one (handles share it); a record several cover is stored once. Queries and
     /// watches read the local store as always.
     ///
@@ -244,7 +245,7 @@ impl Engine {
             self.shared.subscriptions.hold(&id);
             status
         };
-        self.shared.trigger_all();
+        self.shared.sync_soon();
         Ok(SubscriptionHandle { shared: self.shared.clone(), subscription, status })
     }
 
